@@ -1,0 +1,141 @@
+//! experience-api: the channel-facing layer (web shop, mobile, store
+//! associate app, partners). It shapes process-api's answers for each
+//! channel and never owns inventory state.
+
+pub mod config;
+pub mod error;
+pub mod process_client;
+pub mod routes;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use retail_shared::auth::{Authenticator, TokenIssuer, audience};
+use retail_shared::client::LayerClient;
+use retail_shared::ops::{ReadinessCheck, SecurityAddon};
+use retail_shared::{Settings, middleware, server};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use config::Config;
+use process_client::ProcessClient;
+
+/// The service name used in logs, metrics and service tokens.
+pub const SERVICE: &str = "experience-api";
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// process-api.
+    pub process: ProcessClient,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "experience-api",
+        description = "Channel-facing API for the web shop, mobile apps, the store associate \
+            app and partners: availability, reservations and store views.\n\nErrors are \
+            RFC 9457 problem+json; bodies are strict JSON (unknown fields rejected).",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecurityAddon),
+    paths(retail_shared::ops::healthz, retail_shared::ops::readyz, retail_shared::ops::metrics),
+    components(schemas(retail_shared::problem::ProblemBody)),
+    tags(
+        (name = "stores", description = "Store directory"),
+        (name = "operations", description = "Health, readiness, diagnostics"),
+    )
+)]
+struct ApiDoc;
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::stores::router())
+        .merge(routes::ops::router())
+}
+
+/// The published OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The production router.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let (api, doc) = api().split_for_parts();
+    let process = state.process.clone();
+    // Without process-api this layer can answer nothing useful.
+    let checks = vec![ReadinessCheck::new("process-api", move || {
+        let process = process.clone();
+        async move { process.ready().await }
+    })];
+    let app = api
+        .with_state(state)
+        .merge(retail_shared::ops::router(SERVICE, checks, doc));
+    middleware::apply(
+        app,
+        SERVICE,
+        &settings.http,
+        Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE)),
+    )
+}
+
+/// A built, bound experience-api.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+}
+
+impl Application {
+    /// Binds the configured address, then builds (see
+    /// [`Application::build_with_listener`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let config = Config::from(&settings);
+        let listener = server::bind(&config.host, config.port).await?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Builds the clients and serves on `listener`.
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let config = Config::from(&settings);
+        let issuer = TokenIssuer::new(&settings.auth);
+        let process = ProcessClient::new(LayerClient::new(
+            SERVICE,
+            audience::PROCESS,
+            &config.process_url,
+            &settings.client,
+            issuer,
+        )?);
+        let router = router(AppState { process }, &settings);
+        let port = server::local_addr(&listener)?.port();
+        Ok(Self {
+            listener,
+            router,
+            port,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(server::shutdown_signal()).await
+    }
+
+    /// Serves until `signal` resolves and drains requests.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        server::serve(self.listener, self.router, signal).await
+    }
+}

@@ -1,0 +1,55 @@
+//! Typed client of process-api, on the shared [`LayerClient`].
+
+use retail_shared::client::{CallContext, ClientError, LayerClient};
+use retail_shared::model::Location;
+use retail_shared::ops::DependencyReport;
+use serde::Deserialize;
+
+/// A page of process-api's location list.
+#[derive(Debug, Deserialize)]
+pub struct LocationPage {
+    /// Locations.
+    pub locations: Vec<Location>,
+    /// Next cursor.
+    pub next_cursor: Option<String>,
+}
+
+/// process-api, as experience-api sees it.
+#[derive(Debug, Clone)]
+pub struct ProcessClient {
+    inner: LayerClient,
+}
+
+impl ProcessClient {
+    /// Wraps the base client.
+    pub fn new(inner: LayerClient) -> Self {
+        Self { inner }
+    }
+
+    /// Unauthenticated readiness probe.
+    pub async fn ready(&self) -> Result<(), String> {
+        self.inner.probe("/readyz").await
+    }
+
+    /// process-api's dependency report (which includes system-api's).
+    pub async fn dependencies(&self, ctx: CallContext<'_>) -> Result<DependencyReport, ClientError> {
+        self.inner
+            .get("/v1/ops/dependencies", &[], &["ops:read"], ctx)
+            .await
+    }
+
+    /// One page of locations.
+    pub async fn locations(
+        &self,
+        after: Option<&str>,
+        ctx: CallContext<'_>,
+    ) -> Result<LocationPage, ClientError> {
+        let mut query = vec![("limit", "1000".to_owned())];
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        self.inner
+            .get("/v1/master/locations", &query, &["inventory:read"], ctx)
+            .await
+    }
+}

@@ -1,0 +1,181 @@
+//! process-api: the single owner of inventory state.
+//!
+//! It keeps the master data registry and (as the inventory core grows) the
+//! event journal, positions, reservations and the ERP outbox, and calls
+//! system-api for the systems of record. The HTTP surface is in [`routes`];
+//! storage in [`storage`]; nothing outside `routes` knows about axum.
+
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod seed;
+pub mod storage;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use anyhow::Context;
+use axum::Router;
+use retail_shared::auth::{Authenticator, TokenIssuer, audience};
+use retail_shared::client::LayerClient;
+use retail_shared::ops::{ReadinessCheck, SecurityAddon};
+use retail_shared::{Settings, middleware, server};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use config::Config;
+use storage::Store;
+
+/// The service name used in logs, metrics and service tokens.
+pub const SERVICE: &str = "process-api";
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The ledger and registry.
+    pub store: Store,
+    /// Client of system-api.
+    pub system: LayerClient,
+    /// Mints tokens (service-to-service).
+    pub issuer: TokenIssuer,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "process-api",
+        description = "Owns the inventory ledger: master data, events, positions, \
+            reservations, transfers, returns, ERP postings and reconciliation.\n\n\
+            Errors are RFC 9457 problem+json. Bodies are strict JSON: unknown fields are \
+            rejected. Master data upserts take 1-1000 records; list pages hold at most 1000.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecurityAddon),
+    paths(retail_shared::ops::healthz, retail_shared::ops::readyz, retail_shared::ops::metrics),
+    components(schemas(retail_shared::problem::ProblemBody)),
+    tags(
+        (name = "master-data", description = "Locations and products"),
+        (name = "operations", description = "Health, readiness, diagnostics"),
+    )
+)]
+struct ApiDoc;
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::master::router())
+        .merge(routes::ops::router())
+}
+
+/// The published OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The production router: API routes, operational routes and the common
+/// middleware stack.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let (api, doc) = api().split_for_parts();
+    let store = state.store.clone();
+    let system = state.system.clone();
+    // system-api is reported but not required: events are still accepted
+    // and ERP postings wait in the outbox while it is away.
+    let checks = vec![
+        ReadinessCheck::new("database", move || {
+            let store = store.clone();
+            async move { store.ping().await.map_err(|e| e.to_string()) }
+        }),
+        ReadinessCheck::optional("system-api", move || {
+            let system = system.clone();
+            async move { system.probe("/healthz").await }
+        }),
+    ];
+    let app = api
+        .with_state(state)
+        .merge(retail_shared::ops::router(SERVICE, checks, doc));
+    middleware::apply(
+        app,
+        SERVICE,
+        &settings.http,
+        Arc::new(Authenticator::new(&settings.auth, audience::PROCESS)),
+    )
+}
+
+/// A built, bound process-api.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+    store: Store,
+}
+
+impl Application {
+    /// Binds the configured address, then builds (see
+    /// [`Application::build_with_listener`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let config = Config::from(&settings);
+        let listener = server::bind(&config.host, config.port).await?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Connects storage (running migrations), seeds demo data when enabled
+    /// and the registry is empty, and serves on `listener`.
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let config = Config::from(&settings);
+        let store = Store::connect(&config.database_url, config.max_connections)
+            .await
+            .context("process-api storage")?;
+        if settings.seed.enabled {
+            seed::seed_if_empty(&store, settings.seed.stores, settings.seed.skus).await?;
+        }
+        let issuer = TokenIssuer::new(&settings.auth);
+        let system = LayerClient::new(
+            SERVICE,
+            audience::SYSTEM,
+            &config.system_url,
+            &settings.client,
+            issuer.clone(),
+        )?;
+        let state = AppState {
+            store: store.clone(),
+            system,
+            issuer,
+        };
+        let router = router(state, &settings);
+        let port = server::local_addr(&listener)?.port();
+        Ok(Self {
+            listener,
+            router,
+            port,
+            store,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The storage, for tests and the launcher.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(server::shutdown_signal()).await
+    }
+
+    /// Serves until `signal` resolves, drains requests, closes storage.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let result = server::serve(self.listener, self.router, signal).await;
+        self.store.close().await;
+        result
+    }
+}

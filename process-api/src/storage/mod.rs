@@ -1,0 +1,178 @@
+//! Storage of process-api: one interface ([`Store`]) over two backends.
+//!
+//! - **SQLite** (embedded default): WAL journal, `synchronous = FULL` (an
+//!   acknowledged write survives a crash of the process or the machine), a
+//!   busy timeout, a reader pool and a single-connection writer pool, so
+//!   writes are serialised by the pool instead of failing with `SQLITE_BUSY`.
+//! - **PostgreSQL**: one pool; several process-api replicas may share it.
+//!
+//! Both backends run the same SQL text wherever the dialects agree (`$n`
+//! placeholders, `ON CONFLICT … DO UPDATE … WHERE`, `RETURNING`); the
+//! [`on_reader!`] and [`on_writer!`] macros type-check one body against each
+//! backend's native driver. Queries are built at run time (`sqlx::query`),
+//! never with the compile-time macros, so a fresh clone builds with no
+//! database. Timestamps are stored as unix microseconds.
+
+pub mod master;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+/// Which backend a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// The backend pools.
+#[derive(Debug, Clone)]
+pub enum Db {
+    /// SQLite: concurrent readers, one writer.
+    Sqlite {
+        /// Read-only work.
+        reader: SqlitePool,
+        /// Every write, one at a time.
+        writer: SqlitePool,
+    },
+    /// PostgreSQL: one pool for both.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the backend's read pool.
+#[macro_export]
+macro_rules! on_reader {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::storage::Db::Sqlite { reader: $pool, .. } => $body,
+            $crate::storage::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Runs `$body` with `$pool` bound to the backend's write pool.
+#[macro_export]
+macro_rules! on_writer {
+    ($db:expr, |$pool:ident| $body:expr) => {
+        match $db {
+            $crate::storage::Db::Sqlite { writer: $pool, .. } => $body,
+            $crate::storage::Db::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// The storage interface of process-api.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://PATH`, `sqlite::memory:` or
+    /// `postgres://…`) and runs the migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections.max(2))
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await
+                .context("cannot connect to PostgreSQL")?;
+            sqlx::migrate!("./migrations/postgres")
+                .run(&pool)
+                .await
+                .context("PostgreSQL migrations failed")?;
+            Db::Postgres(pool)
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .with_context(|| "invalid SQLite URL")?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .context("cannot open the SQLite database")?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&writer)
+                .await
+                .context("SQLite migrations failed")?;
+            let reader = SqlitePoolOptions::new()
+                .max_connections(max_connections.max(1))
+                .connect_with(options.read_only(true))
+                .await
+                .context("cannot open the SQLite database for reading")?;
+            Db::Sqlite { reader, writer }
+        } else {
+            anyhow::bail!("unsupported database URL scheme (use sqlite:// or postgres://)");
+        };
+        Ok(Self { db })
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite { .. } => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// The pools, for storage modules.
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Readiness: a round trip to the database.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        on_reader!(&self.db, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))
+    }
+
+    /// Closes the pools, waiting for in-flight queries.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite { reader, writer } => {
+                reader.close().await;
+                writer.close().await;
+            }
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Now as unix microseconds.
+pub fn now_micros() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// Unix microseconds as RFC 3339 (UTC).
+pub fn micros_to_rfc3339(micros: i64) -> String {
+    let nanos = i128::from(micros) * 1_000;
+    time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}

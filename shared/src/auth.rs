@@ -1,0 +1,470 @@
+//! Authentication and authorization.
+//!
+//! - [`Authenticator`] verifies bearer JWTs for one audience (each service
+//!   accepts only its own), with algorithms pinned by configuration, `exp`,
+//!   `iss` and `aud` required, and a small configured leeway.
+//! - [`Principal`] is the verified caller; [`Authorized<S>`] extracts it and
+//!   checks the route's scope `S` in one step, answering 401 or 403 problems.
+//! - [`TokenIssuer`] mints tokens: the `token` CLI command, and the
+//!   short-lived service tokens one layer uses to call the next. A service
+//!   token has the next layer's audience, only the scopes the call needs,
+//!   `sub` = the calling service and `on_behalf_of` = the end user, so the
+//!   inner layer can audit who acted while a channel token (audience
+//!   `experience-api`) can never be replayed against an inner layer.
+
+use std::collections::BTreeSet;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::config::AuthSettings;
+use crate::problem::Problem;
+
+/// The audiences of the three layers.
+pub mod audience {
+    /// experience-api.
+    pub const EXPERIENCE: &str = "experience-api";
+    /// process-api.
+    pub const PROCESS: &str = "process-api";
+    /// system-api.
+    pub const SYSTEM: &str = "system-api";
+    /// All of them, for validation of CLI input.
+    pub const ALL: [&str; 3] = [EXPERIENCE, PROCESS, SYSTEM];
+}
+
+/// The pinned scope names (DESIGN.md §4).
+pub const SCOPES: [&str; 12] = [
+    "availability:read",
+    "reservations:write",
+    "inventory:read",
+    "inventory:write",
+    "master:write",
+    "transfers:write",
+    "transfers:approve",
+    "returns:write",
+    "pos:write",
+    "wms:write",
+    "ops:read",
+    "ops:write",
+];
+
+/// The claims this platform reads and writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Client (or service) identity.
+    pub sub: String,
+    /// Issuer.
+    pub iss: String,
+    /// Audience: the one layer this token is for.
+    pub aud: String,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+    /// Issued at.
+    pub iat: u64,
+    /// Space-separated scopes.
+    #[serde(default)]
+    pub scope: String,
+    /// Location binding; absent means all locations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locations: Option<Vec<String>>,
+    /// On service tokens: the end user the service acts for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_behalf_of: Option<String>,
+    /// Token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// `sub` of the token: the client or the calling service.
+    pub subject: String,
+    /// Granted scopes.
+    pub scopes: BTreeSet<String>,
+    /// Location binding; `None` means unrestricted.
+    pub locations: Option<BTreeSet<String>>,
+    /// The end user behind a service token.
+    pub on_behalf_of: Option<String>,
+}
+
+impl Principal {
+    /// The identity to record in audits: the end user when a service acted
+    /// for one, else the caller.
+    pub fn actor(&self) -> &str {
+        self.on_behalf_of.as_deref().unwrap_or(&self.subject)
+    }
+
+    /// Whether the scope was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// 403 unless the scope was granted.
+    pub fn require_scope(&self, scope: &str) -> Result<(), Problem> {
+        if self.has_scope(scope) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "this operation needs the scope `{scope}`"
+            )))
+        }
+    }
+
+    /// Whether the caller may act on the location.
+    pub fn can_access(&self, location_id: &str) -> bool {
+        self.locations
+            .as_ref()
+            .is_none_or(|allowed| allowed.contains(location_id))
+    }
+
+    /// 403 unless the caller may act on the location.
+    pub fn require_location(&self, location_id: &str) -> Result<(), Problem> {
+        if self.can_access(location_id) {
+            Ok(())
+        } else {
+            Err(Problem::forbidden(format!(
+                "the token is not bound to location `{location_id}`"
+            )))
+        }
+    }
+}
+
+/// Verifies tokens for one audience.
+pub struct Authenticator {
+    audience: String,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// An authenticator for `audience` from the auth settings.
+    pub fn new(settings: &AuthSettings, audience: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = settings
+            .algorithms
+            .iter()
+            .filter_map(|a| a.parse::<Algorithm>().ok())
+            .filter(|a| *a == Algorithm::HS256)
+            .collect();
+        validation.leeway = settings.leeway_seconds;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[settings.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        Self {
+            audience: audience.to_owned(),
+            key: DecodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
+            validation,
+        }
+    }
+
+    /// The audience this authenticator accepts.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Verifies a compact JWT.
+    pub fn verify(&self, token: &str) -> Result<Principal, Problem> {
+        if self.validation.algorithms.is_empty() {
+            return Err(Problem::unauthorized("no verification key is configured"));
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|error| Problem::unauthorized(describe(&error)))?;
+        let claims = data.claims;
+        Ok(Principal {
+            subject: claims.sub,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            locations: claims.locations.map(|l| l.into_iter().collect()),
+            on_behalf_of: claims.on_behalf_of,
+        })
+    }
+
+    /// Verifies the `Authorization: Bearer` header of a request.
+    pub fn verify_header(&self, parts: &Parts) -> Result<Principal, Problem> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer token"))?;
+        let value = value
+            .to_str()
+            .map_err(|_| Problem::unauthorized("the Authorization header is not ASCII"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| Problem::unauthorized("the Authorization scheme must be Bearer"))?;
+        self.verify(token.trim())
+    }
+}
+
+fn describe(error: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match error.kind() {
+        ErrorKind::ExpiredSignature => "the token has expired",
+        ErrorKind::ImmatureSignature => "the token is not valid yet",
+        ErrorKind::InvalidAudience => "the token is for another audience",
+        ErrorKind::InvalidIssuer => "the token has the wrong issuer",
+        ErrorKind::InvalidSignature => "the token signature is invalid",
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            "the token algorithm is not allowed"
+        }
+        ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+        _ => "the token is malformed",
+    }
+}
+
+/// A scope a route requires, as a type: `Authorized<scope::InventoryRead>`.
+pub trait RequiredScope {
+    /// The pinned scope name.
+    const NAME: &'static str;
+}
+
+/// Marker types for the pinned scopes.
+pub mod scope {
+    use super::RequiredScope;
+
+    macro_rules! scopes {
+        ($($ty:ident => $name:literal),* $(,)?) => {$(
+            #[doc = concat!("The `", $name, "` scope.")]
+            #[derive(Debug, Clone, Copy)]
+            pub struct $ty;
+            impl RequiredScope for $ty {
+                const NAME: &'static str = $name;
+            }
+        )*};
+    }
+
+    scopes! {
+        AvailabilityRead => "availability:read",
+        ReservationsWrite => "reservations:write",
+        InventoryRead => "inventory:read",
+        InventoryWrite => "inventory:write",
+        MasterWrite => "master:write",
+        TransfersWrite => "transfers:write",
+        TransfersApprove => "transfers:approve",
+        ReturnsWrite => "returns:write",
+        PosWrite => "pos:write",
+        WmsWrite => "wms:write",
+        OpsRead => "ops:read",
+        OpsWrite => "ops:write",
+    }
+}
+
+/// A verified caller holding scope `S`. Rejects with 401 (no or bad token)
+/// or 403 (scope missing).
+#[derive(Debug, Clone)]
+pub struct Authorized<S> {
+    /// The caller.
+    pub principal: Principal,
+    _scope: PhantomData<S>,
+}
+
+impl<S> std::ops::Deref for Authorized<S> {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl<St: Send + Sync, S: RequiredScope> FromRequestParts<St> for Authorized<S> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &St) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require_scope(S::NAME)?;
+        Ok(Self {
+            principal,
+            _scope: PhantomData,
+        })
+    }
+}
+
+impl<St: Send + Sync> FromRequestParts<St> for Principal {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &St) -> Result<Self, Self::Rejection> {
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
+        let Some(authenticator) = parts.extensions.get::<Arc<Authenticator>>().cloned() else {
+            tracing::error!("no Authenticator layer on this router");
+            return Err(Problem::internal());
+        };
+        let principal = authenticator.verify_header(parts)?;
+        parts.extensions.insert(principal.clone());
+        Ok(principal)
+    }
+}
+
+/// Mints tokens signed with the configured HS256 secret.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    issuer: String,
+    key: EncodingKey,
+    service_ttl_seconds: u64,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a minted token says.
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    /// Audience (one layer).
+    pub audience: String,
+    /// Subject.
+    pub subject: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Optional location binding.
+    pub locations: Option<Vec<String>>,
+    /// End user behind a service token.
+    pub on_behalf_of: Option<String>,
+    /// Lifetime in seconds.
+    pub ttl_seconds: u64,
+}
+
+impl TokenIssuer {
+    /// An issuer from the auth settings.
+    pub fn new(settings: &AuthSettings) -> Self {
+        Self {
+            issuer: settings.issuer.clone(),
+            key: EncodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
+            service_ttl_seconds: settings.service_token_ttl_seconds,
+        }
+    }
+
+    /// Signs a token.
+    pub fn mint(&self, request: &TokenRequest) -> anyhow::Result<String> {
+        let now = unix_now();
+        let claims = Claims {
+            sub: request.subject.clone(),
+            iss: self.issuer.clone(),
+            aud: request.audience.clone(),
+            exp: now + request.ttl_seconds,
+            iat: now,
+            scope: request.scopes.join(" "),
+            locations: request.locations.clone(),
+            on_behalf_of: request.on_behalf_of.clone(),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+        };
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.key,
+        )?)
+    }
+
+    /// A short-lived token for `service` to call the layer `audience` with
+    /// only `scopes`, for the end user `principal` (its subject is kept for
+    /// audit and its location binding carried on, so the inner layer
+    /// enforces it too).
+    pub fn service_token(
+        &self,
+        service: &str,
+        audience: &str,
+        scopes: &[&str],
+        principal: Option<&Principal>,
+    ) -> anyhow::Result<String> {
+        self.mint(&TokenRequest {
+            audience: audience.to_owned(),
+            subject: format!("svc:{service}"),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            locations: principal
+                .and_then(|p| p.locations.as_ref())
+                .map(|l| l.iter().cloned().collect()),
+            on_behalf_of: principal.map(|p| p.actor().to_owned()),
+            ttl_seconds: self.service_ttl_seconds,
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+
+    fn setup() -> (TokenIssuer, Authenticator) {
+        let settings = Settings::defaults();
+        (
+            TokenIssuer::new(&settings.auth),
+            Authenticator::new(&settings.auth, audience::PROCESS),
+        )
+    }
+
+    fn request(audience: &str, ttl: u64) -> TokenRequest {
+        TokenRequest {
+            audience: audience.into(),
+            subject: "web-shop".into(),
+            scopes: vec!["inventory:read".into()],
+            locations: Some(vec!["S001".into()]),
+            on_behalf_of: None,
+            ttl_seconds: ttl,
+        }
+    }
+
+    #[test]
+    fn accepts_its_own_audience() {
+        let (issuer, auth) = setup();
+        let token = issuer.mint(&request(audience::PROCESS, 60)).expect("mint");
+        let principal = auth.verify(&token).expect("valid");
+        assert_eq!(principal.subject, "web-shop");
+        assert!(principal.has_scope("inventory:read"));
+        assert!(principal.can_access("S001") && !principal.can_access("S002"));
+    }
+
+    #[test]
+    fn rejects_other_audiences_and_bad_signatures() {
+        let (issuer, auth) = setup();
+        let token = issuer.mint(&request(audience::EXPERIENCE, 60)).expect("mint");
+        assert_eq!(auth.verify(&token).expect_err("wrong aud").status(), 401);
+        let mut tampered = issuer.mint(&request(audience::PROCESS, 60)).expect("mint");
+        tampered.push('x');
+        assert_eq!(auth.verify(&tampered).expect_err("bad sig").status(), 401);
+        assert_eq!(auth.verify("not-a-jwt").expect_err("malformed").status(), 401);
+    }
+
+    #[test]
+    fn service_tokens_carry_the_end_user() {
+        let (issuer, auth) = setup();
+        let user = Principal {
+            subject: "associate-7".into(),
+            scopes: BTreeSet::new(),
+            locations: Some(["S001".to_owned()].into()),
+            on_behalf_of: None,
+        };
+        let token = issuer
+            .service_token("experience-api", audience::PROCESS, &["inventory:read"], Some(&user))
+            .expect("mint");
+        let principal = auth.verify(&token).expect("valid");
+        assert_eq!(principal.subject, "svc:experience-api");
+        assert_eq!(principal.actor(), "associate-7");
+        assert!(!principal.can_access("S002"));
+    }
+}

@@ -1,0 +1,384 @@
+//! Layered, typed configuration.
+//!
+//! Layers, lowest first: the embedded `config/default.toml`, then an optional
+//! file given with `--config FILE`, then environment variables
+//! `RETAIL_<SECTION>__<KEY>` (`__` separates every nesting level). One
+//! [`Settings`] value describes the whole platform; each service reads its
+//! own section plus the shared ones.
+
+use std::fmt;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The defaults shipped with the code: a fresh clone runs with nothing else.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// The development signing secret from `config/default.toml`. A production
+/// profile refuses to start while it is in use.
+pub const DEV_SIGNING_SECRET: &str = "dev-only-insecure-signing-secret-change-me";
+
+/// Errors raised while loading or checking configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A layer could not be read or did not match the typed settings.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    /// The settings parsed but break a rule (e.g. dev secret in production).
+    #[error("refusing to start: {0}")]
+    Refused(String),
+}
+
+/// A secret value: usable by code, never printed by `Debug` or `Display`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the code that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True when no value is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Deployment profile.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    /// One developer machine: dev secret allowed.
+    Development,
+    /// A real deployment: the dev secret is refused.
+    Production,
+}
+
+/// The whole platform's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Deployment profile.
+    pub profile: Profile,
+    /// Token verification and service-token minting.
+    pub auth: AuthSettings,
+    /// Server-side HTTP limits shared by every service.
+    pub http: HttpSettings,
+    /// Inter-layer HTTP clients.
+    pub client: ClientSettings,
+    /// Logging.
+    pub telemetry: TelemetrySettings,
+    /// experience-api.
+    pub experience: ExperienceSettings,
+    /// process-api.
+    pub process: ProcessSettings,
+    /// system-api.
+    pub system: SystemSettings,
+    /// ERP backend of system-api.
+    pub erp: ErpSettings,
+    /// Optional shared Redis.
+    pub redis: RedisSettings,
+    /// Demo data seeding.
+    pub seed: SeedSettings,
+}
+
+/// Token verification and minting.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `iss` written into and required from every token.
+    pub issuer: String,
+    /// Accepted algorithms (pinned; never read from the token header).
+    pub algorithms: Vec<String>,
+    /// HS256 shared secret.
+    pub hs256_secret: Secret,
+    /// Tolerated clock skew on `exp`/`nbf`, seconds.
+    pub leeway_seconds: u64,
+    /// Lifetime of minted service tokens, seconds.
+    pub service_token_ttl_seconds: u64,
+}
+
+/// Server-side HTTP limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Whole-request deadline in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Largest accepted request body in bytes.
+    pub body_limit_bytes: usize,
+    /// CORS allowed origins; empty disables CORS.
+    pub cors_allowed_origins: Vec<String>,
+    /// gzip responses when accepted.
+    pub compression: bool,
+}
+
+/// Inter-layer HTTP clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSettings {
+    /// Per-attempt deadline, milliseconds.
+    pub timeout_ms: u64,
+    /// Connect deadline, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Retries for idempotent calls.
+    pub max_retries: usize,
+    /// First backoff delay, milliseconds.
+    pub retry_min_delay_ms: u64,
+    /// Largest backoff delay, milliseconds.
+    pub retry_max_delay_ms: u64,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `json` or `pretty`.
+    pub log_format: LogFormat,
+    /// EnvFilter directive (RUST_LOG wins).
+    pub log_level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// experience-api.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperienceSettings {
+    /// Bind address.
+    pub host: String,
+    /// Port; 0 picks a free one (tests).
+    pub port: u16,
+    /// Base URL of process-api.
+    pub process_url: String,
+}
+
+/// process-api.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessSettings {
+    /// Bind address.
+    pub host: String,
+    /// Port; 0 picks a free one (tests).
+    pub port: u16,
+    /// `sqlite://PATH` or `postgres://…`.
+    pub database_url: Secret,
+    /// Pool size (SQLite writers are serialised regardless).
+    pub max_connections: u32,
+    /// Base URL of system-api.
+    pub system_url: String,
+}
+
+/// system-api.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemSettings {
+    /// Bind address.
+    pub host: String,
+    /// Port; 0 picks a free one (tests).
+    pub port: u16,
+    /// Storage of the adapters and the sandbox ERP.
+    pub database_url: Secret,
+    /// Base URL of process-api (adapters hand canonical events to it).
+    pub process_url: String,
+}
+
+/// ERP backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpSettings {
+    /// Which backend system-api talks to.
+    pub backend: ErpBackend,
+    /// Tryton connection.
+    pub tryton: TrytonSettings,
+}
+
+/// ERP backend choice.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ErpBackend {
+    /// Built into system-api.
+    Sandbox,
+    /// Tryton over JSON-RPC.
+    Tryton,
+}
+
+/// Tryton JSON-RPC connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrytonSettings {
+    /// Base URL of trytond.
+    pub url: String,
+    /// Database name.
+    pub database: String,
+    /// Login.
+    pub username: String,
+    /// Password.
+    pub password: Secret,
+}
+
+/// Optional Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// `redis://…`; empty means no Redis.
+    pub url: Secret,
+}
+
+/// Demo data.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedSettings {
+    /// Seed an empty database on start.
+    pub enabled: bool,
+    /// Number of stores.
+    pub stores: u32,
+    /// Number of SKUs.
+    pub skus: u32,
+}
+
+impl Settings {
+    /// Loads defaults, then `file` if given, then `RETAIL_*` variables, and
+    /// checks the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("RETAIL_").split("__"));
+        Self::from_figment(figment)
+    }
+
+    /// The embedded defaults alone, ignoring the environment: what tests
+    /// start from before setting their own ports and databases.
+    pub fn defaults() -> Self {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)))
+            .unwrap_or_else(|error| panic!("embedded default.toml is invalid: {error}"))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Rules that typed parsing cannot express.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.profile == Profile::Production
+            && (self.auth.hs256_secret.expose() == DEV_SIGNING_SECRET
+                && self.auth.algorithms.iter().any(|a| a == "HS256"))
+        {
+            return Err(ConfigError::Refused(
+                "the production profile cannot use the development signing secret; \
+                 set RETAIL_AUTH__HS256_SECRET or switch to JWKS"
+                    .into(),
+            ));
+        }
+        if self.auth.algorithms.iter().any(|a| a == "HS256") && self.auth.hs256_secret.is_empty()
+        {
+            return Err(ConfigError::Refused(
+                "HS256 is allowed but auth.hs256_secret is empty".into(),
+            ));
+        }
+        if self.profile == Profile::Production && self.auth.hs256_secret.expose().len() < 32 {
+            return Err(ConfigError::Refused(
+                "the production signing secret must be at least 32 bytes".into(),
+            ));
+        }
+        for algorithm in &self.auth.algorithms {
+            if !matches!(algorithm.as_str(), "HS256" | "RS256" | "ES256") {
+                return Err(ConfigError::Refused(format!(
+                    "auth.algorithms: unsupported algorithm {algorithm}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis URL when one is configured.
+    pub fn redis_url(&self) -> Option<&str> {
+        let url = self.redis.url.expose();
+        (!url.is_empty()).then_some(url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_pass_checks() {
+        let settings = Settings::defaults();
+        assert_eq!(settings.experience.port, 8080);
+        assert_eq!(settings.process.port, 8081);
+        assert_eq!(settings.system.port, 8082);
+        assert_eq!(settings.profile, Profile::Development);
+    }
+
+    #[test]
+    fn production_refuses_the_dev_secret() {
+        let mut settings = Settings::defaults();
+        settings.profile = Profile::Production;
+        let error = settings.check().expect_err("dev secret must be refused");
+        assert!(error.to_string().contains("development signing secret"));
+        settings.auth.hs256_secret = Secret::new("a-real-production-secret-of-enough-length");
+        settings.check().expect("a real secret is accepted");
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        let settings = Settings::defaults();
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains(DEV_SIGNING_SECRET));
+        assert!(printed.contains("Secret(***)"));
+    }
+
+    #[test]
+    fn environment_overrides_file_which_overrides_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("override.toml", "[process]\nport = 9181\n[system]\nport = 9182\n")?;
+            jail.set_env("RETAIL_SYSTEM__PORT", "9999");
+            jail.set_env("RETAIL_ERP__TRYTON__DATABASE", "erp_test");
+            let settings = Settings::load(Some(Path::new("override.toml")))
+                .map_err(|e| e.to_string())?;
+            assert_eq!(settings.process.port, 9181);
+            assert_eq!(settings.system.port, 9999);
+            assert_eq!(settings.experience.port, 8080);
+            assert_eq!(settings.erp.tryton.database, "erp_test");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string("[process]\nprot = 1\n"));
+        assert!(Settings::from_figment(figment).is_err());
+    }
+}

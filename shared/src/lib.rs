@@ -1,0 +1,32 @@
+//! Shared governance and model crate of the retail inventory visibility
+//! platform.
+//!
+//! Every service (experience-api, process-api, system-api) is built from the
+//! same parts, all of which live here so the three layers behave alike:
+//!
+//! - [`config`]: layered, typed configuration (file, `--config FILE`, env).
+//! - [`problem`]: RFC 9457 problem+json errors and extractors whose
+//!   rejections are problems too ([`problem::ApiJson`], [`problem::ApiQuery`]).
+//! - [`middleware`]: the one function that applies the common layer stack.
+//! - [`correlation`]: `X-Request-Id` and W3C `traceparent` handling.
+//! - [`auth`]: JWT verification, scopes, location binding, service tokens.
+//! - [`client`]: the typed base client used between layers.
+//! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
+//! - [`server`]: binding, serving and graceful shutdown.
+//! - [`telemetry`]: JSON logs and the Prometheus recorder.
+//! - [`model`]: the canonical inventory model shared by all layers.
+
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod correlation;
+pub mod middleware;
+pub mod model;
+pub mod ops;
+pub mod problem;
+pub mod server;
+pub mod telemetry;
+pub mod validate;
+
+pub use config::Settings;
+pub use problem::{ApiJson, ApiQuery, Problem};

@@ -1,0 +1,149 @@
+//! The common layer stack, applied by every service in one place.
+//!
+//! Order, outermost first (axum applies the last `.layer()` outermost, so
+//! the code below lists them innermost first):
+//!
+//! 1. `Extension`s: the service name and the [`Authenticator`].
+//! 2. `SetRequestId`: a UUID `X-Request-Id` when the caller sent none.
+//! 3. [`correlate`]: validates the request id, reads or starts the W3C trace,
+//!    stores the [`Correlation`](crate::correlation::Correlation).
+//! 4. `PropagateRequestId`: echoes `X-Request-Id` on every response.
+//! 5. `Trace`: one span per request with request id and trace id; 5xx are
+//!    logged as errors, 4xx are not.
+//! 6. [`track_metrics`]: request count and latency per route and status.
+//! 7. CORS from configuration (answers preflights before anything else).
+//! 8. [`problem_bodies`]: any error response without a JSON body (404
+//!    fallback, 405, timeout, limits) becomes problem+json.
+//! 9. Catch-panic: a panicking handler answers a generic 500 problem.
+//! 10. Timeout: the request deadline (503 problem when exceeded).
+//! 11. Compression (gzip) of responses.
+//! 12. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
+//!     a 413 problem).
+//!
+//! Authentication is an extractor ([`Authorized`](crate::auth::Authorized))
+//! so each route names its scope next to its handler.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{Next, from_fn};
+use axum::response::{IntoResponse, Response};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::auth::Authenticator;
+use crate::config::HttpSettings;
+use crate::correlation::{Correlation, REQUEST_ID, correlate};
+use crate::problem::Problem;
+use crate::telemetry::{ServiceName, track_metrics};
+
+/// Applies the common stack to a service's router.
+pub fn apply(
+    router: Router,
+    service: &'static str,
+    http: &HttpSettings,
+    authenticator: Arc<Authenticator>,
+) -> Router {
+    let mut router = router.layer(DefaultBodyLimit::max(http.body_limit_bytes));
+    if http.compression {
+        router = router.layer(CompressionLayer::new().gzip(true));
+    }
+    router
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_millis(http.request_timeout_ms),
+        ))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(from_fn(problem_bodies))
+        .layer(cors(&http.cors_allowed_origins))
+        .layer(from_fn(track_metrics))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let correlation = request.extensions().get::<Correlation>();
+                    tracing::info_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                        request_id = correlation.map_or("", |c| c.request_id.as_str()),
+                        trace_id = correlation.map_or("", |c| c.trace_id.as_str()),
+                    )
+                })
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                .on_response(DefaultOnResponse::new().level(Level::DEBUG)),
+        )
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(from_fn(correlate))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(axum::Extension(authenticator))
+        .layer(axum::Extension(ServiceName(service)))
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static("idempotency-key"),
+            REQUEST_ID.clone(),
+            header::HeaderName::from_static("traceparent"),
+        ])
+        .expose_headers([
+            REQUEST_ID.clone(),
+            header::RETRY_AFTER,
+            header::HeaderName::from_static("ratelimit"),
+            header::HeaderName::from_static("ratelimit-policy"),
+        ])
+        .max_age(Duration::from_secs(600))
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("non-string panic payload");
+    tracing::error!(panic = message, "handler panicked");
+    Problem::internal().into_response()
+}
+
+/// Middleware: an error status whose body is not JSON becomes a problem, so
+/// no layer or fallback ever answers in plain text. Headers such as `Allow`
+/// and `Retry-After` are kept.
+pub async fn problem_bodies(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    if is_json {
+        return response;
+    }
+    let (mut parts, _) = response.into_parts();
+    let problem = Problem::from_status(status).into_response();
+    let (problem_parts, body) = problem.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::CONTENT_ENCODING);
+    parts.headers.extend(problem_parts.headers);
+    Response::from_parts(parts, body)
+}

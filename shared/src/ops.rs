@@ -1,0 +1,234 @@
+//! Operational endpoints every service serves: `/healthz` (the process is
+//! up), `/readyz` (its dependencies answer), `/metrics` (Prometheus text),
+//! `/openapi.json` and the interactive docs at `/docs` (Swagger UI, assets
+//! compiled into the binary).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::telemetry::prometheus;
+
+/// How long one readiness check may take before it counts as failed.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// One named readiness check (database, downstream layer, ERP…).
+#[derive(Clone)]
+pub struct ReadinessCheck {
+    name: &'static str,
+    critical: bool,
+    run: Arc<dyn Fn() -> CheckFuture + Send + Sync>,
+}
+
+impl std::fmt::Debug for ReadinessCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadinessCheck").field("name", &self.name).finish()
+    }
+}
+
+impl ReadinessCheck {
+    /// A check named `name` that runs `check`.
+    pub fn new<F, Fut>(name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            name,
+            critical: true,
+            run: Arc::new(move || Box::pin(check())),
+        }
+    }
+
+    /// A check whose failure is reported but does not make the service
+    /// unready (a dependency the service can work without for a while,
+    /// such as the ERP behind an outbox).
+    pub fn optional<F, Fut>(name: &'static str, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        Self {
+            critical: false,
+            ..Self::new(name, check)
+        }
+    }
+}
+
+/// Liveness answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the process answers.
+    pub status: String,
+    /// Service name.
+    pub service: String,
+    /// Build version.
+    pub version: String,
+}
+
+/// Readiness answer: overall status and one entry per dependency.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// Service name.
+    pub service: String,
+    /// Per-dependency result: `ok` or the failure.
+    pub checks: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Liveness: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process is up", body = Health)))]
+pub async fn healthz() {}
+
+/// Readiness: every dependency answered within the check timeout.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "All dependencies answer", body = Readiness),
+        (status = 503, description = "A dependency failed", body = Readiness)))]
+pub async fn readyz() {}
+
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
+pub async fn metrics() {}
+
+async fn run_checks(service: &'static str, checks: &[ReadinessCheck]) -> Response {
+    let results = futures::future::join_all(checks.iter().map(|check| {
+        let run = check.run.clone();
+        let name = check.name;
+        let critical = check.critical;
+        async move {
+            let result = match tokio::time::timeout(CHECK_TIMEOUT, run()).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+            };
+            (name, critical, result)
+        }
+    }))
+    .await;
+    let mut map = serde_json::Map::new();
+    let mut ready = true;
+    for (name, critical, result) in results {
+        match result {
+            Ok(()) => {
+                map.insert(name.into(), json!("ok"));
+            }
+            Err(error) => {
+                ready &= !critical;
+                tracing::warn!(check = name, critical, %error, "readiness check failed");
+                let error = if critical {
+                    error
+                } else {
+                    format!("{error} (non-critical)")
+                };
+                map.insert(name.into(), json!(error));
+            }
+        }
+    }
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" }.into(),
+        service: service.into(),
+        checks: map,
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The operational routes of a service.
+pub fn router(
+    service: &'static str,
+    checks: Vec<ReadinessCheck>,
+    openapi: utoipa::openapi::OpenApi,
+) -> Router {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route(
+            "/healthz",
+            get(move || async move {
+                axum::Json(Health {
+                    status: "ok".into(),
+                    service: service.into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                })
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let checks = checks.clone();
+                async move { run_checks(service, &checks).await }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    prometheus().render(),
+                )
+            }),
+        )
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi))
+}
+
+/// Answer of `GET /v1/ops/dependencies`: what this service saw of the
+/// request (its correlation ids), its own checks, and the same report from
+/// the layer below, so one call shows a request crossing every layer.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct DependencyReport {
+    /// Service that wrote this part of the report.
+    pub service: String,
+    /// `ok` when every check and the downstream layer are healthy.
+    pub status: String,
+    /// The `X-Request-Id` this service received.
+    pub request_id: String,
+    /// The W3C trace id this service joined.
+    pub trace_id: String,
+    /// Per-dependency result: `ok` or the failure.
+    pub checks: serde_json::Map<String, serde_json::Value>,
+    /// The next layer's report, when there is a next layer.
+    #[schema(value_type = Option<Object>)]
+    pub downstream: Option<Box<DependencyReport>>,
+}
+
+/// Adds the bearer security scheme to a service's OpenAPI document.
+#[derive(Debug)]
+pub struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "A JWT for this service's audience; scopes in the `scope` claim, \
+                         optional `locations` binding.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}

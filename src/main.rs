@@ -1,0 +1,191 @@
+//! `retail-platform`: the launcher.
+//!
+//! - `serve` (the default): all three services in one process on the
+//!   embedded default (SQLite under `./data/`, sandbox ERP, no Redis), demo
+//!   data seeded when empty; prints URLs, docs links and a dev token.
+//! - `token`: prints a signed dev JWT.
+//! - `openapi`: writes (or `--check`s) the committed OpenAPI documents.
+//! - `seed`: upserts the demo master data into process-api's database.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use retail_platform::{Platform, mint_token, openapi_documents};
+use retail_shared::auth::{TokenRequest, audience};
+use retail_shared::{Settings, telemetry};
+
+/// Retail inventory visibility platform.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// A TOML file layered over config/default.toml (env RETAIL_* wins).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run experience-api, process-api and system-api in one process.
+    Serve,
+    /// Print a signed dev JWT on stdout.
+    Token {
+        /// Audience: experience-api, process-api or system-api.
+        #[arg(long)]
+        aud: String,
+        /// Subject (client id).
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// Comma-separated location binding (e.g. S001,S002).
+        #[arg(long, value_delimiter = ',')]
+        locations: Option<Vec<String>>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl_seconds: u64,
+    },
+    /// Write the OpenAPI documents into openapi/, or check them.
+    Openapi {
+        /// Fail (exit 1) if a committed document differs from the code.
+        #[arg(long)]
+        check: bool,
+        /// Directory of the documents.
+        #[arg(long, default_value = "openapi")]
+        dir: PathBuf,
+    },
+    /// Upsert the demo master data (sizes from [seed] unless given).
+    Seed {
+        /// Number of stores.
+        #[arg(long)]
+        stores: Option<u32>,
+        /// Number of SKUs.
+        #[arg(long)]
+        skus: Option<u32>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => runtime()?.block_on(serve(settings)).map(|()| ExitCode::SUCCESS),
+        Command::Token {
+            aud,
+            sub,
+            scope,
+            locations,
+            ttl_seconds,
+        } => {
+            let token = mint_token(
+                &settings,
+                &TokenRequest {
+                    audience: aud,
+                    subject: sub,
+                    scopes: scope.split_whitespace().map(str::to_owned).collect(),
+                    locations,
+                    on_behalf_of: None,
+                    ttl_seconds,
+                },
+            )?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Openapi { check, dir } => openapi(&dir, check),
+        Command::Seed { stores, skus } => runtime()?.block_on(async {
+            telemetry::init_logging(&settings.telemetry);
+            let store = process_api::storage::Store::connect(
+                settings.process.database_url.expose(),
+                settings.process.max_connections,
+            )
+            .await?;
+            let stores = stores.unwrap_or(settings.seed.stores);
+            let skus = skus.unwrap_or(settings.seed.skus);
+            process_api::seed::seed(&store, stores, skus).await?;
+            println!("seeded {stores} stores, a DC, an online node and {skus} SKUs");
+            Ok(ExitCode::SUCCESS)
+        }),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    telemetry::init_logging(&settings.telemetry);
+    let platform = Platform::start(settings.clone()).await?;
+    let channel_token = mint_token(
+        &settings,
+        &TokenRequest {
+            audience: audience::EXPERIENCE.into(),
+            subject: "dev-web-shop".into(),
+            scopes: ["availability:read", "reservations:write", "ops:read"]
+                .map(String::from)
+                .to_vec(),
+            locations: None,
+            on_behalf_of: None,
+            ttl_seconds: 24 * 3600,
+        },
+    )?;
+    println!(
+        "\nretail-platform is running (Ctrl-C to stop)\n\n  \
+         experience-api  {exp}   docs {exp}/docs\n  \
+         process-api     {pro}   docs {pro}/docs\n  \
+         system-api      {sys}   docs {sys}/docs\n\n\
+         dev token for experience-api (24 h; scopes availability:read reservations:write ops:read):\n\n\
+         {channel_token}\n\n\
+         try:  curl -H \"Authorization: Bearer $TOKEN\" {exp}/v1/stores\n\
+         more: cargo run --release -- token --aud process-api --sub me --scope \"inventory:read master:write\"\n",
+        exp = platform.experience_url(),
+        pro = platform.process_url(),
+        sys = platform.system_url(),
+    );
+    platform.run_until(retail_shared::server::shutdown_signal()).await
+}
+
+fn openapi(dir: &Path, check: bool) -> anyhow::Result<ExitCode> {
+    let mut stale = Vec::new();
+    for (name, json) in openapi_documents() {
+        let path = dir.join(name);
+        if check {
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            if committed != json {
+                stale.push(path.display().to_string());
+            }
+        } else {
+            std::fs::create_dir_all(dir)?;
+            std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+    }
+    if stale.is_empty() {
+        if check {
+            println!("OpenAPI documents match the code");
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "OpenAPI documents differ from the code: {}\nregenerate with: cargo run -- openapi",
+            stale.join(", ")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}

@@ -1,0 +1,195 @@
+//! system-api: adapters to the systems of record (POS, WMS, ERP).
+//!
+//! Inbound store traffic enters here and leaves as canonical events for
+//! process-api; ERP postings arrive from process-api and leave through the
+//! configured ERP backend ([`adapters::erp`]).
+
+pub mod adapters;
+pub mod config;
+pub mod error;
+pub mod routes;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use retail_shared::auth::{Authenticator, audience};
+use retail_shared::config::ErpBackend;
+use retail_shared::ops::{ReadinessCheck, SecurityAddon};
+use retail_shared::{Settings, middleware, server};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::net::TcpListener;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use adapters::erp::Erp;
+use adapters::erp::sandbox::SandboxErp;
+pub use config::Config;
+
+/// The service name used in logs, metrics and service tokens.
+pub const SERVICE: &str = "system-api";
+
+/// Shared state of every handler.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Adapter storage (idempotency of store traffic, sandbox ERP).
+    pub pool: SqlitePool,
+    /// The configured ERP backend.
+    pub erp: Arc<dyn Erp>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "system-api",
+        description = "Adapters to the systems of record: POS, WMS and the ERP \
+            (built-in sandbox or Tryton).\n\nErrors are RFC 9457 problem+json; bodies are \
+            strict JSON.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&SecurityAddon),
+    paths(retail_shared::ops::healthz, retail_shared::ops::readyz, retail_shared::ops::metrics),
+    components(schemas(retail_shared::problem::ProblemBody)),
+    tags((name = "operations", description = "Health, readiness, diagnostics"))
+)]
+struct ApiDoc;
+
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(routes::ops::router())
+}
+
+/// The published OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// The production router.
+pub fn router(state: AppState, settings: &Settings) -> Router {
+    let (api, doc) = api().split_for_parts();
+    let pool = state.pool.clone();
+    let erp = state.erp.clone();
+    let checks = vec![
+        ReadinessCheck::new("database", move || {
+            let pool = pool.clone();
+            async move {
+                sqlx::query("SELECT 1")
+                    .execute(&pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        }),
+        // An ERP outage must not take the store adapters out of rotation:
+        // store traffic keeps flowing and postings wait in process-api.
+        ReadinessCheck::optional("erp", move || {
+            let erp = erp.clone();
+            async move { erp.health().await }
+        }),
+    ];
+    let app = api
+        .with_state(state)
+        .merge(retail_shared::ops::router(SERVICE, checks, doc));
+    middleware::apply(
+        app,
+        SERVICE,
+        &settings.http,
+        Arc::new(Authenticator::new(&settings.auth, audience::SYSTEM)),
+    )
+}
+
+async fn open_pool(url: &str) -> anyhow::Result<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)
+        .context("system.database_url must be a sqlite:// URL")?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10));
+    if let Some(parent) = options.get_filename().parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    // One connection: SQLite has one writer, and the adapters mostly write.
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .context("cannot open system-api storage")?;
+    sqlx::migrate!("./migrations")
+        .run(&pool)
+        .await
+        .context("system-api migrations failed")?;
+    Ok(pool)
+}
+
+/// A built, bound system-api.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    port: u16,
+    pool: SqlitePool,
+}
+
+impl Application {
+    /// Binds the configured address, then builds (see
+    /// [`Application::build_with_listener`]).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let config = Config::from(&settings);
+        let listener = server::bind(&config.host, config.port).await?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Opens storage, selects the ERP backend and serves on `listener`.
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let config = Config::from(&settings);
+        let pool = open_pool(&config.database_url).await?;
+        let erp: Arc<dyn Erp> = match config.erp_backend {
+            ErpBackend::Sandbox => Arc::new(SandboxErp::new(pool.clone())),
+            ErpBackend::Tryton => anyhow::bail!(
+                "erp.backend = \"tryton\" is not available in this build yet; use \"sandbox\""
+            ),
+        };
+        let router = router(
+            AppState {
+                pool: pool.clone(),
+                erp,
+            },
+            &settings,
+        );
+        let port = server::local_addr(&listener)?.port();
+        Ok(Self {
+            listener,
+            router,
+            port,
+            pool,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(server::shutdown_signal()).await
+    }
+
+    /// Serves until `signal` resolves, drains requests, closes storage.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let result = server::serve(self.listener, self.router, signal).await;
+        self.pool.close().await;
+        result
+    }
+}

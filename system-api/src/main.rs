@@ -1,0 +1,25 @@
+//! system-api alone: `system-api [--config FILE]`.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use retail_shared::{Settings, telemetry};
+
+/// Command line of the standalone service.
+#[derive(Debug, Parser)]
+#[command(version, about = "system-api: adapters to POS, WMS and ERP")]
+struct Args {
+    /// A TOML file layered over the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Settings::load(args.config.as_deref())?;
+    telemetry::init_logging(&settings.telemetry);
+    let app = system_api::Application::build(settings).await?;
+    tracing::info!(port = app.port(), "system-api listening");
+    app.run_until_stopped().await
+}

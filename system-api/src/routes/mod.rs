@@ -1,0 +1,3 @@
+//! Thin HTTP handlers, one module per area; each exports `router()`.
+
+pub mod ops;
