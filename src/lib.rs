@@ -42,19 +42,18 @@ impl Platform {
         settings.experience.process_url =
             format!("http://{}:{process_port}", settings.process.host);
 
-        let system = system_api::Application::build_with_listener(settings.clone(), system_listener)
-            .await
-            .context("system-api")?;
+        let system =
+            system_api::Application::build_with_listener(settings.clone(), system_listener)
+                .await
+                .context("system-api")?;
         let process =
             process_api::Application::build_with_listener(settings.clone(), process_listener)
                 .await
                 .context("process-api")?;
-        let experience = experience_api::Application::build_with_listener(
-            settings.clone(),
-            experience_listener,
-        )
-        .await
-        .context("experience-api")?;
+        let experience =
+            experience_api::Application::build_with_listener(settings.clone(), experience_listener)
+                .await
+                .context("experience-api")?;
 
         let (shutdown, receiver) = watch::channel(false);
         let tasks = vec![
@@ -74,12 +73,18 @@ impl Platform {
 
     /// Base URL of experience-api.
     pub fn experience_url(&self) -> String {
-        format!("http://{}:{}", self.settings.experience.host, self.experience_port)
+        format!(
+            "http://{}:{}",
+            self.settings.experience.host, self.experience_port
+        )
     }
 
     /// Base URL of process-api.
     pub fn process_url(&self) -> String {
-        format!("http://{}:{}", self.settings.process.host, self.process_port)
+        format!(
+            "http://{}:{}",
+            self.settings.process.host, self.process_port
+        )
     }
 
     /// Base URL of system-api.

@@ -83,7 +83,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = Settings::load(cli.config.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => runtime()?.block_on(serve(settings)).map(|()| ExitCode::SUCCESS),
+        Command::Serve => runtime()?
+            .block_on(serve(settings))
+            .map(|()| ExitCode::SUCCESS),
         Command::Token {
             aud,
             sub,
@@ -158,7 +160,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         pro = platform.process_url(),
         sys = platform.system_url(),
     );
-    platform.run_until(retail_shared::server::shutdown_signal()).await
+    platform
+        .run_until(retail_shared::server::shutdown_signal())
+        .await
 }
 
 fn openapi(dir: &Path, check: bool) -> anyhow::Result<ExitCode> {
@@ -172,7 +176,8 @@ fn openapi(dir: &Path, check: bool) -> anyhow::Result<ExitCode> {
             }
         } else {
             std::fs::create_dir_all(dir)?;
-            std::fs::write(&path, json).with_context(|| format!("cannot write {}", path.display()))?;
+            std::fs::write(&path, json)
+                .with_context(|| format!("cannot write {}", path.display()))?;
             println!("wrote {}", path.display());
         }
     }

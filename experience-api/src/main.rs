@@ -7,7 +7,10 @@ use retail_shared::{Settings, telemetry};
 
 /// Command line of the standalone service.
 #[derive(Debug, Parser)]
-#[command(version, about = "experience-api: channel-facing views and reservations")]
+#[command(
+    version,
+    about = "experience-api: channel-facing views and reservations"
+)]
 struct Args {
     /// A TOML file layered over the defaults.
     #[arg(long)]

@@ -32,7 +32,10 @@ impl ProcessClient {
     }
 
     /// process-api's dependency report (which includes system-api's).
-    pub async fn dependencies(&self, ctx: CallContext<'_>) -> Result<DependencyReport, ClientError> {
+    pub async fn dependencies(
+        &self,
+        ctx: CallContext<'_>,
+    ) -> Result<DependencyReport, ClientError> {
         self.inner
             .get("/v1/ops/dependencies", &[], &["ops:read"], ctx)
             .await

@@ -7,7 +7,10 @@ use retail_shared::{Settings, telemetry};
 
 /// Command line of the standalone service.
 #[derive(Debug, Parser)]
-#[command(version, about = "process-api: the inventory ledger and process orchestration")]
+#[command(
+    version,
+    about = "process-api: the inventory ledger and process orchestration"
+)]
 struct Args {
     /// A TOML file layered over the defaults.
     #[arg(long)]

@@ -9,13 +9,35 @@ use crate::storage::Store;
 use crate::storage::master::ChangeContext;
 
 const ADJECTIVES: [&str; 12] = [
-    "Classic", "Organic", "Everyday", "Premium", "Compact", "Family", "Travel", "Eco", "Deluxe",
-    "Essential", "Outdoor", "Kids",
+    "Classic",
+    "Organic",
+    "Everyday",
+    "Premium",
+    "Compact",
+    "Family",
+    "Travel",
+    "Eco",
+    "Deluxe",
+    "Essential",
+    "Outdoor",
+    "Kids",
 ];
 const NOUNS: [&str; 15] = [
-    "Coffee Beans", "Rain Jacket", "Desk Lamp", "Water Bottle", "Sneakers", "Backpack",
-    "Olive Oil", "Headphones", "Bath Towel", "Notebook", "Yoga Mat", "Tea Kettle", "Umbrella",
-    "Phone Charger", "Wool Socks",
+    "Coffee Beans",
+    "Rain Jacket",
+    "Desk Lamp",
+    "Water Bottle",
+    "Sneakers",
+    "Backpack",
+    "Olive Oil",
+    "Headphones",
+    "Bath Towel",
+    "Notebook",
+    "Yoga Mat",
+    "Tea Kettle",
+    "Umbrella",
+    "Phone Charger",
+    "Wool Socks",
 ];
 
 /// The demo locations.
@@ -143,7 +165,12 @@ mod tests {
         let products = ProductsUpsert {
             products: demo_products(500),
         };
-        assert!(products.products.iter().all(|p| is_valid_gtin(p.gtin.as_deref().unwrap_or(""))));
+        assert!(
+            products
+                .products
+                .iter()
+                .all(|p| is_valid_gtin(p.gtin.as_deref().unwrap_or("")))
+        );
         products.validated().expect("valid products");
     }
 }

@@ -442,12 +442,17 @@ mod tests {
     #[test]
     fn rejects_other_audiences_and_bad_signatures() {
         let (issuer, auth) = setup();
-        let token = issuer.mint(&request(audience::EXPERIENCE, 60)).expect("mint");
+        let token = issuer
+            .mint(&request(audience::EXPERIENCE, 60))
+            .expect("mint");
         assert_eq!(auth.verify(&token).expect_err("wrong aud").status(), 401);
         let mut tampered = issuer.mint(&request(audience::PROCESS, 60)).expect("mint");
         tampered.push('x');
         assert_eq!(auth.verify(&tampered).expect_err("bad sig").status(), 401);
-        assert_eq!(auth.verify("not-a-jwt").expect_err("malformed").status(), 401);
+        assert_eq!(
+            auth.verify("not-a-jwt").expect_err("malformed").status(),
+            401
+        );
     }
 
     #[test]
@@ -460,7 +465,12 @@ mod tests {
             on_behalf_of: None,
         };
         let token = issuer
-            .service_token("experience-api", audience::PROCESS, &["inventory:read"], Some(&user))
+            .service_token(
+                "experience-api",
+                audience::PROCESS,
+                &["inventory:read"],
+                Some(&user),
+            )
             .expect("mint");
         let principal = auth.verify(&token).expect("valid");
         assert_eq!(principal.subject, "svc:experience-api");

@@ -177,7 +177,10 @@ impl LayerClient {
         .await
     }
 
-    #[expect(clippy::too_many_arguments, reason = "one private funnel for all verbs")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one private funnel for all verbs"
+    )]
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
@@ -222,8 +225,8 @@ impl LayerClient {
                 .send()
                 .await
                 .map_err(|e| ClientError::Unavailable(format!("{url}: {e}")))?;
-            let status = StatusCode::from_u16(response.status().as_u16())
-                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let status =
+                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
             let bytes = response
                 .bytes()
                 .await
@@ -237,7 +240,9 @@ impl LayerClient {
                 let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
                 return Err(ClientError::Problem { status, body });
             }
-            Err(ClientError::Unavailable(format!("{url}: answered {status}")))
+            Err(ClientError::Unavailable(format!(
+                "{url}: answered {status}"
+            )))
         };
         if retryable {
             attempt

@@ -300,8 +300,7 @@ impl Settings {
                     .into(),
             ));
         }
-        if self.auth.algorithms.iter().any(|a| a == "HS256") && self.auth.hs256_secret.is_empty()
-        {
+        if self.auth.algorithms.iter().any(|a| a == "HS256") && self.auth.hs256_secret.is_empty() {
             return Err(ConfigError::Refused(
                 "HS256 is allowed but auth.hs256_secret is empty".into(),
             ));
@@ -360,13 +359,20 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns figment::Error"
+    )]
     fn environment_overrides_file_which_overrides_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("override.toml", "[process]\nport = 9181\n[system]\nport = 9182\n")?;
+            jail.create_file(
+                "override.toml",
+                "[process]\nport = 9181\n[system]\nport = 9182\n",
+            )?;
             jail.set_env("RETAIL_SYSTEM__PORT", "9999");
             jail.set_env("RETAIL_ERP__TRYTON__DATABASE", "erp_test");
-            let settings = Settings::load(Some(Path::new("override.toml")))
-                .map_err(|e| e.to_string())?;
+            let settings =
+                Settings::load(Some(Path::new("override.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(settings.process.port, 9181);
             assert_eq!(settings.system.port, 9999);
             assert_eq!(settings.experience.port, 8080);
@@ -376,9 +382,19 @@ mod tests {
     }
 
     #[test]
+    fn the_production_example_parses_and_passes_the_checks() {
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string(include_str!(
+            "../../config/production.example.toml"
+        )));
+        let settings = Settings::from_figment(figment).expect("valid production example");
+        assert_eq!(settings.profile, Profile::Production);
+        assert!(settings.redis_url().is_some());
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
-        let figment = Figment::from(Toml::string(DEFAULT_TOML))
-            .merge(Toml::string("[process]\nprot = 1\n"));
+        let figment =
+            Figment::from(Toml::string(DEFAULT_TOML)).merge(Toml::string("[process]\nprot = 1\n"));
         assert!(Settings::from_figment(figment).is_err());
     }
 }

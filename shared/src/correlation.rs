@@ -122,7 +122,9 @@ pub fn parse_traceparent(value: &str) -> Option<(String, String, u8)> {
         return None;
     }
     let is_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !is_hex(version, 2) || version == "ff" || !is_hex(trace_id, 32) || !is_hex(span_id, 16) {
         return None;
@@ -130,7 +132,9 @@ pub fn parse_traceparent(value: &str) -> Option<(String, String, u8)> {
     if trace_id.bytes().all(|b| b == b'0') || span_id.bytes().all(|b| b == b'0') {
         return None;
     }
-    let flags = u8::from_str_radix(flags, 16).ok().filter(|_| flags.len() == 2)?;
+    let flags = u8::from_str_radix(flags, 16)
+        .ok()
+        .filter(|_| flags.len() == 2)?;
     Some((trace_id.to_owned(), span_id.to_owned(), flags))
 }
 
@@ -192,9 +196,16 @@ mod tests {
         let correlation = Correlation::from_headers(&headers);
         assert_eq!(correlation.request_id, "req-42");
         assert_eq!(correlation.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(correlation.parent_span_id.as_deref(), Some("00f067aa0ba902b7"));
+        assert_eq!(
+            correlation.parent_span_id.as_deref(),
+            Some("00f067aa0ba902b7")
+        );
         assert_ne!(correlation.span_id, "00f067aa0ba902b7");
-        assert!(correlation.traceparent().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(
+            correlation
+                .traceparent()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+        );
     }
 
     #[test]
@@ -209,7 +220,10 @@ mod tests {
             assert!(parse_traceparent(bad).is_none(), "{bad}");
         }
         let mut headers = HeaderMap::new();
-        headers.insert(&REQUEST_ID, HeaderValue::from_str(&"x".repeat(200)).expect("ascii"));
+        headers.insert(
+            &REQUEST_ID,
+            HeaderValue::from_str(&"x".repeat(200)).expect("ascii"),
+        );
         let correlation = Correlation::from_headers(&headers);
         assert_ne!(correlation.request_id.len(), 200);
         assert_eq!(correlation.trace_id.len(), 32);

@@ -53,6 +53,8 @@ pub fn apply(
     http: &HttpSettings,
     authenticator: Arc<Authenticator>,
 ) -> Router {
+    // Install the recorder before the first request is counted.
+    crate::telemetry::prometheus();
     let mut router = router.layer(DefaultBodyLimit::max(http.body_limit_bytes));
     if http.compression {
         router = router.layer(CompressionLayer::new().gzip(true));

@@ -133,7 +133,9 @@ impl Validate for LocationInput {
         let mut seen = std::collections::BTreeSet::new();
         for (index, capability) in self.capabilities.iter().enumerate() {
             if !seen.insert(*capability) {
-                v.at("capabilities", |v| v.error(&index.to_string(), "listed twice"));
+                v.at("capabilities", |v| {
+                    v.error(&index.to_string(), "listed twice")
+                });
             }
         }
         v.range(
@@ -389,7 +391,10 @@ mod tests {
             "/products/0/gtin",
             "/products/0/safety_stock",
         ] {
-            assert!(pointers.iter().any(|p| p == expected), "{expected} in {pointers:?}");
+            assert!(
+                pointers.iter().any(|p| p == expected),
+                "{expected} in {pointers:?}"
+            );
         }
     }
 }

@@ -6,11 +6,11 @@
 //! problems with a JSON pointer to the offending field instead of axum's
 //! plain-text bodies.
 
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::body::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -41,6 +41,12 @@ pub struct Problem {
     slug: &'static str,
     title: String,
     detail: Option<String>,
+    // Boxed: problems travel in `Result`s, which should stay small.
+    extra: Box<Extra>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Extra {
     errors: Vec<FieldError>,
     extensions: Map<String, Value>,
     headers: HeaderMap,
@@ -74,10 +80,7 @@ impl Problem {
             slug,
             title: title.into(),
             detail: None,
-            errors: Vec::new(),
-            extensions: Map::new(),
-            headers: HeaderMap::new(),
-            passthrough: None,
+            extra: Box::default(),
         }
     }
 
@@ -93,7 +96,7 @@ impl Problem {
             );
         }
         let mut problem = Self::new(status, "downstream", "");
-        problem.passthrough = Some(body);
+        problem.extra.passthrough = Some(body);
         problem
     }
 
@@ -105,20 +108,20 @@ impl Problem {
 
     /// Adds field errors.
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
-        self.errors = errors;
+        self.extra.errors = errors;
         self
     }
 
     /// Adds an extension member (RFC 9457 §3.2).
     pub fn with_extension(mut self, key: &str, value: impl Serialize) -> Self {
         let value = serde_json::to_value(value).unwrap_or(Value::Null);
-        self.extensions.insert(key.to_owned(), value);
+        self.extra.extensions.insert(key.to_owned(), value);
         self
     }
 
     /// Adds a response header (e.g. `WWW-Authenticate`, `Retry-After`).
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.insert(name, value);
+        self.extra.headers.insert(name, value);
         self
     }
 
@@ -134,7 +137,7 @@ impl Problem {
 
     /// The field errors.
     pub fn errors(&self) -> &[FieldError] {
-        &self.errors
+        &self.extra.errors
     }
 
     /// 400 for a malformed request.
@@ -202,7 +205,12 @@ impl Problem {
 
     /// 502/503 when a downstream layer fails.
     pub fn upstream(status: StatusCode, detail: impl Into<String>) -> Self {
-        Self::new(status, "upstream-unavailable", "A downstream service failed").with_detail(detail)
+        Self::new(
+            status,
+            "upstream-unavailable",
+            "A downstream service failed",
+        )
+        .with_detail(detail)
     }
 
     /// The problem for a bare status produced by a layer (404 fallback, 405,
@@ -222,7 +230,9 @@ impl Problem {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 ("unsupported-media-type", "send application/json")
             }
-            _ if status.is_server_error() => ("internal", "the server failed to handle the request"),
+            _ if status.is_server_error() => {
+                ("internal", "the server failed to handle the request")
+            }
             _ => ("http-error", "the request could not be handled"),
         };
         let title = status.canonical_reason().unwrap_or("Error");
@@ -231,7 +241,7 @@ impl Problem {
 
     /// The JSON body.
     pub fn body(&self) -> Value {
-        if let Some(body) = &self.passthrough {
+        if let Some(body) = &self.extra.passthrough {
             return body.clone();
         }
         let mut body = Map::new();
@@ -244,11 +254,11 @@ impl Problem {
         if let Some(detail) = &self.detail {
             body.insert("detail".into(), Value::String(detail.clone()));
         }
-        if !self.errors.is_empty() {
-            let errors = serde_json::to_value(&self.errors).unwrap_or(Value::Null);
+        if !self.extra.errors.is_empty() {
+            let errors = serde_json::to_value(&self.extra.errors).unwrap_or(Value::Null);
             body.insert("errors".into(), errors);
         }
-        for (key, value) in &self.extensions {
+        for (key, value) in &self.extra.extensions {
             body.entry(key.clone()).or_insert_with(|| value.clone());
         }
         Value::Object(body)
@@ -271,11 +281,10 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_JSON),
-        );
-        response.headers_mut().extend(self.headers);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response.headers_mut().extend(self.extra.headers);
         response
     }
 }
@@ -372,21 +381,32 @@ fn syntax_problem(error: &serde_json::Error, pointer: String) -> Problem {
 }
 
 fn is_json_content_type(headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn bytes_rejection(rejection: BytesRejection) -> Problem {
     let status = rejection.status();
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        Problem::from_status(status).with_detail(
-            "the request body exceeds the configured limit (http.body_limit_bytes)",
-        )
+        Problem::from_status(status)
+            .with_detail("the request body exceeds the configured limit (http.body_limit_bytes)")
     } else {
-        Problem::bad_request(format!("the body could not be read: {}", rejection.body_text()))
+        Problem::bad_request(format!(
+            "the body could not be read: {}",
+            rejection.body_text()
+        ))
     }
 }
 
@@ -411,7 +431,9 @@ where
             )
             .with_detail("the body must be sent with Content-Type: application/json"));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(bytes_rejection)?;
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(bytes_rejection)?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -471,6 +493,14 @@ fn query_problem(rejection: &QueryRejection) -> Problem {
             let index = message.find(prefix)?;
             let rest = &message[index + prefix.len()..];
             rest.find('`').map(|end| format!("?{}", &rest[..end]))
+        })
+        .or_else(|| {
+            // serde_urlencoded reports value errors as `field: message`.
+            let (field, _) = message.split_once(": ")?;
+            field
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                .then(|| format!("?{field}"))
         })
         .unwrap_or_else(|| "?".to_owned());
     Problem::new(
@@ -543,7 +573,10 @@ mod tests {
         let body = r#"{"events":[{"event_id":"a","quantity":1},{"event_id":"b","quantity":"x"}]}"#;
         assert_eq!(
             pointer_of(body),
-            (StatusCode::UNPROCESSABLE_ENTITY, "/events/1/quantity".into())
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/events/1/quantity".into()
+            )
         );
     }
 
@@ -561,7 +594,10 @@ mod tests {
         let body = r#"{"events":[{"event_id":"a"}]}"#;
         assert_eq!(
             pointer_of(body),
-            (StatusCode::UNPROCESSABLE_ENTITY, "/events/0/quantity".into())
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/events/0/quantity".into()
+            )
         );
     }
 

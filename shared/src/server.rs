@@ -16,7 +16,9 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
 
 /// The address a listener is bound to.
 pub fn local_addr(listener: &TcpListener) -> anyhow::Result<SocketAddr> {
-    listener.local_addr().context("listener has no local address")
+    listener
+        .local_addr()
+        .context("listener has no local address")
 }
 
 /// Serves `router` until `shutdown` resolves, then drains in-flight

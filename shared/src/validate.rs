@@ -117,7 +117,11 @@ mod tests {
         });
         v.id("sku", "has space");
         let problem = v.finish().expect_err("two violations");
-        let pointers: Vec<_> = problem.errors().iter().map(|e| e.pointer.as_str()).collect();
+        let pointers: Vec<_> = problem
+            .errors()
+            .iter()
+            .map(|e| e.pointer.as_str())
+            .collect();
         assert_eq!(pointers, ["/events/3/quantity", "/sku"]);
     }
 

@@ -3,9 +3,7 @@
 use axum::extract::State;
 use retail_shared::auth::{Authorized, scope};
 use retail_shared::correlation::Correlation;
-use retail_shared::model::{
-    Location, LocationsUpsert, Product, ProductsUpsert, Upserted,
-};
+use retail_shared::model::{Location, LocationsUpsert, Product, ProductsUpsert, Upserted};
 use retail_shared::problem::{ApiJson, ApiPath, ApiQuery, Problem, ProblemBody, ValidJson};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -44,7 +42,10 @@ pub struct ProductPage {
     pub next_cursor: Option<String>,
 }
 
-fn change_context(principal: &retail_shared::auth::Principal, correlation: &Correlation) -> ChangeContext {
+fn change_context(
+    principal: &retail_shared::auth::Principal,
+    correlation: &Correlation,
+) -> ChangeContext {
     ChangeContext {
         actor: principal.actor().to_owned(),
         request_id: correlation.request_id.clone(),

@@ -27,10 +27,12 @@ impl PageQuery {
         if (1..=MAX_PAGE_SIZE).contains(&limit) {
             Ok(limit)
         } else {
-            Err(Problem::validation(vec![retail_shared::problem::FieldError {
-                pointer: "?limit".into(),
-                detail: format!("must be between 1 and {MAX_PAGE_SIZE}"),
-            }]))
+            Err(Problem::validation(vec![
+                retail_shared::problem::FieldError {
+                    pointer: "?limit".into(),
+                    detail: format!("must be between 1 and {MAX_PAGE_SIZE}"),
+                },
+            ]))
         }
     }
 }

@@ -270,9 +270,8 @@ where
     Ok(Location {
         location_id: row.try_get("location_id")?,
         name: row.try_get("name")?,
-        r#type: LocationType::parse(&kind).ok_or_else(|| sqlx::Error::Decode(
-            format!("unknown location type {kind}").into(),
-        ))?,
+        r#type: LocationType::parse(&kind)
+            .ok_or_else(|| sqlx::Error::Decode(format!("unknown location type {kind}").into()))?,
         latitude: row.try_get("latitude")?,
         longitude: row.try_get("longitude")?,
         capabilities: capabilities_from_text(&capabilities),

@@ -1,0 +1,58 @@
+//! Fresh, isolated stores for each test: a temp SQLite file, and a new
+//! PostgreSQL schema (via the connection's `search_path`) when
+//! `TEST_POSTGRES_URL` is set.
+
+use process_api::storage::Store;
+
+/// A store plus what keeps it alive (the temp dir).
+pub struct TestStore {
+    pub name: &'static str,
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The PostgreSQL URL of the test server, when one is configured.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            eprintln!("skipping PostgreSQL backend: TEST_POSTGRES_URL is not set");
+            None
+        }
+    }
+}
+
+/// A URL whose connections live in a brand-new schema of the test database.
+pub async fn fresh_postgres_url(base: &str) -> String {
+    use sqlx::Connection;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to TEST_POSTGRES_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// One fresh store per available backend.
+pub async fn all() -> Vec<TestStore> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("process.db").display());
+    let mut stores = vec![TestStore {
+        name: "sqlite",
+        store: Store::connect(&url, 4).await.expect("sqlite store"),
+        _dir: Some(dir),
+    }];
+    if let Some(base) = postgres_url() {
+        let url = fresh_postgres_url(&base).await;
+        stores.push(TestStore {
+            name: "postgres",
+            store: Store::connect(&url, 8).await.expect("postgres store"),
+            _dir: None,
+        });
+    }
+    stores
+}

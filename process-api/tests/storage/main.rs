@@ -1,0 +1,5 @@
+//! Storage tests, run against every backend available: SQLite always,
+//! PostgreSQL when `TEST_POSTGRES_URL` is set (CI sets it).
+
+mod backends;
+mod master;

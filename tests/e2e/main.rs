@@ -1,0 +1,5 @@
+//! End-to-end tests: the three real services on port 0, talking HTTP to
+//! each other, driven over HTTP.
+
+mod foundation;
+mod helpers;
