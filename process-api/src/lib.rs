@@ -7,9 +7,11 @@
 
 pub mod config;
 pub mod error;
+pub mod inventory;
 pub mod routes;
 pub mod seed;
 pub mod storage;
+pub mod workers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -56,6 +58,7 @@ pub struct AppState {
     components(schemas(retail_shared::problem::ProblemBody)),
     tags(
         (name = "master-data", description = "Locations and products"),
+        (name = "inventory", description = "Events, journal, positions"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
 )]
@@ -64,6 +67,7 @@ struct ApiDoc;
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(routes::master::router())
+        .merge(routes::inventory::router())
         .merge(routes::ops::router())
 }
 
@@ -169,12 +173,23 @@ impl Application {
         self.run_until(server::shutdown_signal()).await
     }
 
-    /// Serves until `signal` resolves, drains requests, closes storage.
+    /// Serves until `signal` resolves, drains requests, stops the
+    /// background workers, closes storage.
     pub async fn run_until(
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let sweeper = tokio::spawn(workers::parked_sweeper(
+            self.store.clone(),
+            workers::PARKED_SWEEP_INTERVAL,
+            stopped,
+        ));
         let result = server::serve(self.listener, self.router, signal).await;
+        let _ = stop.send(true);
+        if let Err(error) = sweeper.await {
+            tracing::error!(%error, "parked sweeper ended abnormally");
+        }
         self.store.close().await;
         result
     }

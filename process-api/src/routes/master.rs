@@ -52,7 +52,18 @@ fn change_context(
     }
 }
 
-/// Bulk upsert of locations (1–1000). Unchanged records keep their version.
+/// Applies parked events that the new master data makes known. A failure
+/// here does not fail the upsert: the parked sweeper retries.
+async fn replay_parked(state: &AppState) {
+    match state.store.replay_parked().await {
+        Ok(0) => {}
+        Ok(applied) => tracing::info!(applied, "parked events applied after a master data change"),
+        Err(error) => tracing::warn!(%error, "parked replay failed; the sweeper will retry"),
+    }
+}
+
+/// Bulk upsert of locations (1–1000). Unchanged records keep their version;
+/// parked events that become applicable are applied.
 #[utoipa::path(put, path = "/v1/master/locations", tag = "master-data",
     request_body = LocationsUpsert,
     security(("bearer" = [])),
@@ -74,10 +85,12 @@ async fn upsert_locations(
         .store
         .upsert_locations(&body.locations, &change_context(&auth, &correlation))
         .await?;
+    replay_parked(&state).await;
     Ok(ApiJson(Upserted { upserted }))
 }
 
-/// Bulk upsert of products (1–1000). Unchanged records keep their version.
+/// Bulk upsert of products (1–1000). Unchanged records keep their version;
+/// parked events that become applicable are applied.
 #[utoipa::path(put, path = "/v1/master/products", tag = "master-data",
     request_body = ProductsUpsert,
     security(("bearer" = [])),
@@ -96,6 +109,7 @@ async fn upsert_products(
         .store
         .upsert_products(&body.products, &change_context(&auth, &correlation))
         .await?;
+    replay_parked(&state).await;
     Ok(ApiJson(Upserted { upserted }))
 }
 

@@ -13,6 +13,7 @@
 //! never with the compile-time macros, so a fresh clone builds with no
 //! database. Timestamps are stored as unix microseconds.
 
+pub mod ledger;
 pub mod master;
 
 use std::str::FromStr;

@@ -2,4 +2,5 @@
 //! PostgreSQL when `TEST_POSTGRES_URL` is set (CI sets it).
 
 mod backends;
+mod ledger_props;
 mod master;

@@ -1,0 +1,92 @@
+-- The inventory ledger: journal (append-only), positions, parked events and
+-- the transactional outbox (ERP postings, availability changes).
+
+CREATE TABLE journal (
+    seq                          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id                     TEXT NOT NULL UNIQUE,
+    type                         TEXT NOT NULL,
+    location_id                  TEXT NOT NULL,
+    sku                          TEXT NOT NULL,
+    quantity                     BIGINT NOT NULL,
+    occurred_at                  BIGINT NOT NULL,
+    received_at                  BIGINT NOT NULL,
+    source                       TEXT NOT NULL,
+    reference                    TEXT,
+    reason                       TEXT,
+    counterparty_location_id     TEXT,
+    disposition                  TEXT,
+    on_hand_effect               BIGINT NOT NULL,
+    unsellable_effect            BIGINT NOT NULL,
+    inbound_received_effect      BIGINT NOT NULL,
+    counterparty_shipped_effect  BIGINT NOT NULL,
+    on_hand_change               BIGINT NOT NULL,
+    unit_cost                    TEXT,
+    currency                     TEXT,
+    location_type                TEXT,
+    actor                        TEXT NOT NULL,
+    request_id                   TEXT NOT NULL,
+    trace_id                     TEXT NOT NULL
+);
+CREATE INDEX journal_position_time ON journal (location_id, sku, occurred_at);
+
+CREATE TABLE positions (
+    location_id       TEXT NOT NULL,
+    sku               TEXT NOT NULL,
+    count_at          BIGINT,
+    count_event_id    TEXT,
+    count_qty         BIGINT,
+    delta_after       BIGINT NOT NULL DEFAULT 0,
+    unsellable_raw    BIGINT NOT NULL DEFAULT 0,
+    inbound_shipped   BIGINT NOT NULL DEFAULT 0,
+    inbound_received  BIGINT NOT NULL DEFAULT 0,
+    reserved          BIGINT NOT NULL DEFAULT 0,
+    safety_stock      BIGINT,
+    last_event_at     BIGINT,
+    updated_at        BIGINT NOT NULL,
+    PRIMARY KEY (location_id, sku)
+);
+CREATE INDEX positions_sku ON positions (sku, location_id);
+
+CREATE TABLE parked_events (
+    event_id     TEXT PRIMARY KEY NOT NULL,
+    location_id  TEXT NOT NULL,
+    sku          TEXT NOT NULL,
+    counterparty_location_id TEXT,
+    reason       TEXT NOT NULL,
+    payload      TEXT NOT NULL,
+    parked_at    BIGINT NOT NULL,
+    occurred_at  BIGINT NOT NULL,
+    actor        TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    trace_id     TEXT NOT NULL
+);
+CREATE INDEX parked_events_sku ON parked_events (sku);
+
+CREATE TABLE outbox_postings (
+    posting_id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id                 TEXT NOT NULL,
+    type                     TEXT NOT NULL,
+    location_id              TEXT NOT NULL,
+    sku                      TEXT NOT NULL,
+    quantity                 BIGINT NOT NULL,
+    counterparty_location_id TEXT,
+    disposition              TEXT,
+    unit_cost                TEXT,
+    currency                 TEXT,
+    occurred_at              BIGINT NOT NULL,
+    created_at               BIGINT NOT NULL,
+    status                   TEXT NOT NULL DEFAULT 'pending',
+    attempts                 BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at          BIGINT NOT NULL,
+    last_error               TEXT,
+    request_id               TEXT NOT NULL,
+    trace_id                 TEXT NOT NULL
+);
+CREATE INDEX outbox_postings_status ON outbox_postings (status, posting_id);
+
+CREATE TABLE outbox_changes (
+    change_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    location_id  TEXT NOT NULL,
+    sku          TEXT NOT NULL,
+    created_at   BIGINT NOT NULL
+);

@@ -1,0 +1,411 @@
+//! The inventory ledger over HTTP: event ingest, positions, journal,
+//! safety stock, parked events and rebuild.
+
+use axum::extract::State;
+use retail_shared::auth::{Authorized, Principal, scope};
+use retail_shared::correlation::Correlation;
+use retail_shared::problem::{ApiJson, ApiQuery, FieldError, Problem, ProblemBody, ValidJson};
+use retail_shared::validate::{Validate, Validator};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::PageQuery;
+use crate::AppState;
+use crate::error::Result;
+use crate::inventory::event::{EventBatch, MAX_EVENTS_PER_REQUEST, parse_time};
+use crate::storage::ledger::{
+    EventResult, EventStatus, IngestContext, JournalEntry, JournalQuery, ParkedEvent,
+    PositionRecord, RebuildReport,
+};
+
+/// Routes of this area.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(post_events))
+        .routes(routes!(get_positions))
+        .routes(routes!(get_journal))
+        .routes(routes!(put_safety_stock))
+        .routes(routes!(get_parked))
+        .routes(routes!(replay_parked))
+        .routes(routes!(rebuild))
+}
+
+/// Totals of a batch.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct IngestSummary {
+    /// Journalled.
+    pub applied: usize,
+    /// Seen before.
+    pub duplicate: usize,
+    /// Waiting for master data.
+    pub parked: usize,
+    /// Invalid.
+    pub rejected: usize,
+}
+
+/// Answer of `POST /v1/inventory/events`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IngestResponse {
+    /// One result per event, in request order.
+    pub results: Vec<EventResult>,
+    /// Totals.
+    pub summary: IngestSummary,
+}
+
+impl Validate for EventBatch {
+    fn validate(&self, v: &mut Validator) {
+        v.count("events", self.events.len(), 1, MAX_EVENTS_PER_REQUEST);
+    }
+}
+
+fn ingest_context(principal: &Principal, correlation: &Correlation) -> IngestContext {
+    IngestContext {
+        actor: principal.actor().to_owned(),
+        request_id: correlation.request_id.clone(),
+        trace_id: correlation.trace_id.clone(),
+    }
+}
+
+/// Ingests 1–1000 inventory events in one transaction. Each event gets its
+/// own result: `applied`, `duplicate` (its `event_id` was seen before, ever:
+/// nothing changes), `parked` (unknown sku or location: kept and applied
+/// automatically when the master data arrives) or `rejected` (invalid, with
+/// the reason). A malformed body or a location outside the token's binding
+/// fails the whole request and changes nothing.
+#[utoipa::path(post, path = "/v1/inventory/events", tag = "inventory",
+    request_body = EventBatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Per-event results", body = IngestResponse),
+        (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope inventory:write missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Wrong field types, unknown fields, or not 1-1000 events", body = ProblemBody, content_type = "application/problem+json")))]
+async fn post_events(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryWrite>,
+    correlation: Correlation,
+    ValidJson(batch): ValidJson<EventBatch>,
+) -> Result<ApiJson<IngestResponse>> {
+    for event in &batch.events {
+        auth.require_location(&event.location_id)?;
+        if let Some(other) = &event.counterparty_location_id {
+            auth.require_location(other)?;
+        }
+    }
+    let ctx = ingest_context(&auth, &correlation);
+    let (results, _) = state.store.ingest(&batch.events, &ctx).await?;
+    let mut summary = IngestSummary::default();
+    for (result, input) in results.iter().zip(&batch.events) {
+        let status = match result.status {
+            EventStatus::Applied => {
+                summary.applied += 1;
+                "applied"
+            }
+            EventStatus::Duplicate => {
+                summary.duplicate += 1;
+                "duplicate"
+            }
+            EventStatus::Parked => {
+                summary.parked += 1;
+                "parked"
+            }
+            EventStatus::Rejected => {
+                summary.rejected += 1;
+                "rejected"
+            }
+        };
+        metrics::counter!(
+            "inventory_events_total",
+            "type" => crate::inventory::event::EventType::parse(&input.r#type)
+                .map_or("invalid", |t| t.as_str()),
+            "result" => status
+        )
+        .increment(1);
+    }
+    Ok(ApiJson(IngestResponse { results, summary }))
+}
+
+/// Query of `GET /v1/inventory/positions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PositionsQuery {
+    /// The SKU (required).
+    pub sku: String,
+    /// Only this location.
+    pub location_id: Option<String>,
+}
+
+/// Positions of a SKU.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PositionsResponse {
+    /// One per location holding or expecting the SKU (only the token's
+    /// locations when it is bound).
+    pub positions: Vec<PositionRecord>,
+}
+
+/// Positions of one SKU across locations (pinned).
+#[utoipa::path(get, path = "/v1/inventory/positions", tag = "inventory",
+    params(PositionsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Positions", body = PositionsResponse),
+        (status = 400, description = "Missing sku", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope inventory:read missing, or location outside the binding", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown sku", body = ProblemBody, content_type = "application/problem+json")))]
+async fn get_positions(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryRead>,
+    ApiQuery(query): ApiQuery<PositionsQuery>,
+) -> Result<ApiJson<PositionsResponse>> {
+    if let Some(location) = &query.location_id {
+        auth.require_location(location)?;
+    }
+    if state.store.product(&query.sku).await?.is_none() {
+        return Err(Problem::not_found(format!("no product `{}`", query.sku)).into());
+    }
+    let positions = state
+        .store
+        .positions(&query.sku, query.location_id.as_deref())
+        .await?
+        .into_iter()
+        .filter(|p| auth.can_access(&p.location_id))
+        .collect();
+    Ok(ApiJson(PositionsResponse { positions }))
+}
+
+/// Query of `GET /v1/inventory/journal`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JournalParams {
+    /// Only this location (required for location-bound tokens).
+    pub location_id: Option<String>,
+    /// Only this SKU.
+    pub sku: Option<String>,
+    /// occurred_at ≥ from (RFC 3339).
+    pub from: Option<String>,
+    /// occurred_at < to (RFC 3339).
+    pub to: Option<String>,
+    /// Entries after this seq (the previous page's last `seq`).
+    pub after: Option<i64>,
+    /// Page size, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// A page of the journal.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JournalPage {
+    /// Entries in seq order.
+    pub entries: Vec<JournalEntry>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<i64>,
+}
+
+fn time_param(name: &str, value: Option<&str>) -> Result<Option<i64>, Problem> {
+    value
+        .map(|v| {
+            parse_time(v).ok_or_else(|| {
+                Problem::validation(vec![FieldError {
+                    pointer: format!("?{name}"),
+                    detail: "must be an RFC 3339 date-time".into(),
+                }])
+            })
+        })
+        .transpose()
+}
+
+/// The append-only journal, filtered by location, sku and event time, paged
+/// by seq.
+#[utoipa::path(get, path = "/v1/inventory/journal", tag = "inventory",
+    params(JournalParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of journal entries", body = JournalPage),
+        (status = 403, description = "Scope inventory:read missing, or location outside the binding", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json")))]
+async fn get_journal(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryRead>,
+    ApiQuery(params): ApiQuery<JournalParams>,
+) -> Result<ApiJson<JournalPage>> {
+    match (&params.location_id, &auth.locations) {
+        (Some(location), _) => auth.require_location(location)?,
+        (None, Some(_)) => {
+            return Err(Problem::forbidden(
+                "a location-bound token must name one of its locations (location_id)",
+            )
+            .into());
+        }
+        (None, None) => {}
+    }
+    let limit = PageQuery {
+        after: None,
+        limit: params.limit,
+    }
+    .limit()?;
+    let query = JournalQuery {
+        location_id: params.location_id.clone(),
+        sku: params.sku.clone(),
+        from: time_param("from", params.from.as_deref())?,
+        to: time_param("to", params.to.as_deref())?,
+        after: params.after,
+        limit,
+    };
+    let entries = state.store.journal(&query).await?;
+    let next_after = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    Ok(ApiJson(JournalPage {
+        entries,
+        next_after,
+    }))
+}
+
+/// Body of `PUT /v1/inventory/safety-stock`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SafetyStockInput {
+    /// Location.
+    pub location_id: String,
+    /// SKU.
+    pub sku: String,
+    /// Position-level safety stock (0–1,000,000); `null` falls back to the
+    /// product's, then the location's default.
+    pub safety_stock: Option<i64>,
+}
+
+impl Validate for SafetyStockInput {
+    fn validate(&self, v: &mut Validator) {
+        v.id("location_id", &self.location_id);
+        v.id("sku", &self.sku);
+        if let Some(value) = self.safety_stock {
+            v.range("safety_stock", value, 0, retail_shared::model::MAX_SAFETY_STOCK);
+        }
+    }
+}
+
+/// Sets or clears one position's own safety stock.
+#[utoipa::path(put, path = "/v1/inventory/safety-stock", tag = "inventory",
+    request_body = SafetyStockInput,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The position after the change", body = PositionRecord),
+        (status = 403, description = "Scope inventory:write missing, or location outside the binding", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown sku or location", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = ProblemBody, content_type = "application/problem+json")))]
+async fn put_safety_stock(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryWrite>,
+    ValidJson(input): ValidJson<SafetyStockInput>,
+) -> Result<ApiJson<PositionRecord>> {
+    auth.require_location(&input.location_id)?;
+    if state.store.product(&input.sku).await?.is_none() {
+        return Err(Problem::not_found(format!("no product `{}`", input.sku)).into());
+    }
+    if state.store.location(&input.location_id).await?.is_none() {
+        return Err(Problem::not_found(format!("no location `{}`", input.location_id)).into());
+    }
+    state
+        .store
+        .set_safety_stock(&input.location_id, &input.sku, input.safety_stock)
+        .await?;
+    let position = state
+        .store
+        .positions(&input.sku, Some(&input.location_id))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("position vanished after its update"))?;
+    Ok(ApiJson(position))
+}
+
+/// A page of parked events.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ParkedPage {
+    /// Parked events in event_id order.
+    pub parked: Vec<ParkedEvent>,
+    /// Pass as `after` for the next page.
+    pub next_cursor: Option<String>,
+    /// All parked events.
+    pub total: i64,
+}
+
+/// Events waiting for master data.
+#[utoipa::path(get, path = "/v1/inventory/parked", tag = "inventory",
+    params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Parked events", body = ParkedPage),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn get_parked(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<ApiJson<ParkedPage>> {
+    let limit = query.limit()?;
+    let parked = state.store.parked(query.after.as_deref(), limit).await?;
+    let next_cursor = (parked.len() == limit as usize)
+        .then(|| parked.last().map(|p| p.event_id.clone()))
+        .flatten();
+    let total = state.store.parked_count().await?;
+    Ok(ApiJson(ParkedPage {
+        parked,
+        next_cursor,
+        total,
+    }))
+}
+
+/// Answer of a parked replay.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayResult {
+    /// Parked events applied now.
+    pub applied: usize,
+    /// Still parked.
+    pub remaining: i64,
+}
+
+/// Applies every parked event whose master data has arrived. (This also
+/// runs after every master data upsert and on a schedule.)
+#[utoipa::path(post, path = "/v1/inventory/parked/replay", tag = "inventory",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Replayed", body = ReplayResult),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn replay_parked(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsWrite>,
+) -> Result<ApiJson<ReplayResult>> {
+    let applied = state.store.replay_parked().await?;
+    let remaining = state.store.parked_count().await?;
+    Ok(ApiJson(ReplayResult { applied, remaining }))
+}
+
+/// Query of `POST /v1/ops/rebuild`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RebuildParams {
+    /// `true`: replace differing positions; default: only compare.
+    pub write: Option<bool>,
+}
+
+/// Replays the whole journal into fresh positions and compares them with
+/// the live ones (and with `write=true` replaces those that differ).
+/// Ingest waits while it runs.
+#[utoipa::path(post, path = "/v1/ops/rebuild", tag = "operations",
+    params(RebuildParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What the rebuild found", body = RebuildReport),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn rebuild(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsWrite>,
+    ApiQuery(params): ApiQuery<RebuildParams>,
+) -> Result<ApiJson<RebuildReport>> {
+    let report = state.store.rebuild(params.write.unwrap_or(false)).await?;
+    Ok(ApiJson(report))
+}

@@ -1,0 +1,1331 @@
+//! The ledger's storage: batch ingest, parked events, the journal,
+//! positions, the outbox and rebuild.
+//!
+//! One request batch is one transaction and a handful of statements,
+//! whatever its size: master data is looked up with one `IN` query per
+//! table, positions are created, locked and read with one statement each,
+//! and journal rows, position updates, parked events and outbox rows are
+//! written as multi-row inserts. Only a count that becomes a position's
+//! latest costs an extra query (the sum of the journalled deltas after it).
+//!
+//! Concurrency: on SQLite every write goes through the single writer
+//! connection. On PostgreSQL the positions a batch touches are locked
+//! (`SELECT … FOR UPDATE`, in key order) *before* duplicates are checked,
+//! so two replicas handling the same event serialise on its position and
+//! the second sees the first's journal row; deadlocks and serialisation
+//! failures are retried.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Db, Store, micros_to_rfc3339, now_micros};
+use crate::inventory::event::{Event, EventInput, EventType};
+use crate::inventory::position::{CountMark, PositionFigures, PositionState, resolve_safety_stock};
+use crate::inventory::rebuild::{JournalFact, Key, Rebuilder};
+
+/// Who sent a batch, for the journal.
+#[derive(Debug, Clone)]
+pub struct IngestContext {
+    /// The acting principal (end user behind a service token).
+    pub actor: String,
+    /// Request id.
+    pub request_id: String,
+    /// W3C trace id.
+    pub trace_id: String,
+}
+
+/// Per-event outcome (pinned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Journalled; positions updated.
+    Applied,
+    /// Seen before (journalled or parked): nothing changed.
+    Duplicate,
+    /// Unknown sku or location: kept and retried when master data arrives.
+    Parked,
+    /// Invalid: not kept.
+    Rejected,
+}
+
+/// The result of one event of a batch.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct EventResult {
+    /// The event's id as sent.
+    pub event_id: String,
+    /// Outcome.
+    pub status: EventStatus,
+    /// Why, for parked, rejected and duplicate events.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A valid event on its way into the ledger.
+#[derive(Debug, Clone)]
+struct Candidate {
+    index: usize,
+    event: Event,
+    payload: String,
+    actor: String,
+    request_id: String,
+    trace_id: String,
+}
+
+/// Counts of one applied batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BatchSummary {
+    /// Events journalled.
+    pub applied: usize,
+    /// Events seen before.
+    pub duplicate: usize,
+    /// Events parked.
+    pub parked: usize,
+    /// Positions written.
+    pub positions: usize,
+}
+
+/// A journal entry as operators read it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct JournalEntry {
+    /// Position in the journal (the paging cursor).
+    pub seq: i64,
+    /// Event id.
+    pub event_id: String,
+    /// Event type.
+    pub r#type: String,
+    /// Location.
+    pub location_id: String,
+    /// SKU.
+    pub sku: String,
+    /// Quantity as sent.
+    pub quantity: i64,
+    /// Event time.
+    pub occurred_at: String,
+    /// Arrival time.
+    pub received_at: String,
+    /// Producing system.
+    pub source: String,
+    /// Business reference.
+    pub reference: Option<String>,
+    /// Reason.
+    pub reason: Option<String>,
+    /// Transfer counterparty.
+    pub counterparty_location_id: Option<String>,
+    /// Return disposition.
+    pub disposition: Option<String>,
+    /// Change to on_hand this event caused when it arrived (0 when a later
+    /// count already reflected it; for a count, the correction it made).
+    pub on_hand_change: i64,
+    /// Change to the unsellable sum.
+    pub unsellable_change: i64,
+    /// Unit cost at ingest (enrichment from master data).
+    pub unit_cost: Option<String>,
+    /// Currency of the unit cost.
+    pub currency: Option<String>,
+    /// Location type at ingest.
+    pub location_type: Option<String>,
+    /// Who sent it.
+    pub actor: String,
+    /// Request id of the ingest.
+    pub request_id: String,
+    /// Trace id of the ingest.
+    pub trace_id: String,
+}
+
+/// Journal filters.
+#[derive(Debug, Clone, Default)]
+pub struct JournalQuery {
+    /// Location.
+    pub location_id: Option<String>,
+    /// SKU.
+    pub sku: Option<String>,
+    /// occurred_at ≥ from (unix µs).
+    pub from: Option<i64>,
+    /// occurred_at < to (unix µs).
+    pub to: Option<i64>,
+    /// seq > after.
+    pub after: Option<i64>,
+    /// Page size.
+    pub limit: u32,
+}
+
+/// A parked event as operators see it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ParkedEvent {
+    /// Event id.
+    pub event_id: String,
+    /// Why it waits.
+    pub reason: String,
+    /// When it was parked.
+    pub parked_at: String,
+    /// The event as sent.
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+/// A position with its pinned figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PositionRecord {
+    /// Location.
+    pub location_id: String,
+    /// SKU.
+    pub sku: String,
+    /// The figures.
+    #[serde(flatten)]
+    pub figures: PositionFigures,
+    /// Last change.
+    pub updated_at: String,
+    /// Latest event time seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_event_at: Option<String>,
+}
+
+/// What a rebuild found (and did).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RebuildReport {
+    /// Journal entries replayed.
+    pub events: u64,
+    /// Positions rebuilt.
+    pub positions: u64,
+    /// Live positions that differed from the rebuild.
+    pub mismatches: u64,
+    /// Up to 20 differing positions (`location_id/sku`).
+    pub examples: Vec<String>,
+    /// Whether the rebuilt positions were written.
+    pub written: bool,
+}
+
+/// Rows per multi-row insert: keeps every statement under SQLite's 32,766
+/// and PostgreSQL's 65,535 bind parameters.
+const CHUNK: usize = 500;
+
+fn prepare(
+    inputs: &[EventInput],
+    ctx: &IngestContext,
+    now: i64,
+    results: &mut [Option<EventResult>],
+) -> Vec<Candidate> {
+    let mut seen = HashSet::new();
+    let mut candidates = Vec::with_capacity(inputs.len());
+    for (index, input) in inputs.iter().enumerate() {
+        match input.validate(now) {
+            Err(reason) => {
+                results[index] = Some(EventResult {
+                    event_id: input.event_id.clone(),
+                    status: EventStatus::Rejected,
+                    reason: Some(reason),
+                });
+            }
+            Ok(event) => {
+                if !seen.insert(event.event_id.clone()) {
+                    results[index] = Some(EventResult {
+                        event_id: event.event_id,
+                        status: EventStatus::Duplicate,
+                        reason: Some("repeated within this request".into()),
+                    });
+                    continue;
+                }
+                candidates.push(Candidate {
+                    index,
+                    event,
+                    payload: serde_json::to_string(input).unwrap_or_default(),
+                    actor: ctx.actor.clone(),
+                    request_id: ctx.request_id.clone(),
+                    trace_id: ctx.trace_id.clone(),
+                });
+            }
+        }
+    }
+    candidates
+}
+
+fn state_differs(live: &PositionState, rebuilt: &PositionState) -> bool {
+    live.count != rebuilt.count
+        || live.delta_after != rebuilt.delta_after
+        || live.unsellable_raw != rebuilt.unsellable_raw
+        || live.inbound_shipped != rebuilt.inbound_shipped
+        || live.inbound_received != rebuilt.inbound_received
+        || live.last_event_at != rebuilt.last_event_at
+}
+
+/// Whether a PostgreSQL error is a deadlock or serialisation failure.
+fn is_retryable(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "40P01" || code == "40001")
+}
+
+/// Generates the backend-specific transaction bodies from one source: the
+/// SQL is shared, the lock clauses differ (SQLite has one writer and no
+/// `FOR UPDATE`).
+macro_rules! ledger_backend {
+    ($module:ident, $db:ty, $for_update:literal, $skip_locked:literal) => {
+        pub(crate) mod $module {
+            use super::*;
+            use sqlx::{QueryBuilder, Row, Transaction};
+
+            type Tx<'c> = Transaction<'c, $db>;
+
+            async fn existing_ids(
+                tx: &mut Tx<'_>,
+                table: &str,
+                ids: &[&str],
+            ) -> Result<HashSet<String>, sqlx::Error> {
+                let mut found = HashSet::new();
+                for chunk in ids.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(format!(
+                        "SELECT event_id FROM {table} WHERE event_id IN ("
+                    ));
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    list.push_unseparated(")");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        found.insert(row.try_get::<String, _>(0)?);
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn lookup_products(
+                tx: &mut Tx<'_>,
+                skus: &BTreeSet<&str>,
+            ) -> Result<HashMap<String, (String, String)>, sqlx::Error> {
+                let mut found = HashMap::new();
+                let skus: Vec<&str> = skus.iter().copied().collect();
+                for chunk in skus.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT sku, unit_cost, currency FROM products WHERE sku IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for sku in chunk {
+                        list.push_bind(*sku);
+                    }
+                    list.push_unseparated(")");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        found.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+                    }
+                }
+                Ok(found)
+            }
+
+            async fn lookup_locations(
+                tx: &mut Tx<'_>,
+                ids: &BTreeSet<&str>,
+            ) -> Result<HashMap<String, String>, sqlx::Error> {
+                let mut found = HashMap::new();
+                let ids: Vec<&str> = ids.iter().copied().collect();
+                for chunk in ids.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT location_id, type FROM locations WHERE location_id IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(*id);
+                    }
+                    list.push_unseparated(")");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        found.insert(row.try_get(0)?, row.try_get(1)?);
+                    }
+                }
+                Ok(found)
+            }
+
+            /// Creates missing positions, then locks and reads them all.
+            async fn lock_positions(
+                tx: &mut Tx<'_>,
+                keys: &BTreeSet<Key>,
+                now: i64,
+            ) -> Result<HashMap<Key, PositionState>, sqlx::Error> {
+                let keys: Vec<&Key> = keys.iter().collect();
+                for chunk in keys.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO positions (location_id, sku, updated_at) ",
+                    );
+                    qb.push_values(chunk, |mut row, (location, sku)| {
+                        row.push_bind(location.as_str())
+                            .push_bind(sku.as_str())
+                            .push_bind(now);
+                    });
+                    qb.push(" ON CONFLICT (location_id, sku) DO NOTHING");
+                    qb.build().execute(&mut **tx).await?;
+                }
+                let mut states = HashMap::with_capacity(keys.len());
+                for chunk in keys.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT location_id, sku, count_at, count_event_id, count_qty, delta_after, \
+                         unsellable_raw, inbound_shipped, inbound_received, reserved, last_event_at \
+                         FROM positions WHERE (location_id, sku) IN (",
+                    );
+                    qb.push_values(chunk, |mut row, (location, sku)| {
+                        row.push_bind(location.as_str()).push_bind(sku.as_str());
+                    });
+                    qb.push(") ORDER BY location_id, sku");
+                    qb.push($for_update);
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let key: Key = (row.try_get(0)?, row.try_get(1)?);
+                        states.insert(key, state_from_row(&row)?);
+                    }
+                }
+                Ok(states)
+            }
+
+            fn state_from_row(
+                row: &<$db as sqlx::Database>::Row,
+            ) -> Result<PositionState, sqlx::Error> {
+                let count_at: Option<i64> = row.try_get("count_at")?;
+                let count_event_id: Option<String> = row.try_get("count_event_id")?;
+                let count_qty: Option<i64> = row.try_get("count_qty")?;
+                let count = match (count_at, count_event_id, count_qty) {
+                    (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
+                        at,
+                        event_id,
+                        quantity,
+                    }),
+                    _ => None,
+                };
+                Ok(PositionState {
+                    count,
+                    delta_after: row.try_get("delta_after")?,
+                    unsellable_raw: row.try_get("unsellable_raw")?,
+                    inbound_shipped: row.try_get("inbound_shipped")?,
+                    inbound_received: row.try_get("inbound_received")?,
+                    reserved: row.try_get("reserved")?,
+                    last_event_at: row.try_get("last_event_at")?,
+                })
+            }
+
+            async fn journal_sum_after(
+                tx: &mut Tx<'_>,
+                key: &Key,
+                at: i64,
+            ) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(on_hand_effect), 0) AS BIGINT) FROM journal \
+                     WHERE location_id = $1 AND sku = $2 AND occurred_at > $3",
+                )
+                .bind(&key.0)
+                .bind(&key.1)
+                .bind(at)
+                .fetch_one(&mut **tx)
+                .await
+            }
+
+            async fn write_positions(
+                tx: &mut Tx<'_>,
+                states: &[(&Key, &PositionState)],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                for chunk in states.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO positions (location_id, sku, count_at, count_event_id, \
+                         count_qty, delta_after, unsellable_raw, inbound_shipped, \
+                         inbound_received, last_event_at, updated_at) ",
+                    );
+                    qb.push_values(chunk, |mut row, ((location, sku), state)| {
+                        row.push_bind(location.as_str())
+                            .push_bind(sku.as_str())
+                            .push_bind(state.count.as_ref().map(|c| c.at))
+                            .push_bind(state.count.as_ref().map(|c| c.event_id.clone()))
+                            .push_bind(state.count.as_ref().map(|c| c.quantity))
+                            .push_bind(state.delta_after)
+                            .push_bind(state.unsellable_raw)
+                            .push_bind(state.inbound_shipped)
+                            .push_bind(state.inbound_received)
+                            .push_bind(state.last_event_at)
+                            .push_bind(now);
+                    });
+                    qb.push(
+                        " ON CONFLICT (location_id, sku) DO UPDATE SET \
+                         count_at = excluded.count_at, count_event_id = excluded.count_event_id, \
+                         count_qty = excluded.count_qty, delta_after = excluded.delta_after, \
+                         unsellable_raw = excluded.unsellable_raw, \
+                         inbound_shipped = excluded.inbound_shipped, \
+                         inbound_received = excluded.inbound_received, \
+                         last_event_at = excluded.last_event_at, updated_at = excluded.updated_at",
+                    );
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            struct JournalRow<'a> {
+                candidate: &'a Candidate,
+                on_hand_effect: i64,
+                unsellable_effect: i64,
+                inbound_received_effect: i64,
+                counterparty_shipped_effect: i64,
+                on_hand_change: i64,
+                unit_cost: &'a str,
+                currency: &'a str,
+                location_type: &'a str,
+            }
+
+            async fn insert_journal(
+                tx: &mut Tx<'_>,
+                rows: &[JournalRow<'_>],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                for chunk in rows.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO journal (event_id, type, location_id, sku, quantity, \
+                         occurred_at, received_at, source, reference, reason, \
+                         counterparty_location_id, disposition, on_hand_effect, \
+                         unsellable_effect, inbound_received_effect, \
+                         counterparty_shipped_effect, on_hand_change, unit_cost, currency, \
+                         location_type, actor, request_id, trace_id) ",
+                    );
+                    qb.push_values(chunk, |mut row, entry| {
+                        let event = &entry.candidate.event;
+                        row.push_bind(event.event_id.as_str())
+                            .push_bind(event.kind.as_str())
+                            .push_bind(event.location_id.as_str())
+                            .push_bind(event.sku.as_str())
+                            .push_bind(event.quantity)
+                            .push_bind(event.occurred_at)
+                            .push_bind(now)
+                            .push_bind(event.source.as_str())
+                            .push_bind(event.reference.as_deref())
+                            .push_bind(event.reason.as_deref())
+                            .push_bind(event.counterparty_location_id.as_deref())
+                            .push_bind(event.disposition.map(|d| d.as_str()))
+                            .push_bind(entry.on_hand_effect)
+                            .push_bind(entry.unsellable_effect)
+                            .push_bind(entry.inbound_received_effect)
+                            .push_bind(entry.counterparty_shipped_effect)
+                            .push_bind(entry.on_hand_change)
+                            .push_bind(entry.unit_cost)
+                            .push_bind(entry.currency)
+                            .push_bind(entry.location_type)
+                            .push_bind(entry.candidate.actor.as_str())
+                            .push_bind(entry.candidate.request_id.as_str())
+                            .push_bind(entry.candidate.trace_id.as_str());
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                for chunk in rows.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO outbox_postings (event_id, type, location_id, sku, quantity, \
+                         counterparty_location_id, disposition, unit_cost, currency, \
+                         occurred_at, created_at, next_attempt_at, request_id, trace_id) ",
+                    );
+                    qb.push_values(chunk, |mut row, entry| {
+                        let event = &entry.candidate.event;
+                        row.push_bind(event.event_id.as_str())
+                            .push_bind(event.kind.as_str())
+                            .push_bind(event.location_id.as_str())
+                            .push_bind(event.sku.as_str())
+                            .push_bind(event.quantity)
+                            .push_bind(event.counterparty_location_id.as_deref())
+                            .push_bind(event.disposition.map(|d| d.as_str()))
+                            .push_bind(entry.unit_cost)
+                            .push_bind(entry.currency)
+                            .push_bind(event.occurred_at)
+                            .push_bind(now)
+                            .push_bind(now)
+                            .push_bind(entry.candidate.request_id.as_str())
+                            .push_bind(entry.candidate.trace_id.as_str());
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_changes(
+                tx: &mut Tx<'_>,
+                keys: &[&Key],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                for chunk in keys.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO outbox_changes (location_id, sku, created_at) ",
+                    );
+                    qb.push_values(chunk, |mut row, (location, sku)| {
+                        row.push_bind(location.as_str())
+                            .push_bind(sku.as_str())
+                            .push_bind(now);
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            async fn park(
+                tx: &mut Tx<'_>,
+                parked: &[(&Candidate, String)],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                for chunk in parked.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "INSERT INTO parked_events (event_id, location_id, sku, \
+                         counterparty_location_id, reason, payload, parked_at, occurred_at, \
+                         actor, request_id, trace_id) ",
+                    );
+                    qb.push_values(chunk, |mut row, (candidate, reason)| {
+                        let event = &candidate.event;
+                        row.push_bind(event.event_id.as_str())
+                            .push_bind(event.location_id.as_str())
+                            .push_bind(event.sku.as_str())
+                            .push_bind(event.counterparty_location_id.as_deref())
+                            .push_bind(reason.as_str())
+                            .push_bind(candidate.payload.as_str())
+                            .push_bind(now)
+                            .push_bind(event.occurred_at)
+                            .push_bind(candidate.actor.as_str())
+                            .push_bind(candidate.request_id.as_str())
+                            .push_bind(candidate.trace_id.as_str());
+                    });
+                    qb.push(" ON CONFLICT (event_id) DO NOTHING");
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(())
+            }
+
+            /// Applies validated candidates inside `tx`, filling `results`.
+            pub(super) async fn apply(
+                tx: &mut Tx<'_>,
+                candidates: &[Candidate],
+                results: &mut [Option<EventResult>],
+                now: i64,
+            ) -> Result<BatchSummary, sqlx::Error> {
+                let mut summary = BatchSummary::default();
+                if candidates.is_empty() {
+                    return Ok(summary);
+                }
+                let skus: BTreeSet<&str> =
+                    candidates.iter().map(|c| c.event.sku.as_str()).collect();
+                let location_ids: BTreeSet<&str> = candidates
+                    .iter()
+                    .flat_map(|c| {
+                        std::iter::once(c.event.location_id.as_str())
+                            .chain(c.event.counterparty_location_id.as_deref())
+                    })
+                    .collect();
+                let products = lookup_products(tx, &skus).await?;
+                let locations = lookup_locations(tx, &location_ids).await?;
+
+                let mut known = Vec::with_capacity(candidates.len());
+                let mut unknown = Vec::new();
+                for candidate in candidates {
+                    let event = &candidate.event;
+                    let reason = if !products.contains_key(&event.sku) {
+                        Some(format!("unknown sku `{}`", event.sku))
+                    } else if !locations.contains_key(&event.location_id) {
+                        Some(format!("unknown location `{}`", event.location_id))
+                    } else {
+                        event
+                            .counterparty_location_id
+                            .as_ref()
+                            .filter(|other| !locations.contains_key(*other))
+                            .map(|other| format!("unknown counterparty location `{other}`"))
+                    };
+                    match reason {
+                        Some(reason) => unknown.push((candidate, reason)),
+                        None => known.push(candidate),
+                    }
+                }
+
+                // Lock first, then look for duplicates (see the module docs).
+                let mut keys: BTreeSet<Key> = BTreeSet::new();
+                for candidate in &known {
+                    let event = &candidate.event;
+                    keys.insert((event.location_id.clone(), event.sku.clone()));
+                    if event.kind == EventType::TransferOut
+                        && let Some(other) = &event.counterparty_location_id
+                    {
+                        keys.insert((other.clone(), event.sku.clone()));
+                    }
+                }
+                let mut states = lock_positions(tx, &keys, now).await?;
+
+                let ids: Vec<&str> = candidates.iter().map(|c| c.event.event_id.as_str()).collect();
+                let journalled = existing_ids(tx, "journal", &ids).await?;
+                let parked_before = existing_ids(tx, "parked_events", &ids).await?;
+                let is_duplicate = |candidate: &Candidate, results: &mut [Option<EventResult>]| {
+                    let id = &candidate.event.event_id;
+                    let reason = if journalled.contains(id) {
+                        "already applied"
+                    } else if parked_before.contains(id) {
+                        "already received; parked until its master data arrives"
+                    } else {
+                        return false;
+                    };
+                    results[candidate.index] = Some(EventResult {
+                        event_id: id.clone(),
+                        status: EventStatus::Duplicate,
+                        reason: Some(reason.into()),
+                    });
+                    true
+                };
+
+                let mut journal_rows = Vec::with_capacity(known.len());
+                let mut batch_deltas: HashMap<Key, Vec<(i64, i64)>> = HashMap::new();
+                let mut touched: BTreeSet<Key> = BTreeSet::new();
+                for candidate in known {
+                    if is_duplicate(candidate, results) {
+                        summary.duplicate += 1;
+                        continue;
+                    }
+                    let event = &candidate.event;
+                    let key: Key = (event.location_id.clone(), event.sku.clone());
+                    let effects = event.effects();
+                    let on_hand_change = if event.kind == EventType::Count {
+                        let mark = CountMark {
+                            at: event.occurred_at,
+                            event_id: event.event_id.clone(),
+                            quantity: event.quantity,
+                        };
+                        let current = states.get(&key).and_then(|s| s.count.as_ref());
+                        if mark.supersedes(current) {
+                            let in_batch: i64 = batch_deltas
+                                .get(&key)
+                                .map(|deltas| {
+                                    deltas
+                                        .iter()
+                                        .filter(|(at, _)| *at > mark.at)
+                                        .map(|(_, delta)| delta)
+                                        .sum()
+                                })
+                                .unwrap_or(0);
+                            let journalled = journal_sum_after(tx, &key, mark.at).await?;
+                            states
+                                .entry(key.clone())
+                                .or_default()
+                                .install_count(mark, journalled + in_batch)
+                        } else {
+                            0
+                        }
+                    } else {
+                        let state = states.entry(key.clone()).or_default();
+                        let change = state.apply_on_hand_delta(event.occurred_at, effects.on_hand);
+                        state.unsellable_raw += effects.unsellable;
+                        state.inbound_received += effects.inbound_received;
+                        if effects.on_hand != 0 {
+                            batch_deltas
+                                .entry(key.clone())
+                                .or_default()
+                                .push((event.occurred_at, effects.on_hand));
+                        }
+                        change
+                    };
+                    states.entry(key.clone()).or_default().touch(event.occurred_at);
+                    if effects.counterparty_shipped != 0
+                        && let Some(other) = &event.counterparty_location_id
+                    {
+                        let other_key: Key = (other.clone(), event.sku.clone());
+                        states.entry(other_key.clone()).or_default().inbound_shipped +=
+                            effects.counterparty_shipped;
+                        touched.insert(other_key);
+                    }
+                    touched.insert(key);
+                    let (unit_cost, currency) = products
+                        .get(&event.sku)
+                        .map(|(cost, currency)| (cost.as_str(), currency.as_str()))
+                        .unwrap_or(("", ""));
+                    journal_rows.push(JournalRow {
+                        candidate,
+                        on_hand_effect: effects.on_hand,
+                        unsellable_effect: effects.unsellable,
+                        inbound_received_effect: effects.inbound_received,
+                        counterparty_shipped_effect: effects.counterparty_shipped,
+                        on_hand_change,
+                        unit_cost,
+                        currency,
+                        location_type: locations
+                            .get(&event.location_id)
+                            .map_or("", String::as_str),
+                    });
+                    results[candidate.index] = Some(EventResult {
+                        event_id: event.event_id.clone(),
+                        status: EventStatus::Applied,
+                        reason: None,
+                    });
+                }
+
+                let mut to_park = Vec::new();
+                for (candidate, reason) in unknown {
+                    if is_duplicate(candidate, results) {
+                        summary.duplicate += 1;
+                        continue;
+                    }
+                    results[candidate.index] = Some(EventResult {
+                        event_id: candidate.event.event_id.clone(),
+                        status: EventStatus::Parked,
+                        reason: Some(reason.clone()),
+                    });
+                    to_park.push((candidate, reason));
+                }
+
+                insert_journal(tx, &journal_rows, now).await?;
+                let touched: Vec<&Key> = touched.iter().collect();
+                let written: Vec<(&Key, &PositionState)> = touched
+                    .iter()
+                    .filter_map(|key| states.get(*key).map(|state| (*key, state)))
+                    .collect();
+                write_positions(tx, &written, now).await?;
+                insert_changes(tx, &touched, now).await?;
+                park(tx, &to_park, now).await?;
+                summary.applied = journal_rows.len();
+                summary.parked = to_park.len();
+                summary.positions = written.len();
+                Ok(summary)
+            }
+
+            /// Takes up to `limit` parked events whose master data now
+            /// exists out of the parking table, as ingest candidates.
+            pub(super) async fn take_ready_parked(
+                tx: &mut Tx<'_>,
+                limit: i64,
+                now: i64,
+            ) -> Result<Vec<Candidate>, sqlx::Error> {
+                let rows = sqlx::query(concat!(
+                    "SELECT event_id, payload, actor, request_id, trace_id FROM parked_events p \
+                     WHERE EXISTS (SELECT 1 FROM products WHERE sku = p.sku) \
+                     AND EXISTS (SELECT 1 FROM locations WHERE location_id = p.location_id) \
+                     AND (p.counterparty_location_id IS NULL OR EXISTS \
+                          (SELECT 1 FROM locations WHERE location_id = p.counterparty_location_id)) \
+                     ORDER BY occurred_at, event_id LIMIT $1",
+                    $skip_locked
+                ))
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await?;
+                let mut candidates = Vec::with_capacity(rows.len());
+                let mut ids = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let event_id: String = row.try_get("event_id")?;
+                    let payload: String = row.try_get("payload")?;
+                    ids.push(event_id.clone());
+                    let Ok(input) = serde_json::from_str::<EventInput>(&payload) else {
+                        tracing::error!(%event_id, "parked payload is unreadable; left parked");
+                        ids.pop();
+                        continue;
+                    };
+                    // Validated at parking time; only the clock can have moved, and
+                    // that only loosens the future bound.
+                    let Ok(event) = input.validate(now) else {
+                        ids.pop();
+                        continue;
+                    };
+                    candidates.push(Candidate {
+                        index: candidates.len(),
+                        event,
+                        payload,
+                        actor: row.try_get("actor")?,
+                        request_id: row.try_get("request_id")?,
+                        trace_id: row.try_get("trace_id")?,
+                    });
+                }
+                for chunk in ids.chunks(CHUNK) {
+                    let mut qb =
+                        QueryBuilder::<$db>::new("DELETE FROM parked_events WHERE event_id IN (");
+                    let mut list = qb.separated(", ");
+                    for id in chunk {
+                        list.push_bind(id.as_str());
+                    }
+                    list.push_unseparated(")");
+                    qb.build().execute(&mut **tx).await?;
+                }
+                Ok(candidates)
+            }
+
+            /// Replays the journal into positions, comparing with (and with
+            /// `write`, replacing) the live ones.
+            pub(super) async fn rebuild(
+                tx: &mut Tx<'_>,
+                write: bool,
+                now: i64,
+            ) -> Result<RebuildReport, sqlx::Error> {
+                use futures::TryStreamExt;
+                let mut rebuilder = Rebuilder::default();
+                {
+                    let mut counts = sqlx::query(
+                        "SELECT location_id, sku, occurred_at, event_id, quantity FROM journal \
+                         WHERE type = 'count'",
+                    )
+                    .fetch(&mut **tx);
+                    while let Some(row) = counts.try_next().await? {
+                        let location: String = row.try_get(0)?;
+                        let sku: String = row.try_get(1)?;
+                        rebuilder.add_count(
+                            &location,
+                            &sku,
+                            CountMark {
+                                at: row.try_get(2)?,
+                                event_id: row.try_get(3)?,
+                                quantity: row.try_get(4)?,
+                            },
+                        );
+                    }
+                }
+                {
+                    let mut facts = sqlx::query(
+                        "SELECT location_id, sku, occurred_at, on_hand_effect, unsellable_effect, \
+                         inbound_received_effect, counterparty_shipped_effect, \
+                         counterparty_location_id FROM journal ORDER BY seq",
+                    )
+                    .fetch(&mut **tx);
+                    while let Some(row) = facts.try_next().await? {
+                        rebuilder.add_fact(&JournalFact {
+                            location_id: row.try_get(0)?,
+                            sku: row.try_get(1)?,
+                            occurred_at: row.try_get(2)?,
+                            on_hand_effect: row.try_get(3)?,
+                            unsellable_effect: row.try_get(4)?,
+                            inbound_received_effect: row.try_get(5)?,
+                            counterparty_shipped_effect: row.try_get(6)?,
+                            counterparty_location_id: row.try_get(7)?,
+                        });
+                    }
+                }
+                let events = rebuilder.events();
+                let mut rebuilt = rebuilder.finish();
+                let live_rows = sqlx::query(concat!(
+                    "SELECT location_id, sku, count_at, count_event_id, count_qty, delta_after, \
+                     unsellable_raw, inbound_shipped, inbound_received, reserved, last_event_at \
+                     FROM positions ORDER BY location_id, sku",
+                    $for_update
+                ))
+                .fetch_all(&mut **tx)
+                .await?;
+                let mut mismatches = 0;
+                let mut examples = Vec::new();
+                let mut to_write: Vec<(Key, PositionState)> = Vec::new();
+                let positions = rebuilt.len() as u64;
+                for row in &live_rows {
+                    let key: Key = (row.try_get(0)?, row.try_get(1)?);
+                    let live = state_from_row(row)?;
+                    let fresh = rebuilt.remove(&key).unwrap_or_default();
+                    if state_differs(&live, &fresh) {
+                        mismatches += 1;
+                        if examples.len() < 20 {
+                            examples.push(format!("{}/{}", key.0, key.1));
+                        }
+                        to_write.push((key, fresh));
+                    }
+                }
+                for (key, fresh) in rebuilt {
+                    mismatches += 1;
+                    if examples.len() < 20 {
+                        examples.push(format!("{}/{}", key.0, key.1));
+                    }
+                    to_write.push((key, fresh));
+                }
+                if write && !to_write.is_empty() {
+                    let refs: Vec<(&Key, &PositionState)> =
+                        to_write.iter().map(|(k, s)| (k, s)).collect();
+                    write_positions(tx, &refs, now).await?;
+                }
+                Ok(RebuildReport {
+                    events,
+                    positions,
+                    mismatches,
+                    examples,
+                    written: write && mismatches > 0,
+                })
+            }
+        }
+    };
+}
+
+ledger_backend!(sqlite_ledger, sqlx::Sqlite, "", "");
+ledger_backend!(
+    postgres_ledger,
+    sqlx::Postgres,
+    " FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED"
+);
+
+/// Attempts of a PostgreSQL transaction that hit a deadlock.
+const PG_ATTEMPTS: usize = 5;
+
+impl Store {
+    /// Ingests one batch in one transaction; the result has one entry per
+    /// input, in order.
+    pub async fn ingest(
+        &self,
+        inputs: &[EventInput],
+        ctx: &IngestContext,
+    ) -> Result<(Vec<EventResult>, BatchSummary), sqlx::Error> {
+        let now = now_micros();
+        let mut results: Vec<Option<EventResult>> = vec![None; inputs.len()];
+        let candidates = prepare(inputs, ctx, now, &mut results);
+        let summary = match self.db() {
+            Db::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await?;
+                let summary =
+                    sqlite_ledger::apply(&mut tx, &candidates, &mut results, now).await?;
+                tx.commit().await?;
+                summary
+            }
+            Db::Postgres(pool) => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let mut scratch = results.clone();
+                    let outcome = async {
+                        let mut tx = pool.begin().await?;
+                        let summary =
+                            postgres_ledger::apply(&mut tx, &candidates, &mut scratch, now)
+                                .await?;
+                        tx.commit().await?;
+                        Ok::<_, sqlx::Error>(summary)
+                    }
+                    .await;
+                    match outcome {
+                        Ok(summary) => {
+                            results = scratch;
+                            break summary;
+                        }
+                        Err(error) if attempt < PG_ATTEMPTS && is_retryable(&error) => {
+                            tracing::debug!(attempt, "ingest transaction retried: {error}");
+                        }
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+        };
+        let results = results
+            .into_iter()
+            .zip(inputs)
+            .map(|(result, input)| {
+                result.unwrap_or_else(|| EventResult {
+                    event_id: input.event_id.clone(),
+                    status: EventStatus::Rejected,
+                    reason: Some("not processed".into()),
+                })
+            })
+            .collect();
+        Ok((results, summary))
+    }
+
+    /// Applies parked events whose master data has arrived, in batches of up
+    /// to 500, until none is ready. Returns how many were applied.
+    pub async fn replay_parked(&self) -> Result<usize, sqlx::Error> {
+        let mut applied = 0;
+        loop {
+            let now = now_micros();
+            let summary = match self.db() {
+                Db::Sqlite { writer, .. } => {
+                    let mut tx = writer.begin().await?;
+                    let candidates = sqlite_ledger::take_ready_parked(&mut tx, 500, now).await?;
+                    if candidates.is_empty() {
+                        break;
+                    }
+                    let mut results = vec![None; candidates.len()];
+                    let summary =
+                        sqlite_ledger::apply(&mut tx, &candidates, &mut results, now).await?;
+                    tx.commit().await?;
+                    summary
+                }
+                Db::Postgres(pool) => {
+                    let mut tx = pool.begin().await?;
+                    let candidates =
+                        postgres_ledger::take_ready_parked(&mut tx, 500, now).await?;
+                    if candidates.is_empty() {
+                        break;
+                    }
+                    let mut results = vec![None; candidates.len()];
+                    let summary =
+                        postgres_ledger::apply(&mut tx, &candidates, &mut results, now).await?;
+                    tx.commit().await?;
+                    summary
+                }
+            };
+            applied += summary.applied;
+            if summary.applied + summary.duplicate == 0 {
+                break;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Replays the journal into fresh positions and compares them with the
+    /// live ones; with `write`, replaces those that differ. Writers wait
+    /// while it runs.
+    pub async fn rebuild(&self, write: bool) -> Result<RebuildReport, sqlx::Error> {
+        let now = now_micros();
+        match self.db() {
+            Db::Sqlite { writer, .. } => {
+                let mut tx = writer.begin().await?;
+                let report = sqlite_ledger::rebuild(&mut tx, write, now).await?;
+                tx.commit().await?;
+                Ok(report)
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Ingest takes row locks on positions; this blocks it (and
+                // is blocked by it) for the duration.
+                sqlx::query("LOCK TABLE positions IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+                let report = postgres_ledger::rebuild(&mut tx, write, now).await?;
+                tx.commit().await?;
+                Ok(report)
+            }
+        }
+    }
+
+    /// Positions of one sku (optionally at one location), with safety stock
+    /// resolved and the pinned figures computed.
+    pub async fn positions(
+        &self,
+        sku: &str,
+        location_id: Option<&str>,
+    ) -> Result<Vec<PositionRecord>, sqlx::Error> {
+        const SELECT: &str = "SELECT p.location_id, p.sku, p.count_at, p.count_event_id, \
+            p.count_qty, p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
+            p.reserved, p.last_event_at, p.updated_at, p.safety_stock AS position_safety, \
+            pr.safety_stock AS product_safety, l.safety_stock_default \
+            FROM positions p JOIN products pr ON pr.sku = p.sku \
+            JOIN locations l ON l.location_id = p.location_id WHERE p.sku = $1";
+        crate::on_reader!(self.db(), |pool| {
+            let rows = match location_id {
+                Some(location) => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "{SELECT} AND p.location_id = $2 ORDER BY p.location_id"
+                    )))
+                    .bind(sku)
+                    .bind(location)
+                    .fetch_all(pool)
+                    .await?
+                }
+                None => {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "{SELECT} ORDER BY p.location_id"
+                    )))
+                    .bind(sku)
+                    .fetch_all(pool)
+                    .await?
+                }
+            };
+            rows.iter()
+                .map(|row| {
+                    use sqlx::Row;
+                    let count_at: Option<i64> = row.try_get("count_at")?;
+                    let count_event_id: Option<String> = row.try_get("count_event_id")?;
+                    let count_qty: Option<i64> = row.try_get("count_qty")?;
+                    let state = PositionState {
+                        count: match (count_at, count_event_id, count_qty) {
+                            (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
+                                at,
+                                event_id,
+                                quantity,
+                            }),
+                            _ => None,
+                        },
+                        delta_after: row.try_get("delta_after")?,
+                        unsellable_raw: row.try_get("unsellable_raw")?,
+                        inbound_shipped: row.try_get("inbound_shipped")?,
+                        inbound_received: row.try_get("inbound_received")?,
+                        reserved: row.try_get("reserved")?,
+                        last_event_at: row.try_get("last_event_at")?,
+                    };
+                    let safety = resolve_safety_stock(
+                        row.try_get("position_safety")?,
+                        row.try_get("product_safety")?,
+                        row.try_get("safety_stock_default")?,
+                    );
+                    Ok(PositionRecord {
+                        location_id: row.try_get("location_id")?,
+                        sku: row.try_get("sku")?,
+                        figures: state.view(safety),
+                        updated_at: micros_to_rfc3339(row.try_get("updated_at")?),
+                        last_event_at: state.last_event_at.map(micros_to_rfc3339),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Sets (or with `None` clears) a position's own safety stock.
+    pub async fn set_safety_stock(
+        &self,
+        location_id: &str,
+        sku: &str,
+        safety_stock: Option<i64>,
+    ) -> Result<(), sqlx::Error> {
+        let now = now_micros();
+        crate::on_writer!(self.db(), |pool| {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO positions (location_id, sku, safety_stock, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (location_id, sku) DO UPDATE SET \
+                 safety_stock = excluded.safety_stock, updated_at = excluded.updated_at",
+            )
+            .bind(location_id)
+            .bind(sku)
+            .bind(safety_stock)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO outbox_changes (location_id, sku, created_at) VALUES ($1, $2, $3)")
+                .bind(location_id)
+                .bind(sku)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        })
+    }
+
+    /// A page of the journal, in seq order.
+    pub async fn journal(&self, query: &JournalQuery) -> Result<Vec<JournalEntry>, sqlx::Error> {
+        crate::on_reader!(self.db(), |pool| {
+            let mut qb = sqlx::QueryBuilder::new(
+                "SELECT seq, event_id, type, location_id, sku, quantity, occurred_at, \
+                 received_at, source, reference, reason, counterparty_location_id, disposition, \
+                 on_hand_change, unsellable_effect, unit_cost, currency, location_type, actor, \
+                 request_id, trace_id FROM journal WHERE seq > ",
+            );
+            qb.push_bind(query.after.unwrap_or(0));
+            if let Some(location) = &query.location_id {
+                qb.push(" AND location_id = ").push_bind(location.as_str());
+            }
+            if let Some(sku) = &query.sku {
+                qb.push(" AND sku = ").push_bind(sku.as_str());
+            }
+            if let Some(from) = query.from {
+                qb.push(" AND occurred_at >= ").push_bind(from);
+            }
+            if let Some(to) = query.to {
+                qb.push(" AND occurred_at < ").push_bind(to);
+            }
+            qb.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter()
+                .map(|row| {
+                    use sqlx::Row;
+                    Ok(JournalEntry {
+                        seq: row.try_get("seq")?,
+                        event_id: row.try_get("event_id")?,
+                        r#type: row.try_get("type")?,
+                        location_id: row.try_get("location_id")?,
+                        sku: row.try_get("sku")?,
+                        quantity: row.try_get("quantity")?,
+                        occurred_at: micros_to_rfc3339(row.try_get("occurred_at")?),
+                        received_at: micros_to_rfc3339(row.try_get("received_at")?),
+                        source: row.try_get("source")?,
+                        reference: row.try_get("reference")?,
+                        reason: row.try_get("reason")?,
+                        counterparty_location_id: row.try_get("counterparty_location_id")?,
+                        disposition: row.try_get("disposition")?,
+                        on_hand_change: row.try_get("on_hand_change")?,
+                        unsellable_change: row.try_get("unsellable_effect")?,
+                        unit_cost: row
+                            .try_get::<Option<String>, _>("unit_cost")?
+                            .filter(|s| !s.is_empty()),
+                        currency: row
+                            .try_get::<Option<String>, _>("currency")?
+                            .filter(|s| !s.is_empty()),
+                        location_type: row
+                            .try_get::<Option<String>, _>("location_type")?
+                            .filter(|s| !s.is_empty()),
+                        actor: row.try_get("actor")?,
+                        request_id: row.try_get("request_id")?,
+                        trace_id: row.try_get("trace_id")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// A page of parked events, oldest first.
+    pub async fn parked(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<ParkedEvent>, sqlx::Error> {
+        crate::on_reader!(self.db(), |pool| {
+            let rows = sqlx::query(
+                "SELECT event_id, reason, parked_at, payload FROM parked_events \
+                 WHERE event_id > $1 ORDER BY event_id LIMIT $2",
+            )
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|row| {
+                    use sqlx::Row;
+                    let payload: String = row.try_get("payload")?;
+                    Ok(ParkedEvent {
+                        event_id: row.try_get("event_id")?,
+                        reason: row.try_get("reason")?,
+                        parked_at: micros_to_rfc3339(row.try_get("parked_at")?),
+                        event: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// How many events are parked.
+    pub async fn parked_count(&self) -> Result<i64, sqlx::Error> {
+        crate::on_reader!(self.db(), |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM parked_events")
+                .fetch_one(pool)
+                .await
+        })
+    }
+
+    /// Journal entries with these event ids (exactly-once checks).
+    pub async fn journalled_ids(&self, ids: &[String]) -> Result<Vec<String>, sqlx::Error> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let chunk_found: Vec<String> = crate::on_reader!(self.db(), |pool| {
+                let mut qb =
+                    sqlx::QueryBuilder::new("SELECT event_id FROM journal WHERE event_id IN (");
+                let mut list = qb.separated(", ");
+                for id in chunk {
+                    list.push_bind(id.as_str());
+                }
+                list.push_unseparated(")");
+                qb.build_query_scalar().fetch_all(pool).await?
+            });
+            found.extend(chunk_found);
+        }
+        Ok(found)
+    }
+
+    /// Rows in the journal.
+    pub async fn journal_len(&self) -> Result<i64, sqlx::Error> {
+        crate::on_reader!(self.db(), |pool| {
+            sqlx::query_scalar("SELECT COUNT(*) FROM journal")
+                .fetch_one(pool)
+                .await
+        })
+    }
+
+    /// Pending rows of the two outboxes: (postings, changes).
+    pub async fn outbox_lengths(&self) -> Result<(i64, i64), sqlx::Error> {
+        crate::on_reader!(self.db(), |pool| {
+            let postings: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM outbox_postings WHERE status = 'pending'")
+                    .fetch_one(pool)
+                    .await?;
+            let changes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_changes")
+                .fetch_one(pool)
+                .await?;
+            Ok((postings, changes))
+        })
+    }
+
+    /// All positions of a sku as raw figures keyed by location (tests and
+    /// rebuild checks).
+    pub async fn position_figures(
+        &self,
+        sku: &str,
+    ) -> Result<BTreeMap<String, PositionFigures>, sqlx::Error> {
+        Ok(self
+            .positions(sku, None)
+            .await?
+            .into_iter()
+            .map(|p| (p.location_id, p.figures))
+            .collect())
+    }
+}

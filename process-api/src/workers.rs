@@ -1,0 +1,30 @@
+//! Background work of process-api. Each worker stops at the next boundary
+//! between units of work when told to, so a shutdown never leaves a
+//! transaction half done (every unit is one transaction anyway).
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::storage::Store;
+
+/// How often parked events are retried besides after master data changes.
+pub const PARKED_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Retries parked events on a schedule (master data can also arrive by
+/// another replica or straight in the database).
+pub async fn parked_sweeper(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = ticker.tick() => {}
+        }
+        match store.replay_parked().await {
+            Ok(0) => {}
+            Ok(applied) => tracing::info!(applied, "parked sweeper applied events"),
+            Err(error) => tracing::warn!(%error, "parked sweeper failed; retrying later"),
+        }
+    }
+}
