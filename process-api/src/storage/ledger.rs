@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{Db, Store, micros_to_rfc3339, now_micros};
+use super::{BeginWrite, Db, Store, micros_to_rfc3339, now_micros};
 use crate::inventory::event::{Event, EventInput, EventType};
 use crate::inventory::position::{CountMark, PositionFigures, PositionState, resolve_safety_stock};
 use crate::inventory::rebuild::{JournalFact, Key, Rebuilder};
@@ -250,12 +250,14 @@ fn state_differs(live: &PositionState, rebuilt: &PositionState) -> bool {
         || live.last_event_at != rebuilt.last_event_at
 }
 
-/// Whether a PostgreSQL error is a deadlock or serialisation failure.
+/// Whether a PostgreSQL transaction should be retried: a deadlock, a
+/// serialisation failure, or a unique violation (the same `event_id` sent
+/// concurrently with different locations: the retry sees it as a duplicate).
 fn is_retryable(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|e| e.code())
-        .is_some_and(|code| code == "40P01" || code == "40001")
+        .is_some_and(|code| matches!(code.as_ref(), "40P01" | "40001" | "23505"))
 }
 
 /// Generates the backend-specific transaction bodies from one source: the
@@ -956,7 +958,7 @@ impl Store {
         let candidates = prepare(inputs, ctx, now, &mut results);
         let summary = match self.db() {
             Db::Sqlite { writer, .. } => {
-                let mut tx = writer.begin().await?;
+                let mut tx = writer.begin_write().await?;
                 let summary =
                     sqlite_ledger::apply(&mut tx, &candidates, &mut results, now).await?;
                 tx.commit().await?;
@@ -968,7 +970,7 @@ impl Store {
                     attempt += 1;
                     let mut scratch = results.clone();
                     let outcome = async {
-                        let mut tx = pool.begin().await?;
+                        let mut tx = pool.begin_write().await?;
                         let summary =
                             postgres_ledger::apply(&mut tx, &candidates, &mut scratch, now)
                                 .await?;
@@ -1011,7 +1013,7 @@ impl Store {
             let now = now_micros();
             let summary = match self.db() {
                 Db::Sqlite { writer, .. } => {
-                    let mut tx = writer.begin().await?;
+                    let mut tx = writer.begin_write().await?;
                     let candidates = sqlite_ledger::take_ready_parked(&mut tx, 500, now).await?;
                     if candidates.is_empty() {
                         break;
@@ -1023,7 +1025,7 @@ impl Store {
                     summary
                 }
                 Db::Postgres(pool) => {
-                    let mut tx = pool.begin().await?;
+                    let mut tx = pool.begin_write().await?;
                     let candidates =
                         postgres_ledger::take_ready_parked(&mut tx, 500, now).await?;
                     if candidates.is_empty() {
@@ -1051,13 +1053,13 @@ impl Store {
         let now = now_micros();
         match self.db() {
             Db::Sqlite { writer, .. } => {
-                let mut tx = writer.begin().await?;
+                let mut tx = writer.begin_write().await?;
                 let report = sqlite_ledger::rebuild(&mut tx, write, now).await?;
                 tx.commit().await?;
                 Ok(report)
             }
             Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
+                let mut tx = pool.begin_write().await?;
                 // Ingest takes row locks on positions; this blocks it (and
                 // is blocked by it) for the duration.
                 sqlx::query("LOCK TABLE positions IN SHARE ROW EXCLUSIVE MODE")
@@ -1151,7 +1153,7 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         let now = now_micros();
         crate::on_writer!(self.db(), |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO positions (location_id, sku, safety_stock, updated_at) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (location_id, sku) DO UPDATE SET \

@@ -7,7 +7,7 @@ use retail_shared::model::{
 use rust_decimal::Decimal;
 use sqlx::Row;
 
-use super::{Store, micros_to_rfc3339, now_micros};
+use super::{BeginWrite, Store, micros_to_rfc3339, now_micros};
 use crate::{on_reader, on_writer};
 
 /// Who changed master data, for the change journal.
@@ -89,7 +89,7 @@ impl Store {
     ) -> Result<u64, sqlx::Error> {
         let now = now_micros();
         on_writer!(self.db(), |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut changed = 0;
             for location in locations {
                 let version: Option<i64> = sqlx::query_scalar(UPSERT_LOCATION)
@@ -131,7 +131,7 @@ impl Store {
     ) -> Result<u64, sqlx::Error> {
         let now = now_micros();
         on_writer!(self.db(), |pool| {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_write().await?;
             let mut changed = 0;
             for product in products {
                 let version: Option<i64> = sqlx::query_scalar(UPSERT_PRODUCT)

@@ -70,6 +70,37 @@ macro_rules! on_writer {
     };
 }
 
+/// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: the write
+/// lock is taken up front, so a second writer (another process on the same
+/// file) waits out the busy timeout instead of failing with "database is
+/// locked" when a deferred transaction tries to upgrade its read lock.
+pub trait BeginWrite {
+    /// The database.
+    type Database: sqlx::Database;
+    /// Begins the write transaction.
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>,
+    > + Send;
+}
+
+impl BeginWrite for SqlitePool {
+    type Database = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Database = sqlx::Postgres;
+    async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.begin().await
+    }
+}
+
 /// The storage interface of process-api.
 #[derive(Debug, Clone)]
 pub struct Store {

@@ -56,3 +56,29 @@ pub async fn all() -> Vec<TestStore> {
     }
     stores
 }
+
+/// Per backend: two stores on one database (two replicas) and a third
+/// store on a separate database (the single-replica control).
+pub async fn replica_pairs() -> Vec<(Store, Store, Store)> {
+    let mut out = Vec::new();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let shared = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let control = format!("sqlite://{}", dir.path().join("control.db").display());
+    out.push((
+        Store::connect(&shared, 4).await.expect("replica a"),
+        Store::connect(&shared, 4).await.expect("replica b"),
+        Store::connect(&control, 4).await.expect("control"),
+    ));
+    // The directory must outlive the stores; tests are short.
+    std::mem::forget(dir);
+    if let Some(base) = postgres_url() {
+        let shared = fresh_postgres_url(&base).await;
+        let control = fresh_postgres_url(&base).await;
+        out.push((
+            Store::connect(&shared, 8).await.expect("replica a"),
+            Store::connect(&shared, 8).await.expect("replica b"),
+            Store::connect(&control, 8).await.expect("control"),
+        ));
+    }
+    out
+}

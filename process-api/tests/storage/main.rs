@@ -4,3 +4,4 @@
 mod backends;
 mod ledger_props;
 mod master;
+mod replicas;
