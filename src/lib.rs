@@ -3,6 +3,8 @@
 //! `main.rs` is a thin command line over it; the end-to-end tests use
 //! [`Platform::start`] to run the real services on port 0.
 
+pub mod bench;
+
 use std::future::Future;
 
 use anyhow::Context;

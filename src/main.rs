@@ -58,6 +58,18 @@ enum Command {
         #[arg(long, default_value = "openapi")]
         dir: PathBuf,
     },
+    /// Replay the journal into fresh positions and compare with the live
+    /// ones (process-api's database); `--write` replaces differing ones.
+    Rebuild {
+        /// Replace the live positions that differ.
+        #[arg(long)]
+        write: bool,
+    },
+    /// Run a load scenario and print its figures.
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// Upsert the demo master data (sizes from [seed] unless given).
     Seed {
         /// Number of stores.
@@ -68,6 +80,35 @@ enum Command {
         skus: Option<u32>,
     },
 }
+
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// Events/s through process-api's ingest over HTTP.
+    Ingest {
+        /// Events to send.
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Events per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Stores.
+        #[arg(long, default_value_t = 300)]
+        stores: usize,
+        /// SKUs.
+        #[arg(long, default_value_t = 2000)]
+        skus: usize,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 2)]
+        concurrency: usize,
+        /// A PostgreSQL URL (a fresh schema is made in it); default: SQLite
+        /// in a temp dir.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+}
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -108,6 +149,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { check, dir } => openapi(&dir, check),
+        Command::Rebuild { write } => runtime()?.block_on(async {
+            telemetry::init_logging(&settings.telemetry);
+            let store = process_api::storage::Store::connect(
+                settings.process.database_url.expose(),
+                settings.process.max_connections,
+            )
+            .await?;
+            let report = store.rebuild(write).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(if report.mismatches == 0 || write {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }),
+        Command::Bench { scenario } => runtime()?.block_on(async {
+            telemetry::init_logging(&settings.telemetry);
+            match scenario {
+                BenchScenario::Ingest {
+                    events,
+                    batch,
+                    stores,
+                    skus,
+                    concurrency,
+                    database_url,
+                } => {
+                    anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1 to 1000");
+                    let report = retail_platform::bench::ingest(retail_platform::bench::IngestOptions {
+                        events,
+                        batch,
+                        stores,
+                        skus,
+                        concurrency,
+                        database_url,
+                    })
+                    .await?;
+                    print!("{}", report.render());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Seed { stores, skus } => runtime()?.block_on(async {
             telemetry::init_logging(&settings.telemetry);
             let store = process_api::storage::Store::connect(

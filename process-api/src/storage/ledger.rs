@@ -67,7 +67,8 @@ pub struct EventResult {
 struct Candidate {
     index: usize,
     event: Event,
-    payload: String,
+    /// The event as sent, kept only if it is parked.
+    input: EventInput,
     actor: String,
     request_id: String,
     trace_id: String,
@@ -230,7 +231,7 @@ fn prepare(
                 candidates.push(Candidate {
                     index,
                     event,
-                    payload: serde_json::to_string(input).unwrap_or_default(),
+                    input: input.clone(),
                     actor: ctx.actor.clone(),
                     request_id: ctx.request_id.clone(),
                     trace_id: ctx.trace_id.clone(),
@@ -353,20 +354,23 @@ macro_rules! ledger_backend {
                             .push_bind(sku.as_str())
                             .push_bind(now);
                     });
-                    qb.push(" ON CONFLICT (location_id, sku) DO NOTHING");
+                    qb.push(" ON CONFLICT (sku, location_id) DO NOTHING");
                     qb.build().execute(&mut **tx).await?;
                 }
                 let mut states = HashMap::with_capacity(keys.len());
                 for chunk in keys.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT location_id, sku, count_at, count_event_id, count_qty, delta_after, \
-                         unsellable_raw, inbound_shipped, inbound_received, reserved, last_event_at \
-                         FROM positions WHERE (location_id, sku) IN (",
-                    );
+                    // A join with the key list, not `(a, b) IN (VALUES …)`:
+                    // SQLite answers the latter with a full scan.
+                    let mut qb = QueryBuilder::<$db>::new("WITH k (l, s) AS (");
                     qb.push_values(chunk, |mut row, (location, sku)| {
                         row.push_bind(location.as_str()).push_bind(sku.as_str());
                     });
-                    qb.push(") ORDER BY location_id, sku");
+                    qb.push(
+                        ") SELECT p.location_id, p.sku, p.count_at, p.count_event_id, p.count_qty, \
+                         p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
+                         p.reserved, p.last_event_at FROM k JOIN positions p \
+                         ON p.sku = k.s AND p.location_id = k.l ORDER BY p.sku, p.location_id",
+                    );
                     qb.push($for_update);
                     for row in qb.build().fetch_all(&mut **tx).await? {
                         let key: Key = (row.try_get(0)?, row.try_get(1)?);
@@ -442,7 +446,7 @@ macro_rules! ledger_backend {
                             .push_bind(now);
                     });
                     qb.push(
-                        " ON CONFLICT (location_id, sku) DO UPDATE SET \
+                        " ON CONFLICT (sku, location_id) DO UPDATE SET \
                          count_at = excluded.count_at, count_event_id = excluded.count_event_id, \
                          count_qty = excluded.count_qty, delta_after = excluded.delta_after, \
                          unsellable_raw = excluded.unsellable_raw, \
@@ -561,20 +565,29 @@ macro_rules! ledger_backend {
                 parked: &[(&Candidate, String)],
                 now: i64,
             ) -> Result<(), sqlx::Error> {
+                let payloads: Vec<String> = parked
+                    .iter()
+                    .map(|(candidate, _)| serde_json::to_string(&candidate.input).unwrap_or_default())
+                    .collect();
+                let parked: Vec<(&Candidate, &String, &String)> = parked
+                    .iter()
+                    .zip(&payloads)
+                    .map(|((candidate, reason), payload)| (*candidate, reason, payload))
+                    .collect();
                 for chunk in parked.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO parked_events (event_id, location_id, sku, \
                          counterparty_location_id, reason, payload, parked_at, occurred_at, \
                          actor, request_id, trace_id) ",
                     );
-                    qb.push_values(chunk, |mut row, (candidate, reason)| {
+                    qb.push_values(chunk, |mut row, (candidate, reason, payload)| {
                         let event = &candidate.event;
                         row.push_bind(event.event_id.as_str())
                             .push_bind(event.location_id.as_str())
                             .push_bind(event.sku.as_str())
                             .push_bind(event.counterparty_location_id.as_deref())
                             .push_bind(reason.as_str())
-                            .push_bind(candidate.payload.as_str())
+                            .push_bind(payload.as_str())
                             .push_bind(now)
                             .push_bind(event.occurred_at)
                             .push_bind(candidate.actor.as_str())
@@ -816,7 +829,7 @@ macro_rules! ledger_backend {
                     candidates.push(Candidate {
                         index: candidates.len(),
                         event,
-                        payload,
+                        input,
                         actor: row.try_get("actor")?,
                         request_id: row.try_get("request_id")?,
                         trace_id: row.try_get("trace_id")?,
@@ -889,7 +902,7 @@ macro_rules! ledger_backend {
                 let live_rows = sqlx::query(concat!(
                     "SELECT location_id, sku, count_at, count_event_id, count_qty, delta_after, \
                      unsellable_raw, inbound_shipped, inbound_received, reserved, last_event_at \
-                     FROM positions ORDER BY location_id, sku",
+                     FROM positions p ORDER BY location_id, sku",
                     $for_update
                 ))
                 .fetch_all(&mut **tx)
@@ -938,7 +951,7 @@ ledger_backend!(sqlite_ledger, sqlx::Sqlite, "", "");
 ledger_backend!(
     postgres_ledger,
     sqlx::Postgres,
-    " FOR UPDATE",
+    " FOR UPDATE OF p",
     " FOR UPDATE SKIP LOCKED"
 );
 
@@ -1156,7 +1169,7 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             sqlx::query(
                 "INSERT INTO positions (location_id, sku, safety_stock, updated_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (location_id, sku) DO UPDATE SET \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (sku, location_id) DO UPDATE SET \
                  safety_stock = excluded.safety_stock, updated_at = excluded.updated_at",
             )
             .bind(location_id)
