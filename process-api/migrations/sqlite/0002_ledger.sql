@@ -1,6 +1,15 @@
 -- The inventory ledger: journal (append-only), positions, parked events and
 -- the transactional outbox (ERP postings, availability changes).
 
+-- One row per ingest request: who sent it and under which request/trace.
+CREATE TABLE ingest_batches (
+    batch_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at  BIGINT NOT NULL,
+    actor        TEXT NOT NULL,
+    request_id   TEXT NOT NULL,
+    trace_id     TEXT NOT NULL
+);
+
 CREATE TABLE journal (
     seq                          INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id                     TEXT NOT NULL UNIQUE,
@@ -9,7 +18,7 @@ CREATE TABLE journal (
     sku                          TEXT NOT NULL,
     quantity                     BIGINT NOT NULL,
     occurred_at                  BIGINT NOT NULL,
-    received_at                  BIGINT NOT NULL,
+    batch_id                     BIGINT NOT NULL,
     source                       TEXT NOT NULL,
     reference                    TEXT,
     reason                       TEXT,
@@ -22,10 +31,7 @@ CREATE TABLE journal (
     on_hand_change               BIGINT NOT NULL,
     unit_cost                    TEXT,
     currency                     TEXT,
-    location_type                TEXT,
-    actor                        TEXT NOT NULL,
-    request_id                   TEXT NOT NULL,
-    trace_id                     TEXT NOT NULL
+    location_type                TEXT
 );
 CREATE INDEX journal_position_time ON journal (location_id, sku, occurred_at);
 
@@ -63,25 +69,17 @@ CREATE TABLE parked_events (
 );
 CREATE INDEX parked_events_sku ON parked_events (sku);
 
+-- ERP postings to make, one per journal entry, in posting_id order per
+-- (location_id, sku); the event's details are read from the journal.
 CREATE TABLE outbox_postings (
-    posting_id               INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id                 TEXT NOT NULL,
-    type                     TEXT NOT NULL,
-    location_id              TEXT NOT NULL,
-    sku                      TEXT NOT NULL,
-    quantity                 BIGINT NOT NULL,
-    counterparty_location_id TEXT,
-    disposition              TEXT,
-    unit_cost                TEXT,
-    currency                 TEXT,
-    occurred_at              BIGINT NOT NULL,
-    created_at               BIGINT NOT NULL,
-    status                   TEXT NOT NULL DEFAULT 'pending',
-    attempts                 BIGINT NOT NULL DEFAULT 0,
-    next_attempt_at          BIGINT NOT NULL,
-    last_error               TEXT,
-    request_id               TEXT NOT NULL,
-    trace_id                 TEXT NOT NULL
+    posting_id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id         TEXT NOT NULL,
+    location_id      TEXT NOT NULL,
+    sku              TEXT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'pending',
+    attempts         BIGINT NOT NULL DEFAULT 0,
+    next_attempt_at  BIGINT NOT NULL,
+    last_error       TEXT
 );
 CREATE INDEX outbox_postings_status ON outbox_postings (status, posting_id);
 

@@ -265,7 +265,7 @@ fn is_retryable(error: &sqlx::Error) -> bool {
 /// SQL is shared, the lock clauses differ (SQLite has one writer and no
 /// `FOR UPDATE`).
 macro_rules! ledger_backend {
-    ($module:ident, $db:ty, $for_update:literal, $skip_locked:literal) => {
+    ($module:ident, $db:ty, $for_update:literal, $skip_locked:literal, $ensure_rows:literal) => {
         pub(crate) mod $module {
             use super::*;
             use sqlx::{QueryBuilder, Row, Transaction};
@@ -345,7 +345,10 @@ macro_rules! ledger_backend {
                 now: i64,
             ) -> Result<HashMap<Key, PositionState>, sqlx::Error> {
                 let keys: Vec<&Key> = keys.iter().collect();
-                for chunk in keys.chunks(CHUNK) {
+                // Rows that do not exist cannot be locked: with concurrent
+                // writers (PostgreSQL) create them first. SQLite's single
+                // writer needs no lock; missing positions start empty.
+                for chunk in keys.chunks(CHUNK).filter(|_| $ensure_rows) {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO positions (location_id, sku, updated_at) ",
                     );
@@ -461,6 +464,7 @@ macro_rules! ledger_backend {
 
             struct JournalRow<'a> {
                 candidate: &'a Candidate,
+                batch_id: i64,
                 on_hand_effect: i64,
                 unsellable_effect: i64,
                 inbound_received_effect: i64,
@@ -471,6 +475,39 @@ macro_rules! ledger_backend {
                 location_type: &'a str,
             }
 
+            /// One `ingest_batches` row per distinct sender context (one for
+            /// a request; several when parked events of different requests
+            /// are replayed together).
+            async fn insert_batches<'a>(
+                tx: &mut Tx<'_>,
+                candidates: impl Iterator<Item = &'a Candidate>,
+                now: i64,
+            ) -> Result<HashMap<(&'a str, &'a str, &'a str), i64>, sqlx::Error> {
+                let mut ids = HashMap::new();
+                for candidate in candidates {
+                    let key = (
+                        candidate.actor.as_str(),
+                        candidate.request_id.as_str(),
+                        candidate.trace_id.as_str(),
+                    );
+                    if ids.contains_key(&key) {
+                        continue;
+                    }
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO ingest_batches (received_at, actor, request_id, trace_id) \
+                         VALUES ($1, $2, $3, $4) RETURNING batch_id",
+                    )
+                    .bind(now)
+                    .bind(key.0)
+                    .bind(key.1)
+                    .bind(key.2)
+                    .fetch_one(&mut **tx)
+                    .await?;
+                    ids.insert(key, id);
+                }
+                Ok(ids)
+            }
+
             async fn insert_journal(
                 tx: &mut Tx<'_>,
                 rows: &[JournalRow<'_>],
@@ -479,11 +516,11 @@ macro_rules! ledger_backend {
                 for chunk in rows.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO journal (event_id, type, location_id, sku, quantity, \
-                         occurred_at, received_at, source, reference, reason, \
+                         occurred_at, batch_id, source, reference, reason, \
                          counterparty_location_id, disposition, on_hand_effect, \
                          unsellable_effect, inbound_received_effect, \
                          counterparty_shipped_effect, on_hand_change, unit_cost, currency, \
-                         location_type, actor, request_id, trace_id) ",
+                         location_type) ",
                     );
                     qb.push_values(chunk, |mut row, entry| {
                         let event = &entry.candidate.event;
@@ -493,7 +530,7 @@ macro_rules! ledger_backend {
                             .push_bind(event.sku.as_str())
                             .push_bind(event.quantity)
                             .push_bind(event.occurred_at)
-                            .push_bind(now)
+                            .push_bind(entry.batch_id)
                             .push_bind(event.source.as_str())
                             .push_bind(event.reference.as_deref())
                             .push_bind(event.reason.as_deref())
@@ -506,35 +543,20 @@ macro_rules! ledger_backend {
                             .push_bind(entry.on_hand_change)
                             .push_bind(entry.unit_cost)
                             .push_bind(entry.currency)
-                            .push_bind(entry.location_type)
-                            .push_bind(entry.candidate.actor.as_str())
-                            .push_bind(entry.candidate.request_id.as_str())
-                            .push_bind(entry.candidate.trace_id.as_str());
+                            .push_bind(entry.location_type);
                     });
                     qb.build().execute(&mut **tx).await?;
                 }
                 for chunk in rows.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO outbox_postings (event_id, type, location_id, sku, quantity, \
-                         counterparty_location_id, disposition, unit_cost, currency, \
-                         occurred_at, created_at, next_attempt_at, request_id, trace_id) ",
+                        "INSERT INTO outbox_postings (event_id, location_id, sku, next_attempt_at) ",
                     );
                     qb.push_values(chunk, |mut row, entry| {
                         let event = &entry.candidate.event;
                         row.push_bind(event.event_id.as_str())
-                            .push_bind(event.kind.as_str())
                             .push_bind(event.location_id.as_str())
                             .push_bind(event.sku.as_str())
-                            .push_bind(event.quantity)
-                            .push_bind(event.counterparty_location_id.as_deref())
-                            .push_bind(event.disposition.map(|d| d.as_str()))
-                            .push_bind(entry.unit_cost)
-                            .push_bind(entry.currency)
-                            .push_bind(event.occurred_at)
-                            .push_bind(now)
-                            .push_bind(now)
-                            .push_bind(entry.candidate.request_id.as_str())
-                            .push_bind(entry.candidate.trace_id.as_str());
+                            .push_bind(now);
                     });
                     qb.build().execute(&mut **tx).await?;
                 }
@@ -677,6 +699,15 @@ macro_rules! ledger_backend {
                     true
                 };
 
+                let batch_ids = insert_batches(
+                    tx,
+                    known.iter().copied().filter(|c| {
+                        !journalled.contains(&c.event.event_id)
+                            && !parked_before.contains(&c.event.event_id)
+                    }),
+                    now,
+                )
+                .await?;
                 let mut journal_rows = Vec::with_capacity(known.len());
                 let mut batch_deltas: HashMap<Key, Vec<(i64, i64)>> = HashMap::new();
                 let mut touched: BTreeSet<Key> = BTreeSet::new();
@@ -741,8 +772,17 @@ macro_rules! ledger_backend {
                         .get(&event.sku)
                         .map(|(cost, currency)| (cost.as_str(), currency.as_str()))
                         .unwrap_or(("", ""));
+                    let batch_id = batch_ids
+                        .get(&(
+                            candidate.actor.as_str(),
+                            candidate.request_id.as_str(),
+                            candidate.trace_id.as_str(),
+                        ))
+                        .copied()
+                        .unwrap_or_default();
                     journal_rows.push(JournalRow {
                         candidate,
+                        batch_id,
                         on_hand_effect: effects.on_hand,
                         unsellable_effect: effects.unsellable,
                         inbound_received_effect: effects.inbound_received,
@@ -947,12 +987,13 @@ macro_rules! ledger_backend {
     };
 }
 
-ledger_backend!(sqlite_ledger, sqlx::Sqlite, "", "");
+ledger_backend!(sqlite_ledger, sqlx::Sqlite, "", "", false);
 ledger_backend!(
     postgres_ledger,
     sqlx::Postgres,
     " FOR UPDATE OF p",
-    " FOR UPDATE SKIP LOCKED"
+    " FOR UPDATE SKIP LOCKED",
+    true
 );
 
 /// Attempts of a PostgreSQL transaction that hit a deadlock.
@@ -1192,25 +1233,27 @@ impl Store {
     pub async fn journal(&self, query: &JournalQuery) -> Result<Vec<JournalEntry>, sqlx::Error> {
         crate::on_reader!(self.db(), |pool| {
             let mut qb = sqlx::QueryBuilder::new(
-                "SELECT seq, event_id, type, location_id, sku, quantity, occurred_at, \
-                 received_at, source, reference, reason, counterparty_location_id, disposition, \
-                 on_hand_change, unsellable_effect, unit_cost, currency, location_type, actor, \
-                 request_id, trace_id FROM journal WHERE seq > ",
+                "SELECT j.seq, j.event_id, j.type, j.location_id, j.sku, j.quantity, \
+                 j.occurred_at, b.received_at, j.source, j.reference, j.reason, \
+                 j.counterparty_location_id, j.disposition, j.on_hand_change, \
+                 j.unsellable_effect, j.unit_cost, j.currency, j.location_type, b.actor, \
+                 b.request_id, b.trace_id FROM journal j \
+                 JOIN ingest_batches b ON b.batch_id = j.batch_id WHERE j.seq > ",
             );
             qb.push_bind(query.after.unwrap_or(0));
             if let Some(location) = &query.location_id {
-                qb.push(" AND location_id = ").push_bind(location.as_str());
+                qb.push(" AND j.location_id = ").push_bind(location.as_str());
             }
             if let Some(sku) = &query.sku {
-                qb.push(" AND sku = ").push_bind(sku.as_str());
+                qb.push(" AND j.sku = ").push_bind(sku.as_str());
             }
             if let Some(from) = query.from {
-                qb.push(" AND occurred_at >= ").push_bind(from);
+                qb.push(" AND j.occurred_at >= ").push_bind(from);
             }
             if let Some(to) = query.to {
-                qb.push(" AND occurred_at < ").push_bind(to);
+                qb.push(" AND j.occurred_at < ").push_bind(to);
             }
-            qb.push(" ORDER BY seq LIMIT ").push_bind(i64::from(query.limit));
+            qb.push(" ORDER BY j.seq LIMIT ").push_bind(i64::from(query.limit));
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
