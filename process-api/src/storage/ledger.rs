@@ -1133,32 +1133,45 @@ impl Store {
         sku: &str,
         location_id: Option<&str>,
     ) -> Result<Vec<PositionRecord>, sqlx::Error> {
-        const SELECT: &str = "SELECT p.location_id, p.sku, p.count_at, p.count_event_id, \
-            p.count_qty, p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
-            p.reserved, p.last_event_at, p.updated_at, p.safety_stock AS position_safety, \
-            pr.safety_stock AS product_safety, l.safety_stock_default \
-            FROM positions p JOIN products pr ON pr.sku = p.sku \
-            JOIN locations l ON l.location_id = p.location_id WHERE p.sku = $1";
+        let locations = location_id.map(|l| vec![l.to_owned()]);
+        self.positions_of(&[sku.to_owned()], locations.as_deref())
+            .await
+    }
+
+    /// Positions of several skus (optionally only at `locations`), ordered
+    /// by sku then location: one query.
+    pub async fn positions_of(
+        &self,
+        skus: &[String],
+        locations: Option<&[String]>,
+    ) -> Result<Vec<PositionRecord>, sqlx::Error> {
+        if skus.is_empty() || locations.is_some_and(<[String]>::is_empty) {
+            return Ok(Vec::new());
+        }
         crate::on_reader!(self.db(), |pool| {
-            let rows = match location_id {
-                Some(location) => {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "{SELECT} AND p.location_id = $2 ORDER BY p.location_id"
-                    )))
-                    .bind(sku)
-                    .bind(location)
-                    .fetch_all(pool)
-                    .await?
+            let mut qb = sqlx::QueryBuilder::new(
+                "SELECT p.location_id, p.sku, p.count_at, p.count_event_id, p.count_qty, \
+                 p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
+                 p.reserved, p.last_event_at, p.updated_at, p.safety_stock AS position_safety, \
+                 pr.safety_stock AS product_safety, l.safety_stock_default \
+                 FROM positions p JOIN products pr ON pr.sku = p.sku \
+                 JOIN locations l ON l.location_id = p.location_id WHERE p.sku IN (",
+            );
+            let mut list = qb.separated(", ");
+            for sku in skus {
+                list.push_bind(sku.as_str());
+            }
+            list.push_unseparated(")");
+            if let Some(locations) = locations {
+                qb.push(" AND p.location_id IN (");
+                let mut list = qb.separated(", ");
+                for location in locations {
+                    list.push_bind(location.as_str());
                 }
-                None => {
-                    sqlx::query(sqlx::AssertSqlSafe(format!(
-                        "{SELECT} ORDER BY p.location_id"
-                    )))
-                    .bind(sku)
-                    .fetch_all(pool)
-                    .await?
-                }
-            };
+                list.push_unseparated(")");
+            }
+            qb.push(" ORDER BY p.sku, p.location_id");
+            let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
                     use sqlx::Row;
@@ -1195,6 +1208,22 @@ impl Store {
                     })
                 })
                 .collect()
+        })
+    }
+
+    /// Which of `skus` exist in the registry.
+    pub async fn known_skus(&self, skus: &[String]) -> Result<Vec<String>, sqlx::Error> {
+        if skus.is_empty() {
+            return Ok(Vec::new());
+        }
+        crate::on_reader!(self.db(), |pool| {
+            let mut qb = sqlx::QueryBuilder::new("SELECT sku FROM products WHERE sku IN (");
+            let mut list = qb.separated(", ");
+            for sku in skus {
+                list.push_bind(sku.as_str());
+            }
+            list.push_unseparated(")");
+            qb.build_query_scalar().fetch_all(pool).await
         })
     }
 
