@@ -34,6 +34,8 @@ CREATE TABLE journal (
     location_type                TEXT
 );
 CREATE INDEX journal_position_time ON journal (location_id, sku, occurred_at);
+-- The change feed reads a batch's entries.
+CREATE INDEX journal_batch ON journal (batch_id);
 
 CREATE TABLE positions (
     location_id       TEXT NOT NULL,
@@ -83,9 +85,13 @@ CREATE TABLE outbox_postings (
 );
 CREATE INDEX outbox_postings_status ON outbox_postings (status, posting_id);
 
+-- Availability-change notifications. A row names either a whole ingest
+-- batch (every position its journal entries touched, counterparties of
+-- transfers included) or one position (safety stock, reservations).
 CREATE TABLE outbox_changes (
     change_id    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    location_id  TEXT NOT NULL,
-    sku          TEXT NOT NULL,
+    batch_id     BIGINT,
+    location_id  TEXT,
+    sku          TEXT,
     created_at   BIGINT NOT NULL
 );

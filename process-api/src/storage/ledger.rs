@@ -565,19 +565,15 @@ macro_rules! ledger_backend {
 
             async fn insert_changes(
                 tx: &mut Tx<'_>,
-                keys: &[&Key],
+                batch_ids: impl Iterator<Item = i64>,
                 now: i64,
             ) -> Result<(), sqlx::Error> {
-                for chunk in keys.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO outbox_changes (location_id, sku, created_at) ",
-                    );
-                    qb.push_values(chunk, |mut row, (location, sku)| {
-                        row.push_bind(location.as_str())
-                            .push_bind(sku.as_str())
-                            .push_bind(now);
-                    });
-                    qb.build().execute(&mut **tx).await?;
+                for batch_id in batch_ids {
+                    sqlx::query("INSERT INTO outbox_changes (batch_id, created_at) VALUES ($1, $2)")
+                        .bind(batch_id)
+                        .bind(now)
+                        .execute(&mut **tx)
+                        .await?;
                 }
                 Ok(())
             }
@@ -625,6 +621,7 @@ macro_rules! ledger_backend {
             /// Applies validated candidates inside `tx`, filling `results`.
             pub(super) async fn apply(
                 tx: &mut Tx<'_>,
+                cache: &crate::storage::cache::MasterCache,
                 candidates: &[Candidate],
                 results: &mut [Option<EventResult>],
                 now: i64,
@@ -642,8 +639,23 @@ macro_rules! ledger_backend {
                             .chain(c.event.counterparty_location_id.as_deref())
                     })
                     .collect();
-                let products = lookup_products(tx, &skus).await?;
-                let locations = lookup_locations(tx, &location_ids).await?;
+                let sku_list: Vec<&str> = skus.iter().copied().collect();
+                let location_list: Vec<&str> = location_ids.iter().copied().collect();
+                let mut products = cache.products(&sku_list);
+                let mut locations = cache.locations(&location_list);
+                let missing_skus: BTreeSet<&str> =
+                    skus.into_iter().filter(|s| !products.contains_key(*s)).collect();
+                let missing_locations: BTreeSet<&str> = location_ids
+                    .into_iter()
+                    .filter(|l| !locations.contains_key(*l))
+                    .collect();
+                if !missing_skus.is_empty() || !missing_locations.is_empty() {
+                    let found_products = lookup_products(tx, &missing_skus).await?;
+                    let found_locations = lookup_locations(tx, &missing_locations).await?;
+                    cache.remember(&found_products, &found_locations);
+                    products.extend(found_products);
+                    locations.extend(found_locations);
+                }
 
                 let mut known = Vec::with_capacity(candidates.len());
                 let mut unknown = Vec::new();
@@ -822,7 +834,7 @@ macro_rules! ledger_backend {
                     .filter_map(|key| states.get(*key).map(|state| (*key, state)))
                     .collect();
                 write_positions(tx, &written, now).await?;
-                insert_changes(tx, &touched, now).await?;
+                insert_changes(tx, batch_ids.values().copied(), now).await?;
                 park(tx, &to_park, now).await?;
                 summary.applied = journal_rows.len();
                 summary.parked = to_park.len();
@@ -1014,7 +1026,7 @@ impl Store {
             Db::Sqlite { writer, .. } => {
                 let mut tx = writer.begin_write().await?;
                 let summary =
-                    sqlite_ledger::apply(&mut tx, &candidates, &mut results, now).await?;
+                    sqlite_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut results, now).await?;
                 tx.commit().await?;
                 summary
             }
@@ -1026,7 +1038,7 @@ impl Store {
                     let outcome = async {
                         let mut tx = pool.begin_write().await?;
                         let summary =
-                            postgres_ledger::apply(&mut tx, &candidates, &mut scratch, now)
+                            postgres_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut scratch, now)
                                 .await?;
                         tx.commit().await?;
                         Ok::<_, sqlx::Error>(summary)
@@ -1074,7 +1086,7 @@ impl Store {
                     }
                     let mut results = vec![None; candidates.len()];
                     let summary =
-                        sqlite_ledger::apply(&mut tx, &candidates, &mut results, now).await?;
+                        sqlite_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut results, now).await?;
                     tx.commit().await?;
                     summary
                 }
@@ -1087,7 +1099,7 @@ impl Store {
                     }
                     let mut results = vec![None; candidates.len()];
                     let summary =
-                        postgres_ledger::apply(&mut tx, &candidates, &mut results, now).await?;
+                        postgres_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut results, now).await?;
                     tx.commit().await?;
                     summary
                 }

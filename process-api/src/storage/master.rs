@@ -88,6 +88,7 @@ impl Store {
         ctx: &ChangeContext,
     ) -> Result<u64, sqlx::Error> {
         let now = now_micros();
+        self.master_cache().clear();
         on_writer!(self.db(), |pool| {
             let mut tx = pool.begin_write().await?;
             let mut changed = 0;
@@ -118,6 +119,9 @@ impl Store {
                 }
             }
             tx.commit().await?;
+            // Again after the commit: an ingest between the first clear and
+            // the commit may have cached the old values.
+            self.master_cache().clear();
             Ok(changed)
         })
     }
@@ -130,6 +134,7 @@ impl Store {
         ctx: &ChangeContext,
     ) -> Result<u64, sqlx::Error> {
         let now = now_micros();
+        self.master_cache().clear();
         on_writer!(self.db(), |pool| {
             let mut tx = pool.begin_write().await?;
             let mut changed = 0;
@@ -159,6 +164,9 @@ impl Store {
                 }
             }
             tx.commit().await?;
+            // Again after the commit: an ingest between the first clear and
+            // the commit may have cached the old values.
+            self.master_cache().clear();
             Ok(changed)
         })
     }

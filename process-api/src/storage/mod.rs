@@ -13,6 +13,7 @@
 //! never with the compile-time macros, so a fresh clone builds with no
 //! database. Timestamps are stored as unix microseconds.
 
+pub mod cache;
 pub mod ledger;
 pub mod master;
 
@@ -105,6 +106,7 @@ impl BeginWrite for PgPool {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
+    master: std::sync::Arc<cache::MasterCache>,
 }
 
 impl Store {
@@ -163,7 +165,10 @@ impl Store {
         } else {
             anyhow::bail!("unsupported database URL scheme (use sqlite:// or postgres://)");
         };
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            master: std::sync::Arc::default(),
+        })
     }
 
     /// The backend.
@@ -172,6 +177,11 @@ impl Store {
             Db::Sqlite { .. } => Backend::Sqlite,
             Db::Postgres(_) => Backend::Postgres,
         }
+    }
+
+    /// The master data cache of the ingest path.
+    pub(crate) fn master_cache(&self) -> &cache::MasterCache {
+        &self.master
     }
 
     /// The pools, for storage modules.
