@@ -71,7 +71,12 @@ impl IngestReport {
             rate,
             self.percentile(50.0).as_secs_f64() * 1e3,
             self.percentile(99.0).as_secs_f64() * 1e3,
-            self.latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            self.latencies
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1e3,
             tenths.join(" "),
         )
     }
@@ -157,8 +162,10 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
             "postgres"
         }
         None => {
-            settings.process.database_url =
-                Secret::new(format!("sqlite://{}", dir.path().join("bench.db").display()));
+            settings.process.database_url = Secret::new(format!(
+                "sqlite://{}",
+                dir.path().join("bench.db").display()
+            ));
             "sqlite"
         }
     };
@@ -251,7 +258,7 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     server.await??;
 
     // Events per second in each tenth of the wall time.
-    let mut per_tenth = vec![0usize; 10];
+    let mut per_tenth = [0usize; 10];
     for (index, _, finished) in &timings {
         let tenth = ((finished.as_secs_f64() / elapsed.as_secs_f64()) * 10.0) as usize;
         let events = options.batch.min(options.events - index * options.batch);

@@ -176,15 +176,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     database_url,
                 } => {
                     anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1 to 1000");
-                    let report = retail_platform::bench::ingest(retail_platform::bench::IngestOptions {
-                        events,
-                        batch,
-                        stores,
-                        skus,
-                        concurrency,
-                        database_url,
-                    })
-                    .await?;
+                    let report =
+                        retail_platform::bench::ingest(retail_platform::bench::IngestOptions {
+                            events,
+                            batch,
+                            stores,
+                            skus,
+                            concurrency,
+                            database_url,
+                        })
+                        .await?;
                     print!("{}", report.render());
                 }
             }

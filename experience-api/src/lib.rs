@@ -45,6 +45,7 @@ pub struct AppState {
     paths(retail_shared::ops::healthz, retail_shared::ops::readyz, retail_shared::ops::metrics),
     components(schemas(retail_shared::problem::ProblemBody)),
     tags(
+        (name = "availability", description = "Available to sell"),
         (name = "stores", description = "Store directory"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
@@ -53,6 +54,7 @@ struct ApiDoc;
 
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::availability::router())
         .merge(routes::stores::router())
         .merge(routes::ops::router())
 }

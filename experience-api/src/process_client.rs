@@ -56,3 +56,52 @@ impl ProcessClient {
             .await
     }
 }
+
+/// Availability of one location, as process-api answers it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct LocationAvailability {
+    /// Location.
+    pub location_id: String,
+    /// Available to sell (after safety stock and reservations).
+    pub available: i64,
+}
+
+/// Availability of one sku, as process-api answers it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SkuAvailability {
+    /// SKU.
+    pub sku: String,
+    /// Whether the sku exists.
+    pub known: bool,
+    /// Sum over locations.
+    pub total_available: i64,
+    /// Per location.
+    pub locations: Vec<LocationAvailability>,
+}
+
+#[derive(Debug, Deserialize)]
+struct AvailabilityResponse {
+    items: Vec<SkuAvailability>,
+}
+
+impl ProcessClient {
+    /// Availability of up to 500 skus (optionally at some locations).
+    pub async fn availability(
+        &self,
+        skus: &[String],
+        locations: Option<&[String]>,
+        ctx: CallContext<'_>,
+    ) -> Result<Vec<SkuAvailability>, ClientError> {
+        let body = serde_json::json!({ "skus": skus, "location_ids": locations });
+        let response: AvailabilityResponse = self
+            .inner
+            .post_read(
+                "/v1/inventory/availability",
+                &body,
+                &["inventory:read"],
+                ctx,
+            )
+            .await?;
+        Ok(response.items)
+    }
+}

@@ -5,7 +5,10 @@
 //! when `TEST_POSTGRES_URL` is set.
 
 #[path = "storage/backends.rs"]
-#[expect(dead_code, reason = "shares the storage tests' helpers; uses only some")]
+#[expect(
+    dead_code,
+    reason = "shares the storage tests' helpers; uses only some"
+)]
 mod storage_backends;
 
 use std::collections::BTreeSet;
@@ -40,7 +43,10 @@ fn start(database_url: &str, port: u16) -> Child {
 
 async fn wait_healthy(http: &reqwest::Client, port: u16) {
     for _ in 0..200 {
-        if let Ok(response) = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await
+        if let Ok(response) = http
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
             && response.status().is_success()
         {
             return;
@@ -88,8 +94,12 @@ async fn crash_and_recover(database_url: &str, verify_store: impl AsyncFn() -> S
     let url = format!("http://127.0.0.1:{port}/v1/inventory/events");
     let mut clients = Vec::new();
     for client in 0..4 {
-        let (http, url, token, acknowledged) =
-            (http.clone(), url.clone(), token.clone(), acknowledged.clone());
+        let (http, url, token, acknowledged) = (
+            http.clone(),
+            url.clone(),
+            token.clone(),
+            acknowledged.clone(),
+        );
         clients.push(tokio::spawn(async move {
             let mut sent = 0;
             for number in 0..1000 {
@@ -102,7 +112,9 @@ async fn crash_and_recover(database_url: &str, verify_store: impl AsyncFn() -> S
                 if response.status() != 200 {
                     break;
                 }
-                let Ok(answer) = response.json::<Value>().await else { break };
+                let Ok(answer) = response.json::<Value>().await else {
+                    break;
+                };
                 let mut ack = acknowledged.lock().expect("lock");
                 for result in answer["results"].as_array().into_iter().flatten() {
                     assert!(
@@ -133,7 +145,11 @@ async fn crash_and_recover(database_url: &str, verify_store: impl AsyncFn() -> S
     wait_healthy(&http, port).await;
     let store = verify_store().await;
     let found = store.journalled_ids(&acknowledged).await.expect("ids");
-    assert_eq!(found.len(), acknowledged.len(), "an acknowledged event was lost");
+    assert_eq!(
+        found.len(),
+        acknowledged.len(),
+        "an acknowledged event was lost"
+    );
 
     // Re-send everything that was sent (acknowledged or not): every event is
     // applied exactly once overall.
@@ -154,7 +170,11 @@ async fn crash_and_recover(database_url: &str, verify_store: impl AsyncFn() -> S
     }
     assert_eq!(store.journal_len().await.expect("len"), total as i64);
     let report = store.rebuild(false).await.expect("rebuild");
-    assert_eq!(report.mismatches, 0, "rebuild differs: {:?}", report.examples);
+    assert_eq!(
+        report.mismatches, 0,
+        "rebuild differs: {:?}",
+        report.examples
+    );
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }

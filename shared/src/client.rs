@@ -139,7 +139,7 @@ impl LayerClient {
         scopes: &[&str],
         ctx: CallContext<'_>,
     ) -> Result<T, ClientError> {
-        self.call::<(), T>(Method::GET, path, query, None, scopes, ctx, None)
+        self.send::<(), T>(Method::GET, path, query, None, scopes, ctx, None, true)
             .await
     }
 
@@ -151,7 +151,20 @@ impl LayerClient {
         scopes: &[&str],
         ctx: CallContext<'_>,
     ) -> Result<T, ClientError> {
-        self.call(Method::PUT, path, &[], Some(body), scopes, ctx, None)
+        self.send(Method::PUT, path, &[], Some(body), scopes, ctx, None, true)
+            .await
+    }
+
+    /// POST of a query that changes nothing (a read with a body): retried
+    /// like a GET.
+    pub async fn post_read<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        scopes: &[&str],
+        ctx: CallContext<'_>,
+    ) -> Result<T, ClientError> {
+        self.send(Method::POST, path, &[], Some(body), scopes, ctx, None, true)
             .await
     }
 
@@ -165,7 +178,7 @@ impl LayerClient {
         ctx: CallContext<'_>,
         idempotency_key: Option<&str>,
     ) -> Result<T, ClientError> {
-        self.call(
+        self.send(
             Method::POST,
             path,
             &[],
@@ -173,6 +186,7 @@ impl LayerClient {
             scopes,
             ctx,
             idempotency_key,
+            idempotency_key.is_some(),
         )
         .await
     }
@@ -181,7 +195,7 @@ impl LayerClient {
         clippy::too_many_arguments,
         reason = "one private funnel for all verbs"
     )]
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
@@ -190,6 +204,7 @@ impl LayerClient {
         scopes: &[&str],
         ctx: CallContext<'_>,
         idempotency_key: Option<&str>,
+        retryable: bool,
     ) -> Result<T, ClientError> {
         let token = self
             .issuer
@@ -200,7 +215,6 @@ impl LayerClient {
             .transpose()
             .map_err(|e| ClientError::Internal(e.to_string()))?;
         let url = format!("{}{}", self.base_url, path);
-        let retryable = method == Method::GET || method == Method::PUT || idempotency_key.is_some();
         let attempt = || async {
             let mut request = self
                 .http

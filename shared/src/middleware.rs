@@ -149,3 +149,93 @@ pub async fn problem_bodies(request: Request, next: Next) -> Response {
     parts.headers.extend(problem_parts.headers);
     Response::from_parts(parts, body)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::problem::ApiJson;
+    use axum::body::Body;
+    use axum::routing::{get, post};
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let mut settings = Settings::defaults();
+        settings.http.request_timeout_ms = 50;
+        settings.http.body_limit_bytes = 64;
+        let router = Router::new()
+            .route(
+                "/panic",
+                get(|| async {
+                    if true {
+                        panic!("boom");
+                    }
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async { tokio::time::sleep(Duration::from_millis(500)).await }),
+            )
+            .route(
+                "/echo",
+                post(|ApiJson(v): ApiJson<serde_json::Value>| async move { ApiJson(v) }),
+            );
+        apply(
+            router,
+            "test",
+            &settings.http,
+            Arc::new(Authenticator::new(&settings.auth, "process-api")),
+        )
+    }
+
+    async fn call(request: axum::http::Request<Body>) -> Response {
+        app().oneshot(request).await.expect("infallible")
+    }
+
+    fn is_problem(response: &Response) -> bool {
+        response.headers()[header::CONTENT_TYPE] == "application/problem+json"
+            && response.headers().contains_key(&REQUEST_ID)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_a_generic_500_problem() {
+        let response = call(
+            axum::http::Request::get("/panic")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(is_problem(&response));
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("boom"),
+            "no internals leak"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_request_times_out_with_a_503_problem() {
+        let response = call(
+            axum::http::Request::get("/slow")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(is_problem(&response));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_a_413_problem() {
+        let request = axum::http::Request::post("/echo")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(format!("\"{}\"", "x".repeat(200))))
+            .expect("request");
+        let response = call(request).await;
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(is_problem(&response));
+    }
+}

@@ -2,6 +2,7 @@
 
 use axum::response::{IntoResponse, Response};
 use retail_shared::Problem;
+use retail_shared::client::ClientError;
 
 /// Errors of system-api handlers.
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +13,9 @@ pub enum Error {
     /// A database failure: logged with its cause, answered generically.
     #[error("database failure")]
     Database(#[from] sqlx::Error),
+    /// A call to process-api failed; its problem is passed on.
+    #[error(transparent)]
+    Downstream(#[from] ClientError),
     /// Anything else: logged, answered generically.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -28,6 +32,7 @@ impl IntoResponse for Error {
                 tracing::error!(error = ?anyhow::Error::from(error), "database failure");
                 Problem::internal().into_response()
             }
+            Self::Downstream(error) => Problem::from(error).into_response(),
             Self::Internal(error) => {
                 tracing::error!(error = ?error, "internal failure");
                 Problem::internal().into_response()

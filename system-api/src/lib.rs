@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use retail_shared::auth::{Authenticator, audience};
+use retail_shared::auth::{Authenticator, TokenIssuer, audience};
+use retail_shared::client::LayerClient;
 use retail_shared::config::ErpBackend;
 use retail_shared::ops::{ReadinessCheck, SecurityAddon};
 use retail_shared::{Settings, middleware, server};
@@ -40,6 +41,8 @@ pub struct AppState {
     pub pool: SqlitePool,
     /// The configured ERP backend.
     pub erp: Arc<dyn Erp>,
+    /// Client of process-api (adapters hand canonical events to it).
+    pub process: LayerClient,
 }
 
 #[derive(OpenApi)]
@@ -54,12 +57,17 @@ pub struct AppState {
     modifiers(&SecurityAddon),
     paths(retail_shared::ops::healthz, retail_shared::ops::readyz, retail_shared::ops::metrics),
     components(schemas(retail_shared::problem::ProblemBody)),
-    tags((name = "operations", description = "Health, readiness, diagnostics"))
+    tags(
+        (name = "pos", description = "Point-of-sale adapter"),
+        (name = "operations", description = "Health, readiness, diagnostics"),
+    )
 )]
 struct ApiDoc;
 
 fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(routes::ops::router())
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(routes::pos::router())
+        .merge(routes::ops::router())
 }
 
 /// The published OpenAPI document.
@@ -157,10 +165,18 @@ impl Application {
                 "erp.backend = \"tryton\" is not available in this build yet; use \"sandbox\""
             ),
         };
+        let process = LayerClient::new(
+            SERVICE,
+            audience::PROCESS,
+            &config.process_url,
+            &settings.client,
+            TokenIssuer::new(&settings.auth),
+        )?;
         let router = router(
             AppState {
                 pool: pool.clone(),
                 erp,
+                process,
             },
             &settings,
         );

@@ -45,13 +45,48 @@ async fn a_batch_answers_per_event_and_positions_follow_the_count_rule() {
         &app,
         &token,
         vec![
-            event("e1", "receipt", "S001", "SKU-000001", 10, "2026-11-20T10:00:00Z"),
-            event("e2", "sale", "S001", "SKU-000001", 3, "2026-11-20T11:00:00Z"),
-            event("e2", "sale", "S001", "SKU-000001", 3, "2026-11-20T11:00:00Z"),
+            event(
+                "e1",
+                "receipt",
+                "S001",
+                "SKU-000001",
+                10,
+                "2026-11-20T10:00:00Z",
+            ),
+            event(
+                "e2",
+                "sale",
+                "S001",
+                "SKU-000001",
+                3,
+                "2026-11-20T11:00:00Z",
+            ),
+            event(
+                "e2",
+                "sale",
+                "S001",
+                "SKU-000001",
+                3,
+                "2026-11-20T11:00:00Z",
+            ),
             event("e3", "sale", "S001", "NOPE-1", 1, "2026-11-20T11:00:00Z"),
-            event("e4", "sale", "S001", "SKU-000001", -1, "2026-11-20T11:00:00Z"),
+            event(
+                "e4",
+                "sale",
+                "S001",
+                "SKU-000001",
+                -1,
+                "2026-11-20T11:00:00Z",
+            ),
             // A count at 10:30 says 20: the sale at 11:00 still counts after it.
-            event("e5", "count", "S001", "SKU-000001", 20, "2026-11-20T10:30:00Z"),
+            event(
+                "e5",
+                "count",
+                "S001",
+                "SKU-000001",
+                20,
+                "2026-11-20T10:30:00Z",
+            ),
         ],
     )
     .await;
@@ -65,9 +100,20 @@ async fn a_batch_answers_per_event_and_positions_follow_the_count_rule() {
         .collect();
     assert_eq!(
         statuses,
-        ["applied", "applied", "duplicate", "parked", "rejected", "applied"]
+        [
+            "applied",
+            "applied",
+            "duplicate",
+            "parked",
+            "rejected",
+            "applied"
+        ]
     );
-    assert!(body["results"][4]["reason"].as_str().is_some_and(|r| r.contains("quantity")));
+    assert!(
+        body["results"][4]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("quantity"))
+    );
     assert_eq!(body["summary"]["applied"], 3);
 
     let p = position(&app, &token, "SKU-000001", "S001").await;
@@ -81,8 +127,22 @@ async fn a_batch_answers_per_event_and_positions_follow_the_count_rule() {
         &app,
         &token,
         vec![
-            event("e6", "sale", "S001", "SKU-000001", 5, "2026-11-20T10:10:00Z"),
-            event("e1", "receipt", "S001", "SKU-000001", 10, "2026-11-20T10:00:00Z"),
+            event(
+                "e6",
+                "sale",
+                "S001",
+                "SKU-000001",
+                5,
+                "2026-11-20T10:10:00Z",
+            ),
+            event(
+                "e1",
+                "receipt",
+                "S001",
+                "SKU-000001",
+                10,
+                "2026-11-20T10:00:00Z",
+            ),
         ],
     )
     .await;
@@ -100,7 +160,14 @@ async fn parked_events_apply_when_the_master_data_arrives() {
     let body: Value = post_events(
         &app,
         &token,
-        vec![event("p1", "receipt", "S001", "NEW-SKU", 4, "2026-11-20T10:00:00Z")],
+        vec![event(
+            "p1",
+            "receipt",
+            "S001",
+            "NEW-SKU",
+            4,
+            "2026-11-20T10:00:00Z",
+        )],
     )
     .await
     .json()
@@ -140,20 +207,43 @@ async fn parked_events_apply_when_the_master_data_arrives() {
 #[tokio::test]
 async fn a_store_bound_token_cannot_write_elsewhere_and_nothing_changes() {
     let app = TestApp::spawn().await;
-    let bound = app.token_for(Layer::Process, "store-1", "inventory:write inventory:read", Some(&["S001"]));
+    let bound = app.token_for(
+        Layer::Process,
+        "store-1",
+        "inventory:write inventory:read",
+        Some(&["S001"]),
+    );
     let response = post_events(
         &app,
         &bound,
         vec![
-            event("b1", "receipt", "S001", "SKU-000002", 5, "2026-11-20T10:00:00Z"),
-            event("b2", "receipt", "S002", "SKU-000002", 5, "2026-11-20T10:00:00Z"),
+            event(
+                "b1",
+                "receipt",
+                "S001",
+                "SKU-000002",
+                5,
+                "2026-11-20T10:00:00Z",
+            ),
+            event(
+                "b2",
+                "receipt",
+                "S002",
+                "SKU-000002",
+                5,
+                "2026-11-20T10:00:00Z",
+            ),
         ],
     )
     .await;
     problem(response, 403).await;
     let reader = app.token(Layer::Process, "inventory:read");
     let body: Value = app
-        .get(Layer::Process, "/v1/inventory/positions?sku=SKU-000002", Some(&reader))
+        .get(
+            Layer::Process,
+            "/v1/inventory/positions?sku=SKU-000002",
+            Some(&reader),
+        )
         .await
         .json()
         .await
@@ -176,21 +266,42 @@ async fn bad_batches_are_problems_and_change_nothing() {
     let app = TestApp::spawn().await;
     let token = app.token(Layer::Process, "inventory:write inventory:read");
     let too_many: Vec<Value> = (0..1001)
-        .map(|i| event(&format!("x{i}"), "receipt", "S001", "SKU-000003", 1, "2026-11-20T10:00:00Z"))
+        .map(|i| {
+            event(
+                &format!("x{i}"),
+                "receipt",
+                "S001",
+                "SKU-000003",
+                1,
+                "2026-11-20T10:00:00Z",
+            )
+        })
         .collect();
     let body = problem(post_events(&app, &token, too_many).await, 422).await;
     assert_eq!(body["errors"][0]["pointer"], "/events");
-    let mut bad = event("y1", "receipt", "S001", "SKU-000003", 1, "2026-11-20T10:00:00Z");
+    let mut bad = event(
+        "y1",
+        "receipt",
+        "S001",
+        "SKU-000003",
+        1,
+        "2026-11-20T10:00:00Z",
+    );
     bad["quantity"] = json!("many");
     let body = problem(post_events(&app, &token, vec![bad]).await, 422).await;
     assert_eq!(body["errors"][0]["pointer"], "/events/0/quantity");
     problem(
-        app.get(Layer::Process, "/v1/inventory/positions", Some(&token)).await,
+        app.get(Layer::Process, "/v1/inventory/positions", Some(&token))
+            .await,
         400,
     )
     .await;
     let body: Value = app
-        .get(Layer::Process, "/v1/inventory/positions?sku=SKU-000003", Some(&token))
+        .get(
+            Layer::Process,
+            "/v1/inventory/positions?sku=SKU-000003",
+            Some(&token),
+        )
         .await
         .json()
         .await
@@ -233,7 +344,10 @@ async fn the_journal_pages_and_rebuild_equals_live() {
     assert_eq!(page["entries"].as_array().map(Vec::len), Some(10));
     let next = page["next_after"].as_i64().expect("cursor");
     let entry = &page["entries"][1];
-    assert_eq!(entry["unit_cost"].as_str().map(|c| !c.is_empty()), Some(true));
+    assert_eq!(
+        entry["unit_cost"].as_str().map(|c| !c.is_empty()),
+        Some(true)
+    );
     assert_eq!(entry["location_type"], "store");
     assert!(entry["request_id"].as_str().is_some_and(|r| !r.is_empty()));
     let rest: Value = app

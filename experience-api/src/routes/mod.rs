@@ -1,4 +1,5 @@
 //! Thin HTTP handlers, one module per area; each exports `router()`.
 
+pub mod availability;
 pub mod ops;
 pub mod stores;

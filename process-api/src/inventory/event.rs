@@ -263,7 +263,10 @@ impl EventInput {
             return Err("location_id must be 1 to 128 printable characters without spaces, commas or slashes".into());
         }
         if !is_id(&self.sku) {
-            return Err("sku must be 1 to 128 printable characters without spaces, commas or slashes".into());
+            return Err(
+                "sku must be 1 to 128 printable characters without spaces, commas or slashes"
+                    .into(),
+            );
         }
         if self.quantity.abs() > MAX_QUANTITY {
             return Err(format!("quantity must be within ±{MAX_QUANTITY}"));
@@ -293,7 +296,10 @@ impl EventInput {
             return Err(format!("source must be 1 to {MAX_TEXT_LEN} characters"));
         }
         for (name, value) in [("reference", &self.reference), ("reason", &self.reason)] {
-            if value.as_ref().is_some_and(|v| v.chars().count() > MAX_TEXT_LEN) {
+            if value
+                .as_ref()
+                .is_some_and(|v| v.chars().count() > MAX_TEXT_LEN)
+            {
                 return Err(format!("{name} must be at most {MAX_TEXT_LEN} characters"));
             }
         }

@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_events))
         .routes(routes!(get_positions))
+        .routes(routes!(post_availability))
         .routes(routes!(get_journal))
         .routes(routes!(put_safety_stock))
         .routes(routes!(get_parked))
@@ -283,7 +284,12 @@ impl Validate for SafetyStockInput {
         v.id("location_id", &self.location_id);
         v.id("sku", &self.sku);
         if let Some(value) = self.safety_stock {
-            v.range("safety_stock", value, 0, retail_shared::model::MAX_SAFETY_STOCK);
+            v.range(
+                "safety_stock",
+                value,
+                0,
+                retail_shared::model::MAX_SAFETY_STOCK,
+            );
         }
     }
 }
@@ -408,4 +414,121 @@ async fn rebuild(
 ) -> Result<ApiJson<RebuildReport>> {
     let report = state.store.rebuild(params.write.unwrap_or(false)).await?;
     Ok(ApiJson(report))
+}
+
+/// Largest number of skus in one availability query.
+pub const MAX_AVAILABILITY_SKUS: usize = 500;
+
+/// Body of `POST /v1/inventory/availability`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AvailabilityQuery {
+    /// 1–500 skus.
+    #[schema(min_items = 1, max_items = 500)]
+    pub skus: Vec<String>,
+    /// Only these locations (1–1000); all the token may see when absent.
+    #[serde(default)]
+    #[schema(max_items = 1000)]
+    pub location_ids: Option<Vec<String>>,
+}
+
+impl Validate for AvailabilityQuery {
+    fn validate(&self, v: &mut Validator) {
+        v.count("skus", self.skus.len(), 1, MAX_AVAILABILITY_SKUS);
+        v.at("skus", |v| {
+            for (index, sku) in self.skus.iter().enumerate() {
+                v.id(&index.to_string(), sku);
+            }
+        });
+        if let Some(locations) = &self.location_ids {
+            v.count("location_ids", locations.len(), 1, 1000);
+            v.at("location_ids", |v| {
+                for (index, id) in locations.iter().enumerate() {
+                    v.id(&index.to_string(), id);
+                }
+            });
+        }
+    }
+}
+
+/// Availability of one location.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LocationAvailability {
+    /// Location.
+    pub location_id: String,
+    /// Available to sell.
+    pub available: i64,
+}
+
+/// Availability of one sku.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SkuAvailability {
+    /// SKU.
+    pub sku: String,
+    /// Whether the sku exists in the registry.
+    pub known: bool,
+    /// Sum over `locations`.
+    pub total_available: i64,
+    /// Per location, in location order.
+    pub locations: Vec<LocationAvailability>,
+}
+
+/// Answer of `POST /v1/inventory/availability`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AvailabilityResponse {
+    /// One per requested sku, in request order.
+    pub items: Vec<SkuAvailability>,
+}
+
+/// Available-to-sell of up to 500 skus in one call (a read: safe to
+/// retry). Locations outside the token's binding are left out.
+#[utoipa::path(post, path = "/v1/inventory/availability", tag = "inventory",
+    request_body = AvailabilityQuery,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Availability per sku", body = AvailabilityResponse),
+        (status = 403, description = "Scope inventory:read missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed", body = ProblemBody, content_type = "application/problem+json")))]
+async fn post_availability(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryRead>,
+    ValidJson(query): ValidJson<AvailabilityQuery>,
+) -> Result<ApiJson<AvailabilityResponse>> {
+    let known: std::collections::HashSet<String> = state
+        .store
+        .known_skus(&query.skus)
+        .await?
+        .into_iter()
+        .collect();
+    let records = state
+        .store
+        .positions_of(&query.skus, query.location_ids.as_deref())
+        .await?;
+    let mut by_sku: std::collections::HashMap<String, Vec<LocationAvailability>> =
+        std::collections::HashMap::new();
+    for record in records {
+        if auth.can_access(&record.location_id) {
+            by_sku
+                .entry(record.sku)
+                .or_default()
+                .push(LocationAvailability {
+                    location_id: record.location_id,
+                    available: record.figures.available,
+                });
+        }
+    }
+    let items = query
+        .skus
+        .iter()
+        .map(|sku| {
+            let locations = by_sku.get(sku).cloned().unwrap_or_default();
+            SkuAvailability {
+                sku: sku.clone(),
+                known: known.contains(sku),
+                total_available: locations.iter().map(|l| l.available).sum(),
+                locations,
+            }
+        })
+        .collect();
+    Ok(ApiJson(AvailabilityResponse { items }))
 }

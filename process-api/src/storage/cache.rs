@@ -48,7 +48,12 @@ impl MasterCache {
     pub fn products(&self, skus: &[&str]) -> HashMap<String, (String, String)> {
         self.fresh(|entries| {
             skus.iter()
-                .filter_map(|sku| entries.products.get(*sku).map(|v| ((*sku).to_owned(), v.clone())))
+                .filter_map(|sku| {
+                    entries
+                        .products
+                        .get(*sku)
+                        .map(|v| ((*sku).to_owned(), v.clone()))
+                })
                 .collect()
         })
         .unwrap_or_default()
@@ -58,7 +63,12 @@ impl MasterCache {
     pub fn locations(&self, ids: &[&str]) -> HashMap<String, String> {
         self.fresh(|entries| {
             ids.iter()
-                .filter_map(|id| entries.locations.get(*id).map(|v| ((*id).to_owned(), v.clone())))
+                .filter_map(|id| {
+                    entries
+                        .locations
+                        .get(*id)
+                        .map(|v| ((*id).to_owned(), v.clone()))
+                })
                 .collect()
         })
         .unwrap_or_default()

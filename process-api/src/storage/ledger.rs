@@ -1025,8 +1025,14 @@ impl Store {
         let summary = match self.db() {
             Db::Sqlite { writer, .. } => {
                 let mut tx = writer.begin_write().await?;
-                let summary =
-                    sqlite_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut results, now).await?;
+                let summary = sqlite_ledger::apply(
+                    &mut tx,
+                    self.master_cache(),
+                    &candidates,
+                    &mut results,
+                    now,
+                )
+                .await?;
                 tx.commit().await?;
                 summary
             }
@@ -1037,9 +1043,14 @@ impl Store {
                     let mut scratch = results.clone();
                     let outcome = async {
                         let mut tx = pool.begin_write().await?;
-                        let summary =
-                            postgres_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut scratch, now)
-                                .await?;
+                        let summary = postgres_ledger::apply(
+                            &mut tx,
+                            self.master_cache(),
+                            &candidates,
+                            &mut scratch,
+                            now,
+                        )
+                        .await?;
                         tx.commit().await?;
                         Ok::<_, sqlx::Error>(summary)
                     }
@@ -1085,21 +1096,32 @@ impl Store {
                         break;
                     }
                     let mut results = vec![None; candidates.len()];
-                    let summary =
-                        sqlite_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut results, now).await?;
+                    let summary = sqlite_ledger::apply(
+                        &mut tx,
+                        self.master_cache(),
+                        &candidates,
+                        &mut results,
+                        now,
+                    )
+                    .await?;
                     tx.commit().await?;
                     summary
                 }
                 Db::Postgres(pool) => {
                     let mut tx = pool.begin_write().await?;
-                    let candidates =
-                        postgres_ledger::take_ready_parked(&mut tx, 500, now).await?;
+                    let candidates = postgres_ledger::take_ready_parked(&mut tx, 500, now).await?;
                     if candidates.is_empty() {
                         break;
                     }
                     let mut results = vec![None; candidates.len()];
-                    let summary =
-                        postgres_ledger::apply(&mut tx, self.master_cache(), &candidates, &mut results, now).await?;
+                    let summary = postgres_ledger::apply(
+                        &mut tx,
+                        self.master_cache(),
+                        &candidates,
+                        &mut results,
+                        now,
+                    )
+                    .await?;
                     tx.commit().await?;
                     summary
                 }
@@ -1260,12 +1282,14 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO outbox_changes (location_id, sku, created_at) VALUES ($1, $2, $3)")
-                .bind(location_id)
-                .bind(sku)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO outbox_changes (location_id, sku, created_at) VALUES ($1, $2, $3)",
+            )
+            .bind(location_id)
+            .bind(sku)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await
         })
     }
@@ -1283,7 +1307,8 @@ impl Store {
             );
             qb.push_bind(query.after.unwrap_or(0));
             if let Some(location) = &query.location_id {
-                qb.push(" AND j.location_id = ").push_bind(location.as_str());
+                qb.push(" AND j.location_id = ")
+                    .push_bind(location.as_str());
             }
             if let Some(sku) = &query.sku {
                 qb.push(" AND j.sku = ").push_bind(sku.as_str());
@@ -1294,7 +1319,8 @@ impl Store {
             if let Some(to) = query.to {
                 qb.push(" AND j.occurred_at < ").push_bind(to);
             }
-            qb.push(" ORDER BY j.seq LIMIT ").push_bind(i64::from(query.limit));
+            qb.push(" ORDER BY j.seq LIMIT ")
+                .push_bind(i64::from(query.limit));
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {

@@ -44,17 +44,26 @@ struct Spec {
 }
 
 fn spec() -> impl Strategy<Value = Spec> {
-    (0..9usize, 0..3usize, 0..3usize, 1..12i64, 0..8i64, 1..3usize, any::<bool>()).prop_map(
-        |(kind, location, sku, quantity, minute, other, flag)| Spec {
-            kind,
-            location,
-            sku,
-            quantity,
-            minute,
-            other,
-            flag,
-        },
+    (
+        0..9usize,
+        0..3usize,
+        0..3usize,
+        1..12i64,
+        0..8i64,
+        1..3usize,
+        any::<bool>(),
     )
+        .prop_map(
+            |(kind, location, sku, quantity, minute, other, flag)| Spec {
+                kind,
+                location,
+                sku,
+                quantity,
+                minute,
+                other,
+                flag,
+            },
+        )
 }
 
 fn to_input(index: usize, spec: &Spec) -> EventInput {
@@ -104,9 +113,12 @@ fn reference(
         }
     }
     let time_of = |e: &EventInput| {
-        time::OffsetDateTime::parse(&e.occurred_at, &time::format_description::well_known::Rfc3339)
-            .expect("time")
-            .unix_timestamp()
+        time::OffsetDateTime::parse(
+            &e.occurred_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .expect("time")
+        .unix_timestamp()
     };
     keys.into_iter()
         .map(|(location, sku)| {
@@ -249,9 +261,7 @@ async fn run(
         .await
         .expect("products");
     let known = |e: &EventInput| {
-        e.sku != "C"
-            && e.location_id != "L3"
-            && e.counterparty_location_id.as_deref() != Some("L3")
+        e.sku != "C" && e.location_id != "L3" && e.counterparty_location_id.as_deref() != Some("L3")
     };
     let mut seen = BTreeSet::new();
     let mut applied: Vec<EventInput> = Vec::new();
@@ -277,7 +287,11 @@ async fn run(
                 applied.push(input.clone());
             }
         }
-        assert_eq!(snapshot(store).await, reference(&applied, safety), "after a batch");
+        assert_eq!(
+            snapshot(store).await,
+            reference(&applied, safety),
+            "after a batch"
+        );
     }
     // The missing master data arrives: parked events apply.
     store
@@ -297,13 +311,21 @@ async fn run(
     let positions = snapshot(store).await;
     assert_eq!(positions, reference(&unique, safety), "after master data");
     let report = store.rebuild(false).await.expect("rebuild");
-    assert_eq!(report.mismatches, 0, "rebuild equals live: {:?}", report.examples);
+    assert_eq!(
+        report.mismatches, 0,
+        "rebuild equals live: {:?}",
+        report.examples
+    );
     positions
 }
 
 fn scenario() -> impl Strategy<Value = (Vec<EventInput>, Vec<usize>, Vec<usize>, Vec<usize>)> {
     prop::collection::vec(spec(), 1..30).prop_flat_map(|specs| {
-        let events: Vec<EventInput> = specs.iter().enumerate().map(|(i, s)| to_input(i, s)).collect();
+        let events: Vec<EventInput> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| to_input(i, s))
+            .collect();
         let n = events.len();
         let order: Vec<usize> = (0..n).collect();
         (

@@ -22,7 +22,11 @@ fn events(n: usize) -> Vec<EventInput> {
                 r#type: kind.into(),
                 location_id: format!("L{}", i % 3),
                 sku: format!("S{}", i % 4),
-                quantity: if kind == "count" { 40 } else { 1 + (i % 7) as i64 },
+                quantity: if kind == "count" {
+                    40
+                } else {
+                    1 + (i % 7) as i64
+                },
                 occurred_at: format!("2026-11-20T10:{:02}:{:02}Z", (i / 60) % 60, i % 60),
                 source: "replica-test".into(),
                 reference: None,
@@ -51,7 +55,10 @@ async fn seed(store: &Store) {
             safety_stock_default: 0,
         })
         .collect();
-    store.upsert_locations(&locations, &ctx).await.expect("locations");
+    store
+        .upsert_locations(&locations, &ctx)
+        .await
+        .expect("locations");
     let products: Vec<_> = (0..4)
         .map(|i| ProductInput {
             sku: format!("S{i}"),
@@ -62,7 +69,10 @@ async fn seed(store: &Store) {
             safety_stock: None,
         })
         .collect();
-    store.upsert_products(&products, &ctx).await.expect("products");
+    store
+        .upsert_products(&products, &ctx)
+        .await
+        .expect("products");
 }
 
 async fn all_positions(store: &Store) -> BTreeMap<String, String> {
@@ -131,16 +141,29 @@ async fn two_replicas_apply_each_event_exactly_once() {
         applied.sort();
         let before = applied.len();
         applied.dedup();
-        assert_eq!(before, applied.len(), "an event was applied by both replicas");
+        assert_eq!(
+            before,
+            applied.len(),
+            "an event was applied by both replicas"
+        );
         assert_eq!(applied.len(), all.len(), "an event was lost");
-        assert_eq!(replica_a.journal_len().await.expect("len"), all.len() as i64);
+        assert_eq!(
+            replica_a.journal_len().await.expect("len"),
+            all.len() as i64
+        );
 
         // The same events through one replica give the same positions.
         seed(&single).await;
         for batch in all.chunks(50) {
             single.ingest(batch, &ctx).await.expect("single");
         }
-        assert_eq!(all_positions(&replica_a).await, all_positions(&single).await);
-        assert_eq!(replica_b.rebuild(false).await.expect("rebuild").mismatches, 0);
+        assert_eq!(
+            all_positions(&replica_a).await,
+            all_positions(&single).await
+        );
+        assert_eq!(
+            replica_b.rebuild(false).await.expect("rebuild").mismatches,
+            0
+        );
     }
 }

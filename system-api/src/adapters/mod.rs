@@ -3,3 +3,4 @@
 //! system's calls (ERP).
 
 pub mod erp;
+pub mod pos;

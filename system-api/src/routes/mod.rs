@@ -1,3 +1,4 @@
 //! Thin HTTP handlers, one module per area; each exports `router()`.
 
 pub mod ops;
+pub mod pos;
