@@ -44,6 +44,8 @@ pub enum Db {
         reader: SqlitePool,
         /// Every write, one at a time.
         writer: SqlitePool,
+        /// The background checkpointer's connection.
+        checkpoints: SqlitePool,
     },
     /// PostgreSQL: one pool for both.
     Postgres(PgPool),
@@ -135,10 +137,10 @@ impl Store {
                 // page cache far above the 8 MiB default keeps them off disk.
                 .pragma("cache_size", "-262144")
                 .pragma("temp_store", "memory")
-                // Checkpoint every ~64 MiB of WAL rather than every 4 MiB: a
-                // batch dirties hundreds of scattered pages, and pages written
-                // by several commits are copied back once.
-                .pragma("wal_autocheckpoint", "16384");
+                // Checkpoints run in the background (see `checkpointer`);
+                // the writer checkpoints itself only past 256 MiB of WAL, a
+                // backstop for when no runtime drives the checkpointer.
+                .pragma("wal_autocheckpoint", "65536");
             if let Some(parent) = options.get_filename().parent()
                 && !parent.as_os_str().is_empty()
             {
@@ -154,12 +156,22 @@ impl Store {
                 .run(&writer)
                 .await
                 .context("SQLite migrations failed")?;
+            let checkpoints = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options.clone())
+                .await
+                .context("cannot open the SQLite database for checkpoints")?;
+            tokio::spawn(checkpointer(checkpoints.clone()));
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
                 .connect_with(options.read_only(true))
                 .await
                 .context("cannot open the SQLite database for reading")?;
-            Db::Sqlite { reader, writer }
+            Db::Sqlite {
+                reader,
+                writer,
+                checkpoints,
+            }
         } else {
             anyhow::bail!("unsupported database URL scheme (use sqlite:// or postgres://)");
         };
@@ -198,11 +210,41 @@ impl Store {
     /// Closes the pools, waiting for in-flight queries.
     pub async fn close(&self) {
         match &self.db {
-            Db::Sqlite { reader, writer } => {
+            Db::Sqlite {
+                reader,
+                writer,
+                checkpoints,
+            } => {
                 reader.close().await;
                 writer.close().await;
+                checkpoints.close().await;
             }
             Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// Copies the WAL back into the database file once a second from its own
+/// connection, so the writer's commits do not pay for checkpoints (a batch
+/// dirties hundreds of scattered pages; copying them back is the larger
+/// half of the I/O). Passive checkpoints never block the writer. Ends when
+/// the store's pools are closed.
+async fn checkpointer(pool: SqlitePool) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(%error, "background WAL checkpoint failed");
         }
     }
 }
