@@ -200,7 +200,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             .await?;
             let stores = stores.unwrap_or(settings.seed.stores);
             let skus = skus.unwrap_or(settings.seed.skus);
-            process_api::seed::seed(&store, stores, skus).await?;
+            process_api::seed::seed(&store, stores, skus, settings.seed.opening_stock).await?;
             println!("seeded {stores} stores, a DC, an online node and {skus} SKUs");
             Ok(ExitCode::SUCCESS)
         }),

@@ -133,7 +133,13 @@ impl Application {
             .await
             .context("process-api storage")?;
         if settings.seed.enabled {
-            seed::seed_if_empty(&store, settings.seed.stores, settings.seed.skus).await?;
+            seed::seed_if_empty(
+                &store,
+                settings.seed.stores,
+                settings.seed.skus,
+                settings.seed.opening_stock,
+            )
+            .await?;
         }
         let issuer = TokenIssuer::new(&settings.auth);
         let system = LayerClient::new(

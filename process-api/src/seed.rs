@@ -1,6 +1,8 @@
-//! Demo master data: `stores` stores (`S001`…), one distribution centre
-//! (`DC01`), one online node (`WEB01`) and `skus` products (`SKU-000001`…).
-//! Deterministic, so every fresh run shows the same catalogue.
+//! Demo data: `stores` stores (`S001`…), one distribution centre (`DC01`),
+//! one online node (`WEB01`), `skus` products (`SKU-000001`…), and an
+//! opening stock count for every store and DC position (journalled like
+//! any count, source `seed`). Deterministic, so every fresh run shows the
+//! same catalogue and stock.
 
 use retail_shared::model::{Capability, LocationInput, LocationType, ProductInput};
 use rust_decimal::Decimal;
@@ -103,6 +105,44 @@ pub fn demo_products(skus: u32) -> Vec<ProductInput> {
         .collect()
 }
 
+/// An opening count for every store and DC position, an hour ago.
+pub fn opening_counts(stores: u32, skus: u32) -> Vec<crate::inventory::event::EventInput> {
+    let at = (time::OffsetDateTime::now_utc() - time::Duration::hours(1))
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let locations: Vec<String> = (1..=stores)
+        .map(|n| format!("S{n:03}"))
+        .chain(std::iter::once("DC01".to_owned()))
+        .collect();
+    let mut events = Vec::with_capacity(locations.len() * skus as usize);
+    for (l, location) in locations.iter().enumerate() {
+        for n in 1..=skus {
+            let quantity = i64::from((n * 31 + l as u32 * 17) % 40);
+            let quantity = if location == "DC01" {
+                quantity * 10
+            } else {
+                quantity
+            };
+            events.push(crate::inventory::event::EventInput {
+                event_id: format!("seed-count-{location}-{n:06}"),
+                r#type: "count".into(),
+                location_id: location.clone(),
+                sku: format!("SKU-{n:06}"),
+                quantity,
+                occurred_at: at.clone(),
+                source: "seed".into(),
+                reference: None,
+                reason: Some("opening stock".into()),
+                counterparty_location_id: None,
+                disposition: None,
+            });
+        }
+    }
+    events
+}
+
 fn round6(value: f64) -> f64 {
     (value * 1e6).round() / 1e6
 }
@@ -124,17 +164,27 @@ fn gtin13(n: u64) -> String {
 
 /// Seeds demo master data when the registry is empty. Returns whether it
 /// seeded.
-pub async fn seed_if_empty(store: &Store, stores: u32, skus: u32) -> anyhow::Result<bool> {
+pub async fn seed_if_empty(
+    store: &Store,
+    stores: u32,
+    skus: u32,
+    opening_stock: bool,
+) -> anyhow::Result<bool> {
     let (locations, products) = store.master_counts().await?;
     if locations > 0 || products > 0 {
         return Ok(false);
     }
-    seed(store, stores, skus).await?;
+    seed(store, stores, skus, opening_stock).await?;
     Ok(true)
 }
 
 /// Upserts the demo master data (unchanged records stay as they are).
-pub async fn seed(store: &Store, stores: u32, skus: u32) -> anyhow::Result<()> {
+pub async fn seed(
+    store: &Store,
+    stores: u32,
+    skus: u32,
+    opening_stock: bool,
+) -> anyhow::Result<()> {
     let ctx = ChangeContext {
         actor: "seed".into(),
         request_id: uuid::Uuid::new_v4().to_string(),
@@ -144,6 +194,19 @@ pub async fn seed(store: &Store, stores: u32, skus: u32) -> anyhow::Result<()> {
     }
     for chunk in demo_products(skus).chunks(1000) {
         store.upsert_products(chunk, &ctx).await?;
+    }
+    let counts = if opening_stock {
+        opening_counts(stores, skus)
+    } else {
+        Vec::new()
+    };
+    let ingest = crate::storage::ledger::IngestContext {
+        actor: "seed".into(),
+        request_id: ctx.request_id.clone(),
+        trace_id: "0".repeat(32),
+    };
+    for chunk in counts.chunks(1000) {
+        store.ingest(chunk, &ingest).await?;
     }
     tracing::info!(stores, skus, "seeded demo master data");
     Ok(())

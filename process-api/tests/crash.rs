@@ -34,6 +34,7 @@ fn start(database_url: &str, port: u16) -> Child {
         .env("RETAIL_PROCESS__DATABASE_URL", database_url)
         .env("RETAIL_SEED__STORES", "5")
         .env("RETAIL_SEED__SKUS", "40")
+        .env("RETAIL_SEED__OPENING_STOCK", "false")
         .env("RETAIL_TELEMETRY__LOG_LEVEL", "error")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

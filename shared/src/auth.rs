@@ -203,9 +203,11 @@ impl Authenticator {
         let value = value
             .to_str()
             .map_err(|_| Problem::unauthorized("the Authorization header is not ASCII"))?;
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| Problem::unauthorized("the Authorization scheme must be Bearer"))?;
         self.verify(token.trim())
     }

@@ -38,9 +38,13 @@ pub enum ClientError {
         /// Its problem body.
         body: Value,
     },
-    /// Transport failure, timeout or 5xx.
+    /// Transport failure, timeout, 429, 502, 503 or 504 (retried when the
+    /// call is idempotent).
     #[error("downstream unavailable: {0}")]
     Unavailable(String),
+    /// The downstream layer failed (500) or answered nonsense: not retried.
+    #[error("downstream failed: {0}")]
+    Failed(String),
     /// A token could not be minted or a body not encoded.
     #[error("client failure: {0}")]
     Internal(String),
@@ -50,7 +54,7 @@ impl From<ClientError> for Problem {
     fn from(error: ClientError) -> Self {
         match error {
             ClientError::Problem { status, body } => Problem::passthrough(status, body),
-            ClientError::Unavailable(detail) => {
+            ClientError::Unavailable(detail) | ClientError::Failed(detail) => {
                 tracing::warn!(%detail, "downstream call failed");
                 Problem::upstream(
                     StatusCode::BAD_GATEWAY,
@@ -246,17 +250,27 @@ impl LayerClient {
                 .await
                 .map_err(|e| ClientError::Unavailable(format!("{url}: {e}")))?;
             if status.is_success() {
-                return serde_json::from_slice::<T>(&bytes).map_err(|e| {
-                    ClientError::Unavailable(format!("{url}: unexpected answer: {e}"))
-                });
+                return serde_json::from_slice::<T>(&bytes)
+                    .map_err(|e| ClientError::Failed(format!("{url}: unexpected answer: {e}")));
             }
-            if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            let transient = matches!(
+                status,
+                StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::BAD_GATEWAY
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            );
+            if transient {
+                return Err(ClientError::Unavailable(format!(
+                    "{url}: answered {status}"
+                )));
+            }
+            if status.is_client_error() {
                 let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
                 return Err(ClientError::Problem { status, body });
             }
-            Err(ClientError::Unavailable(format!(
-                "{url}: answered {status}"
-            )))
+            // A 500 is not retried: the same request would likely fail again.
+            Err(ClientError::Failed(format!("{url}: answered {status}")))
         };
         if retryable {
             attempt

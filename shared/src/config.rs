@@ -261,6 +261,8 @@ pub struct SeedSettings {
     pub stores: u32,
     /// Number of SKUs.
     pub skus: u32,
+    /// Journal an opening stock count per store and DC position.
+    pub opening_stock: bool,
 }
 
 impl Settings {
@@ -310,12 +312,17 @@ impl Settings {
                 "the production signing secret must be at least 32 bytes".into(),
             ));
         }
+        // RS256/ES256 arrive with JWKS support; until then a config naming
+        // them would reject every token, so it is refused up front.
         for algorithm in &self.auth.algorithms {
-            if !matches!(algorithm.as_str(), "HS256" | "RS256" | "ES256") {
+            if algorithm != "HS256" {
                 return Err(ConfigError::Refused(format!(
-                    "auth.algorithms: unsupported algorithm {algorithm}"
+                    "auth.algorithms: {algorithm} is not supported yet (HS256 only)"
                 )));
             }
+        }
+        if self.auth.issuer.trim().is_empty() {
+            return Err(ConfigError::Refused("auth.issuer must not be empty".into()));
         }
         Ok(())
     }
@@ -389,6 +396,16 @@ mod tests {
         let settings = Settings::from_figment(figment).expect("valid production example");
         assert_eq!(settings.profile, Profile::Production);
         assert!(settings.redis_url().is_some());
+    }
+
+    #[test]
+    fn unsupported_algorithms_and_an_empty_issuer_are_refused() {
+        let mut settings = Settings::defaults();
+        settings.auth.algorithms = vec!["RS256".into()];
+        assert!(settings.check().is_err());
+        let mut settings = Settings::defaults();
+        settings.auth.issuer = " ".into();
+        assert!(settings.check().is_err());
     }
 
     #[test]

@@ -132,9 +132,10 @@ pub fn parse_traceparent(value: &str) -> Option<(String, String, u8)> {
     if trace_id.bytes().all(|b| b == b'0') || span_id.bytes().all(|b| b == b'0') {
         return None;
     }
-    let flags = u8::from_str_radix(flags, 16)
-        .ok()
-        .filter(|_| flags.len() == 2)?;
+    if !is_hex(flags, 2) {
+        return None;
+    }
+    let flags = u8::from_str_radix(flags, 16).ok()?;
     Some((trace_id.to_owned(), span_id.to_owned(), flags))
 }
 
@@ -215,6 +216,8 @@ mod tests {
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-+1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0A",
             "garbage",
         ] {
             assert!(parse_traceparent(bad).is_none(), "{bad}");

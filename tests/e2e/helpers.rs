@@ -44,6 +44,7 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         Secret::new(format!("sqlite://{}", dir.join("system.db").display()));
     settings.seed.stores = 3;
     settings.seed.skus = 10;
+    settings.seed.opening_stock = false;
     settings.telemetry.log_level = "warn".into();
     settings
 }

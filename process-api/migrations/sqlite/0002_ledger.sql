@@ -67,7 +67,9 @@ CREATE TABLE parked_events (
     occurred_at  BIGINT NOT NULL,
     actor        TEXT NOT NULL,
     request_id   TEXT NOT NULL,
-    trace_id     TEXT NOT NULL
+    trace_id     TEXT NOT NULL,
+    -- 1 when the event can no longer be applied (kept for operators).
+    dead         BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX parked_events_sku ON parked_events (sku);
 

@@ -249,7 +249,7 @@ fn is_id(value: &str) -> bool {
 impl EventInput {
     /// Validates one event; `Err` is the rejection reason.
     pub fn validate(&self, now_micros: i64) -> Result<Event, String> {
-        if self.event_id.is_empty() || self.event_id.len() > 128 {
+        if self.event_id.is_empty() || self.event_id.chars().count() > 128 {
             return Err("event_id must be 1 to 128 characters".into());
         }
         let kind = EventType::parse(&self.r#type).ok_or_else(|| {
@@ -268,7 +268,8 @@ impl EventInput {
                     .into(),
             );
         }
-        if self.quantity.abs() > MAX_QUANTITY {
+        // unsigned_abs: `abs` of i64::MIN overflows (and wraps in release).
+        if self.quantity.unsigned_abs() > MAX_QUANTITY.unsigned_abs() {
             return Err(format!("quantity must be within ±{MAX_QUANTITY}"));
         }
         match kind {
@@ -377,6 +378,9 @@ mod tests {
         assert!(input("sale", 0).validate(NOW).is_err());
         assert!(input("adjustment", -3).validate(NOW).is_ok());
         assert!(input("adjustment", 0).validate(NOW).is_err());
+        assert!(input("adjustment", i64::MIN).validate(NOW).is_err());
+        assert!(input("adjustment", MAX_QUANTITY + 1).validate(NOW).is_err());
+        assert!(input("adjustment", -MAX_QUANTITY).validate(NOW).is_ok());
         assert!(input("count", 0).validate(NOW).is_ok());
         assert!(input("count", -1).validate(NOW).is_err());
         assert!(input("teleport", 1).validate(NOW).is_err());

@@ -43,7 +43,10 @@ pub struct PositionState {
 impl PositionState {
     /// Physical units by the count-and-late-event rule.
     pub fn on_hand(&self) -> i64 {
-        self.count.as_ref().map_or(0, |c| c.quantity) + self.delta_after
+        self.count
+            .as_ref()
+            .map_or(0, |c| c.quantity)
+            .saturating_add(self.delta_after)
     }
 
     /// Whether a delta at `at` counts towards on_hand (strictly after the
@@ -80,10 +83,19 @@ impl PositionState {
 
     /// The read-time view with the resolved safety stock.
     pub fn view(&self, safety_stock: i64) -> PositionFigures {
+        // Saturating: stored sums are bounded by validation, but a view must
+        // never wrap into a huge availability.
         let on_hand = self.on_hand();
         let unsellable = self.unsellable_raw.clamp(0, on_hand.max(0));
-        let in_transit = (self.inbound_shipped - self.inbound_received).max(0);
-        let available = (on_hand - unsellable - self.reserved - safety_stock).max(0);
+        let in_transit = self
+            .inbound_shipped
+            .saturating_sub(self.inbound_received)
+            .max(0);
+        let available = on_hand
+            .saturating_sub(unsellable)
+            .saturating_sub(self.reserved)
+            .saturating_sub(safety_stock)
+            .max(0);
         PositionFigures {
             on_hand,
             unsellable,

@@ -344,7 +344,10 @@ macro_rules! ledger_backend {
                 keys: &BTreeSet<Key>,
                 now: i64,
             ) -> Result<HashMap<Key, PositionState>, sqlx::Error> {
-                let keys: Vec<&Key> = keys.iter().collect();
+                // One lock order for every transaction: the primary key's
+                // (sku, location_id), across chunk boundaries too.
+                let mut keys: Vec<&Key> = keys.iter().collect();
+                keys.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
                 // Rows that do not exist cannot be locked: with concurrent
                 // writers (PostgreSQL) create them first. SQLite's single
                 // writer needs no lock; missing positions start empty.
@@ -851,7 +854,7 @@ macro_rules! ledger_backend {
             ) -> Result<Vec<Candidate>, sqlx::Error> {
                 let rows = sqlx::query(concat!(
                     "SELECT event_id, payload, actor, request_id, trace_id FROM parked_events p \
-                     WHERE EXISTS (SELECT 1 FROM products WHERE sku = p.sku) \
+                     WHERE p.dead = 0 AND EXISTS (SELECT 1 FROM products WHERE sku = p.sku) \
                      AND EXISTS (SELECT 1 FROM locations WHERE location_id = p.location_id) \
                      AND (p.counterparty_location_id IS NULL OR EXISTS \
                           (SELECT 1 FROM locations WHERE location_id = p.counterparty_location_id)) \
@@ -866,18 +869,29 @@ macro_rules! ledger_backend {
                 for row in &rows {
                     let event_id: String = row.try_get("event_id")?;
                     let payload: String = row.try_get("payload")?;
-                    ids.push(event_id.clone());
-                    let Ok(input) = serde_json::from_str::<EventInput>(&payload) else {
-                        tracing::error!(%event_id, "parked payload is unreadable; left parked");
-                        ids.pop();
-                        continue;
+                    // Validated at parking time; only the clock can have moved
+                    // (which only loosens the future bound) or a rule changed
+                    // in an upgrade. A payload that no longer validates stays
+                    // listed for operators, marked dead so it never blocks
+                    // the replay of the rows behind it.
+                    let event = serde_json::from_str::<EventInput>(&payload)
+                        .map_err(|e| e.to_string())
+                        .and_then(|input| input.validate(now).map(|event| (input, event)));
+                    let (input, event) = match event {
+                        Ok(pair) => pair,
+                        Err(reason) => {
+                            tracing::error!(%event_id, %reason, "parked event can no longer be applied");
+                            sqlx::query(
+                                "UPDATE parked_events SET dead = 1, reason = $1 WHERE event_id = $2",
+                            )
+                            .bind(format!("cannot be applied: {reason}"))
+                            .bind(&event_id)
+                            .execute(&mut **tx)
+                            .await?;
+                            continue;
+                        }
                     };
-                    // Validated at parking time; only the clock can have moved, and
-                    // that only loosens the future bound.
-                    let Ok(event) = input.validate(now) else {
-                        ids.pop();
-                        continue;
-                    };
+                    ids.push(event_id);
                     candidates.push(Candidate {
                         index: candidates.len(),
                         event,
