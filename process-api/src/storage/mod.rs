@@ -136,6 +136,9 @@ impl Store {
                 // The journal and position indexes take random inserts; a
                 // page cache far above the 8 MiB default keeps them off disk.
                 .pragma("cache_size", "-262144")
+                // Reads through a memory map: no read syscall per page once
+                // the database outgrows the page cache.
+                .pragma("mmap_size", "1073741824")
                 .pragma("temp_store", "memory")
                 // Checkpoints run in the background (see `checkpointer`);
                 // the writer checkpoints itself only past 256 MiB of WAL, a
