@@ -79,7 +79,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     middleware::apply(
         app,
         SERVICE,
-        &settings.http,
+        settings,
         Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE)),
     )
 }

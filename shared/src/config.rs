@@ -83,6 +83,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Server-side HTTP limits shared by every service.
     pub http: HttpSettings,
+    /// Throttling.
+    pub rate_limit: RateLimitSettings,
     /// Inter-layer HTTP clients.
     pub client: ClientSettings,
     /// Logging.
@@ -129,6 +131,39 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<String>,
     /// gzip responses when accepted.
     pub compression: bool,
+}
+
+/// Throttling per client and route class.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Off: no limits, no headers.
+    pub enabled: bool,
+    /// Sustained reads per second per client.
+    pub read_per_second: u32,
+    /// Reads a client may make at once.
+    pub read_burst: u32,
+    /// Sustained writes per second per client.
+    pub write_per_second: u32,
+    /// Writes a client may make at once.
+    pub write_burst: u32,
+    /// Per-client overrides, by `sub`.
+    #[serde(default)]
+    pub clients: std::collections::BTreeMap<String, ClientQuota>,
+}
+
+/// One client's quotas.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientQuota {
+    /// Sustained reads per second.
+    pub read_per_second: u32,
+    /// Read burst.
+    pub read_burst: u32,
+    /// Sustained writes per second.
+    pub write_per_second: u32,
+    /// Write burst.
+    pub write_burst: u32,
 }
 
 /// Inter-layer HTTP clients.
@@ -318,6 +353,33 @@ impl Settings {
             if algorithm != "HS256" {
                 return Err(ConfigError::Refused(format!(
                     "auth.algorithms: {algorithm} is not supported yet (HS256 only)"
+                )));
+            }
+        }
+        let quotas = std::iter::once((
+            "default".to_owned(),
+            [
+                self.rate_limit.read_per_second,
+                self.rate_limit.read_burst,
+                self.rate_limit.write_per_second,
+                self.rate_limit.write_burst,
+            ],
+        ))
+        .chain(self.rate_limit.clients.iter().map(|(name, q)| {
+            (
+                name.clone(),
+                [
+                    q.read_per_second,
+                    q.read_burst,
+                    q.write_per_second,
+                    q.write_burst,
+                ],
+            )
+        }));
+        for (name, values) in quotas {
+            if values.contains(&0) {
+                return Err(ConfigError::Refused(format!(
+                    "rate_limit ({name}): rates and bursts must be at least 1"
                 )));
             }
         }

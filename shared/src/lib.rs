@@ -24,6 +24,7 @@ pub mod middleware;
 pub mod model;
 pub mod ops;
 pub mod problem;
+pub mod ratelimit;
 pub mod server;
 pub mod telemetry;
 pub mod validate;

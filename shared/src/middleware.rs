@@ -16,11 +16,15 @@
 //!    fallback, 405, timeout, limits) becomes problem+json.
 //! 9. Catch-panic: a panicking handler answers a generic 500 problem.
 //! 10. Timeout: the request deadline (503 problem when exceeded).
-//! 11. Compression (gzip) of responses.
-//! 12. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
+//! 11. [`authenticate`]: a valid bearer token becomes the request's
+//!     [`Principal`](crate::auth::Principal) (an invalid one is answered 401
+//!     by the route's extractor).
+//! 12. [`limit`]: GCRA per client and route class (429 problem).
+//! 13. Compression (gzip) of responses.
+//! 14. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
 //!     a 413 problem).
 //!
-//! Authentication is an extractor ([`Authorized`](crate::auth::Authorized))
+//! Authorization is an extractor ([`Authorized`](crate::auth::Authorized))
 //! so each route names its scope next to its handler.
 
 use std::any::Any;
@@ -41,25 +45,32 @@ use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::Authenticator;
-use crate::config::HttpSettings;
+use crate::config::Settings;
 use crate::correlation::{Correlation, REQUEST_ID, correlate};
 use crate::problem::Problem;
+use crate::ratelimit::{RateLimits, authenticate, limit};
 use crate::telemetry::{ServiceName, track_metrics};
 
 /// Applies the common stack to a service's router.
 pub fn apply(
     router: Router,
     service: &'static str,
-    http: &HttpSettings,
+    settings: &Settings,
     authenticator: Arc<Authenticator>,
 ) -> Router {
     // Install the recorder before the first request is counted.
     crate::telemetry::prometheus();
+    let http = &settings.http;
     let mut router = router.layer(DefaultBodyLimit::max(http.body_limit_bytes));
     if http.compression {
         router = router.layer(CompressionLayer::new().gzip(true));
     }
     router
+        .layer(axum::middleware::from_fn_with_state(
+            RateLimits::new(&settings.rate_limit),
+            limit,
+        ))
+        .layer(from_fn(authenticate))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_millis(http.request_timeout_ms),
@@ -183,7 +194,7 @@ mod tests {
         apply(
             router,
             "test",
-            &settings.http,
+            &settings,
             Arc::new(Authenticator::new(&settings.auth, "process-api")),
         )
     }

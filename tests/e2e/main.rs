@@ -3,5 +3,6 @@
 
 mod channels;
 mod foundation;
+mod governance;
 mod helpers;
 mod inventory;

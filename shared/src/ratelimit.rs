@@ -1,0 +1,263 @@
+//! Throttling: GCRA (governor) per client and route class (`read`: GET and
+//! HEAD; `write`: everything else), quotas from configuration with
+//! per-client overrides. The client is the token's `sub`, or for a service
+//! token the end user it acts for (`on_behalf_of`): an inner layer applies
+//! the same per-user budget, and one user's burst through experience-api
+//! cannot use up the service's shared identity.
+//!
+//! Every limited response carries the IETF httpapi ratelimit headers:
+//! `RateLimit-Policy: "read";q=100;w=1` (q requests per w seconds) and
+//! `RateLimit: "read";r=42;t=1` (r left, full again in t seconds). A denied
+//! request gets a 429 problem with `Retry-After`. Requests without a valid
+//! token are not limited here (they end in a 401).
+//!
+//! The limiter is in-process: each replica has its own budget. A shared
+//! Redis-backed budget is not built yet.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::auth::{Authenticator, Principal};
+use crate::config::RateLimitSettings;
+use crate::problem::Problem;
+
+/// `RateLimit-Policy`.
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// `RateLimit`.
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+type Limiter =
+    RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+/// Route class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    /// GET, HEAD.
+    Read,
+    /// Everything else.
+    Write,
+}
+
+impl RouteClass {
+    fn of(method: &Method) -> Self {
+        if method == Method::GET || method == Method::HEAD {
+            Self::Read
+        } else {
+            Self::Write
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+        }
+    }
+}
+
+struct ClassLimiter {
+    limiter: Limiter,
+    per_second: u32,
+    burst: u32,
+}
+
+impl ClassLimiter {
+    fn new(per_second: u32, burst: u32) -> Self {
+        let rate = NonZeroU32::new(per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst_nz = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(rate).allow_burst(burst_nz);
+        Self {
+            limiter: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
+            per_second: per_second.max(1),
+            burst: burst.max(1),
+        }
+    }
+
+    /// Seconds for an empty bucket to fill, rounded up (the policy window).
+    fn window(&self) -> u64 {
+        u64::from(self.burst).div_ceil(u64::from(self.per_second))
+    }
+}
+
+struct ClientLimits {
+    read: ClassLimiter,
+    write: ClassLimiter,
+}
+
+impl ClientLimits {
+    fn class(&self, class: RouteClass) -> &ClassLimiter {
+        match class {
+            RouteClass::Read => &self.read,
+            RouteClass::Write => &self.write,
+        }
+    }
+
+    fn all(&self) -> [&ClassLimiter; 2] {
+        [&self.read, &self.write]
+    }
+}
+
+/// The limiters of one service.
+pub struct RateLimits {
+    enabled: bool,
+    default: ClientLimits,
+    clients: HashMap<String, ClientLimits>,
+}
+
+impl std::fmt::Debug for RateLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RateLimits")
+            .field("enabled", &self.enabled)
+            .field("overrides", &self.clients.len())
+            .finish()
+    }
+}
+
+impl RateLimits {
+    /// Limiters from configuration. Call within a Tokio runtime: a task
+    /// prunes idle clients' state every minute.
+    pub fn new(settings: &RateLimitSettings) -> Arc<Self> {
+        let limits = Arc::new(Self {
+            enabled: settings.enabled,
+            default: ClientLimits {
+                read: ClassLimiter::new(settings.read_per_second, settings.read_burst),
+                write: ClassLimiter::new(settings.write_per_second, settings.write_burst),
+            },
+            clients: settings
+                .clients
+                .iter()
+                .map(|(name, quota)| {
+                    (
+                        name.clone(),
+                        ClientLimits {
+                            read: ClassLimiter::new(quota.read_per_second, quota.read_burst),
+                            write: ClassLimiter::new(quota.write_per_second, quota.write_burst),
+                        },
+                    )
+                })
+                .collect(),
+        });
+        if limits.enabled {
+            let weak = Arc::downgrade(&limits);
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(Duration::from_secs(60));
+                loop {
+                    ticker.tick().await;
+                    let Some(limits) = weak.upgrade() else { return };
+                    for client in std::iter::once(&limits.default).chain(limits.clients.values()) {
+                        for class in client.all() {
+                            class.limiter.retain_recent();
+                            class.limiter.shrink_to_fit();
+                        }
+                    }
+                }
+            });
+        }
+        limits
+    }
+
+    fn limiter(&self, subject: &str, class: RouteClass) -> &ClassLimiter {
+        self.clients
+            .get(subject)
+            .unwrap_or(&self.default)
+            .class(class)
+    }
+}
+
+fn header(value: String) -> HeaderValue {
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Middleware: verifies a bearer token when one is sent and stores the
+/// [`Principal`] for the rate limiter and the handlers. An invalid token is
+/// not rejected here: the route's extractor answers the 401 (public routes
+/// ignore tokens).
+pub async fn authenticate(request: Request, next: Next) -> Response {
+    if !request.headers().contains_key(header::AUTHORIZATION) {
+        return next.run(request).await;
+    }
+    let Some(authenticator) = request.extensions().get::<Arc<Authenticator>>().cloned() else {
+        return next.run(request).await;
+    };
+    let (mut parts, body) = request.into_parts();
+    if let Ok(principal) = authenticator.verify_header(&parts) {
+        parts.extensions.insert(principal);
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Middleware: applies the client's quota for the route class.
+pub async fn limit(
+    State(limits): State<Arc<RateLimits>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !limits.enabled {
+        return next.run(request).await;
+    }
+    let Some(subject) = request
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.actor().to_owned())
+    else {
+        return next.run(request).await;
+    };
+    let class = RouteClass::of(request.method());
+    let limiter = limits.limiter(&subject, class);
+    let policy = header(format!(
+        "\"{}\";q={};w={}",
+        class.name(),
+        limiter.burst,
+        limiter.window()
+    ));
+    match limiter.limiter.check_key(&subject) {
+        Ok(snapshot) => {
+            let remaining = snapshot.remaining_burst_capacity();
+            let refill = u64::from(limiter.burst - remaining.min(limiter.burst))
+                .div_ceil(u64::from(limiter.per_second));
+            let mut response = next.run(request).await;
+            let headers = response.headers_mut();
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
+            headers.insert(
+                RATELIMIT.clone(),
+                header(format!("\"{}\";r={remaining};t={refill}", class.name())),
+            );
+            response
+        }
+        Err(not_until) => {
+            let wait = not_until.wait_time_from(limiter.limiter.clock().now());
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let seconds = seconds.max(1);
+            metrics::counter!("rate_limited_total", "class" => class.name()).increment(1);
+            let mut response = Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            )
+            .with_detail(format!(
+                "the {} quota of client `{subject}` is used up; retry in {seconds} s",
+                class.name()
+            ))
+            .into_response();
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, header(seconds.to_string()));
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
+            headers.insert(
+                RATELIMIT.clone(),
+                header(format!("\"{}\";r=0;t={seconds}", class.name())),
+            );
+            response
+        }
+    }
+}
