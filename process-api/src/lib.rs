@@ -79,7 +79,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The production router: API routes, operational routes and the common
 /// middleware stack.
 pub fn router(state: AppState, settings: &Settings) -> Router {
-    let (api, doc) = api().split_for_parts();
+    let (api, mut doc) = api().split_for_parts();
+    retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let store = state.store.clone();
     let system = state.system.clone();
     // system-api is reported but not required: events are still accepted

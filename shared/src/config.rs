@@ -101,6 +101,38 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Demo data seeding.
     pub seed: SeedSettings,
+    /// Deprecated versions or routes.
+    #[serde(default)]
+    pub deprecations: Vec<Deprecation>,
+}
+
+/// A deprecated version (`/v1`) or route (`/v1/stores`): its responses
+/// carry `Deprecation` (RFC 9745), `Sunset` (RFC 8594) and a `Link` to the
+/// successor, and its operations are flagged in the OpenAPI document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deprecation {
+    /// Every path starting with this prefix (at a `/` boundary).
+    pub path_prefix: String,
+    /// When it was deprecated (RFC 3339).
+    pub deprecated_at: String,
+    /// When it stops working (RFC 3339), if decided.
+    #[serde(default)]
+    pub sunset: Option<String>,
+    /// URL of the successor version or route.
+    #[serde(default)]
+    pub successor: Option<String>,
+}
+
+impl Deprecation {
+    /// Whether `path` falls under this deprecation.
+    pub fn covers(&self, path: &str) -> bool {
+        let prefix = self.path_prefix.trim_end_matches('/');
+        path == prefix
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
 }
 
 /// Token verification and minting.
@@ -380,6 +412,22 @@ impl Settings {
             if values.contains(&0) {
                 return Err(ConfigError::Refused(format!(
                     "rate_limit ({name}): rates and bursts must be at least 1"
+                )));
+            }
+        }
+        for (index, deprecation) in self.deprecations.iter().enumerate() {
+            let parse = |value: &str| {
+                time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc3339)
+            };
+            if !deprecation.path_prefix.starts_with('/')
+                || parse(&deprecation.deprecated_at).is_err()
+                || deprecation
+                    .sunset
+                    .as_deref()
+                    .is_some_and(|s| parse(s).is_err())
+            {
+                return Err(ConfigError::Refused(format!(
+                    "deprecations[{index}]: path_prefix must start with / and the dates be RFC 3339"
                 )));
             }
         }

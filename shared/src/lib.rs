@@ -20,6 +20,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod correlation;
+pub mod deprecation;
 pub mod middleware;
 pub mod model;
 pub mod ops;

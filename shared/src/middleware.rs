@@ -11,7 +11,9 @@
 //! 5. `Trace`: one span per request with request id and trace id; 5xx are
 //!    logged as errors, 4xx are not.
 //! 6. [`track_metrics`]: request count and latency per route and status.
-//! 7. CORS from configuration (answers preflights before anything else).
+//! 7. CORS from configuration (answers preflights before anything else),
+//!    then the lifecycle headers of deprecated routes (`Deprecation`,
+//!    `Sunset`, `Link`).
 //! 8. [`problem_bodies`]: any error response without a JSON body (404
 //!    fallback, 405, timeout, limits) becomes problem+json.
 //! 9. Catch-panic: a panicking handler answers a generic 500 problem.
@@ -77,6 +79,10 @@ pub fn apply(
         ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn(problem_bodies))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::deprecation::rules(&settings.deprecations),
+            crate::deprecation::lifecycle_headers,
+        ))
         .layer(cors(&http.cors_allowed_origins))
         .layer(from_fn(track_metrics))
         .layer(

@@ -77,7 +77,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The production router.
 pub fn router(state: AppState, settings: &Settings) -> Router {
-    let (api, doc) = api().split_for_parts();
+    let (api, mut doc) = api().split_for_parts();
+    retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let pool = state.pool.clone();
     let erp = state.erp.clone();
     let checks = vec![

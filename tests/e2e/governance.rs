@@ -107,3 +107,46 @@ async fn per_client_overrides_apply() {
         .await;
     problem(second, 429).await;
 }
+
+#[tokio::test]
+async fn a_route_marked_deprecated_in_config_carries_lifecycle_headers() {
+    let app = TestApp::spawn_with(|settings| {
+        settings
+            .deprecations
+            .push(retail_shared::config::Deprecation {
+                path_prefix: "/v1/stores".into(),
+                deprecated_at: "2026-12-01T00:00:00Z".into(),
+                sunset: Some("2027-06-30T00:00:00Z".into()),
+                successor: Some("https://api.example.com/v2/stores".into()),
+            });
+    })
+    .await;
+    let token = app.token(Layer::Experience, "availability:read");
+    let response = app.get(Layer::Experience, "/v1/stores", Some(&token)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["deprecation"], "@1796083200");
+    assert_eq!(
+        response.headers()["sunset"],
+        "Wed, 30 Jun 2027 00:00:00 GMT"
+    );
+    assert_eq!(
+        response.headers()["link"],
+        "<https://api.example.com/v2/stores>; rel=\"successor-version\""
+    );
+    let other = app
+        .get(
+            Layer::Experience,
+            "/v1/availability/SKU-000001",
+            Some(&token),
+        )
+        .await;
+    assert!(!other.headers().contains_key("deprecation"));
+    let doc: Value = app
+        .get(Layer::Experience, "/openapi.json", None)
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(doc["paths"]["/v1/stores"]["get"]["deprecated"], true);
+    assert!(doc["paths"]["/v1/availability/{sku}"]["get"]["deprecated"].is_null());
+}
