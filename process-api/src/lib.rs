@@ -82,6 +82,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     let (api, mut doc) = api().split_for_parts();
     retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let store = state.store.clone();
+    let state_store = state.store.clone();
     let system = state.system.clone();
     // system-api is reported but not required: events are still accepted
     // and ERP postings wait in the outbox while it is away.
@@ -103,6 +104,8 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         SERVICE,
         settings,
         Arc::new(Authenticator::new(&settings.auth, audience::PROCESS)),
+        // Keys live in the ledger's database: replicas share them.
+        Arc::new(state_store),
     )
 }
 

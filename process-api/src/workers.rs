@@ -26,5 +26,11 @@ pub async fn parked_sweeper(store: Store, interval: Duration, mut stop: watch::R
             Ok(applied) => tracing::info!(applied, "parked sweeper applied events"),
             Err(error) => tracing::warn!(%error, "parked sweeper failed; retrying later"),
         }
+        if let Err(error) = store
+            .purge_idempotency_keys(crate::storage::now_micros())
+            .await
+        {
+            tracing::warn!(%error, "purging expired idempotency keys failed");
+        }
     }
 }

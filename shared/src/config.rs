@@ -85,6 +85,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Throttling.
     pub rate_limit: RateLimitSettings,
+    /// Idempotency-Key handling.
+    pub idempotency: IdempotencySettings,
     /// Inter-layer HTTP clients.
     pub client: ClientSettings,
     /// Logging.
@@ -163,6 +165,16 @@ pub struct HttpSettings {
     pub cors_allowed_origins: Vec<String>,
     /// gzip responses when accepted.
     pub compression: bool,
+}
+
+/// Idempotency-Key handling.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// Retention of keys and stored responses, hours.
+    pub retention_hours: u64,
+    /// In-flight lease, seconds.
+    pub lease_seconds: u64,
 }
 
 /// Throttling per client and route class.

@@ -21,6 +21,7 @@ pub mod client;
 pub mod config;
 pub mod correlation;
 pub mod deprecation;
+pub mod idempotency;
 pub mod middleware;
 pub mod model;
 pub mod ops;

@@ -23,7 +23,9 @@
 //!     by the route's extractor).
 //! 12. [`limit`]: GCRA per client and route class (429 problem).
 //! 13. Compression (gzip) of responses.
-//! 14. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
+//! 14. [`idempotency`](crate::idempotency): `Idempotency-Key` on POST
+//!     (inside compression, so stored responses are uncompressed).
+//! 15. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
 //!     a 413 problem).
 //!
 //! Authorization is an extractor ([`Authorized`](crate::auth::Authorized))
@@ -59,11 +61,26 @@ pub fn apply(
     service: &'static str,
     settings: &Settings,
     authenticator: Arc<Authenticator>,
+    idempotency_store: Arc<dyn crate::idempotency::IdempotencyStore>,
 ) -> Router {
     // Install the recorder before the first request is counted.
     crate::telemetry::prometheus();
     let http = &settings.http;
-    let mut router = router.layer(DefaultBodyLimit::max(http.body_limit_bytes));
+    let idempotency = Arc::new(crate::idempotency::Idempotency {
+        store: idempotency_store,
+        service,
+        retention_micros: i64::try_from(settings.idempotency.retention_hours * 3_600_000_000)
+            .unwrap_or(i64::MAX),
+        lease_micros: i64::try_from(settings.idempotency.lease_seconds * 1_000_000)
+            .unwrap_or(i64::MAX),
+        body_limit: http.body_limit_bytes,
+    });
+    let mut router = router
+        .layer(DefaultBodyLimit::max(http.body_limit_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            idempotency,
+            crate::idempotency::idempotency,
+        ));
     if http.compression {
         router = router.layer(CompressionLayer::new().gzip(true));
     }
@@ -202,6 +219,7 @@ mod tests {
             "test",
             &settings,
             Arc::new(Authenticator::new(&settings.auth, "process-api")),
+            Arc::new(crate::idempotency::MemoryStore::default()),
         )
     }
 

@@ -107,6 +107,8 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         SERVICE,
         settings,
         Arc::new(Authenticator::new(&settings.auth, audience::SYSTEM)),
+        // One replica's memory; a shared store (Redis) is still to come.
+        Arc::new(retail_shared::idempotency::MemoryStore::default()),
     )
 }
 

@@ -150,3 +150,108 @@ async fn a_route_marked_deprecated_in_config_carries_lifecycle_headers() {
     assert_eq!(doc["paths"]["/v1/stores"]["get"]["deprecated"], true);
     assert!(doc["paths"]["/v1/availability/{sku}"]["get"]["deprecated"].is_null());
 }
+
+fn batch(tag: &str) -> String {
+    serde_json::json!({"events": [{
+        "event_id": format!("idem-{tag}"), "type": "receipt", "location_id": "S001",
+        "sku": "SKU-000008", "quantity": 2, "occurred_at": "2026-11-20T09:00:00Z", "source": "t"
+    }]})
+    .to_string()
+}
+
+async fn post_with_key(app: &TestApp, token: &str, key: &str, body: &str) -> reqwest::Response {
+    app.http
+        .post(app.url(Layer::Process, "/v1/inventory/events"))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("idempotency-key", key)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("sent")
+}
+
+#[tokio::test]
+async fn an_idempotency_key_replays_rejects_changes_and_is_scoped_per_client() {
+    let app = TestApp::spawn().await;
+    let token = app.token_for(Layer::Process, "client-a", "inventory:write", None);
+    let first = post_with_key(&app, &token, "key-1", &batch("a")).await;
+    assert_eq!(first.status(), 200);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let first: Value = first.json().await.expect("json");
+    assert_eq!(first["results"][0]["status"], "applied");
+
+    let again = post_with_key(&app, &token, "key-1", &batch("a")).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(
+        again, first,
+        "the original response, not a second execution"
+    );
+
+    let changed = post_with_key(&app, &token, "key-1", &batch("b")).await;
+    let body = problem(changed, 422).await;
+    assert!(
+        body["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("idempotency-key-reused"))
+    );
+
+    // Another client's identical key is its own: it runs (and sees the
+    // events as duplicates), it does not get client-a's response.
+    let other = app.token_for(Layer::Process, "client-b", "inventory:write", None);
+    let response = post_with_key(&app, &other, "key-1", &batch("a")).await;
+    assert!(!response.headers().contains_key("idempotent-replayed"));
+    let response: Value = response.json().await.expect("json");
+    assert_eq!(response["results"][0]["status"], "duplicate");
+}
+
+#[tokio::test]
+async fn fifty_parallel_requests_with_one_key_execute_once() {
+    let app = TestApp::spawn().await;
+    let token = app.token_for(Layer::Process, "client-p", "inventory:write", None);
+    let body = batch("parallel");
+    let mut requests = Vec::new();
+    for _ in 0..50 {
+        let (http, url, token, body) = (
+            app.http.clone(),
+            app.url(Layer::Process, "/v1/inventory/events"),
+            token.clone(),
+            body.clone(),
+        );
+        requests.push(tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("idempotency-key", "same-key")
+                .body(body)
+                .send()
+                .await
+                .expect("sent");
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.expect("json");
+            (status, body)
+        }));
+    }
+    let mut ok = 0;
+    for request in requests {
+        let (status, body) = request.await.expect("task");
+        match status {
+            200 => {
+                ok += 1;
+                // Every 200 is the one execution's answer: a second execution
+                // would have answered `duplicate`.
+                assert_eq!(body["results"][0]["status"], "applied", "{body}");
+            }
+            409 => assert!(
+                body["type"]
+                    .as_str()
+                    .is_some_and(|t| t.ends_with("idempotency-key-in-flight"))
+            ),
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert!(ok >= 1);
+}

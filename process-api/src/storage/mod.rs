@@ -14,6 +14,7 @@
 //! database. Timestamps are stored as unix microseconds.
 
 pub mod cache;
+pub mod idempotency;
 pub mod ledger;
 pub mod master;
 

@@ -1,0 +1,388 @@
+//! `Idempotency-Key` on state-changing requests (IETF httpapi
+//! idempotency-key draft).
+//!
+//! For a POST carrying the header, from an authenticated caller:
+//! - first use: the request runs and its response (status, content type,
+//!   body) is stored with a fingerprint of the request (method, path,
+//!   query, body: SHA-256);
+//! - same key, same request: the stored response is replayed, with
+//!   `Idempotent-Replayed: true`, and nothing runs again;
+//! - same key, different request: 422 problem;
+//! - same key while the first is still running: 409 problem (a request
+//!   whose process died stops blocking after the in-flight lease);
+//! - 5xx answers are not stored, so a retry runs again.
+//!
+//! Keys are scoped per caller (token `sub` and the end user it acts for):
+//! one client's key never replays another's response. Keys and responses
+//! are kept for the configured retention (default 24 h).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Principal;
+use crate::problem::Problem;
+
+/// `Idempotency-Key`.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on replayed responses.
+pub static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Longest accepted key.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// A stored response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    /// Status code.
+    pub status: u16,
+    /// Content type.
+    pub content_type: Option<String>,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+/// What a store says about a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// New (or expired, or its lease ran out): the caller runs the request.
+    Started,
+    /// Done before with the same fingerprint.
+    Replay(StoredResponse),
+    /// Used before for a different request.
+    Mismatch,
+    /// The first request with this key is still running.
+    InFlight,
+}
+
+/// Times of one `begin`, in unix microseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Now.
+    pub now: i64,
+    /// Until when a new in-flight claim blocks others.
+    pub lease_until: i64,
+    /// When the key is forgotten.
+    pub expires_at: i64,
+}
+
+/// Where keys and responses live.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
+    /// Claims `key` for a request with `fingerprint`, or reports why not.
+    async fn begin(&self, key: &str, fingerprint: &str, clock: Clock) -> anyhow::Result<Begin>;
+    /// Stores the response of a claimed key.
+    async fn complete(&self, key: &str, response: &StoredResponse) -> anyhow::Result<()>;
+    /// Releases a claimed key without a response (the request failed).
+    async fn abandon(&self, key: &str) -> anyhow::Result<()>;
+}
+
+#[derive(Debug, Clone)]
+struct MemoryEntry {
+    fingerprint: String,
+    response: Option<StoredResponse>,
+    lease_until: i64,
+    expires_at: i64,
+}
+
+/// An in-process store: correct for one replica; several replicas need a
+/// shared store (SQL or Redis).
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: Mutex<HashMap<String, MemoryEntry>>,
+}
+
+/// Decides `begin` from what is stored (shared by every store).
+pub fn decide(
+    existing: Option<(&str, Option<StoredResponse>, i64, i64)>,
+    fingerprint: &str,
+    now: i64,
+) -> Begin {
+    match existing {
+        None => Begin::Started,
+        Some((_, _, _, expires_at)) if expires_at <= now => Begin::Started,
+        Some((stored, _, _, _)) if stored != fingerprint => Begin::Mismatch,
+        Some((_, Some(response), _, _)) => Begin::Replay(response),
+        Some((_, None, lease_until, _)) if lease_until > now => Begin::InFlight,
+        Some((_, None, _, _)) => Begin::Started,
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStore {
+    async fn begin(&self, key: &str, fingerprint: &str, clock: Clock) -> anyhow::Result<Begin> {
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| anyhow::anyhow!("idempotency store poisoned"))?;
+        if entries.len() > 100_000 {
+            entries.retain(|_, e| e.expires_at > clock.now);
+        }
+        let existing = entries.get(key).map(|e| {
+            (
+                e.fingerprint.as_str(),
+                e.response.clone(),
+                e.lease_until,
+                e.expires_at,
+            )
+        });
+        let decision = decide(existing, fingerprint, clock.now);
+        if decision == Begin::Started {
+            entries.insert(
+                key.to_owned(),
+                MemoryEntry {
+                    fingerprint: fingerprint.to_owned(),
+                    response: None,
+                    lease_until: clock.lease_until,
+                    expires_at: clock.expires_at,
+                },
+            );
+        }
+        Ok(decision)
+    }
+
+    async fn complete(&self, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| anyhow::anyhow!("idempotency store poisoned"))?;
+        if let Some(entry) = entries.get_mut(key) {
+            entry.response = Some(response.clone());
+        }
+        Ok(())
+    }
+
+    async fn abandon(&self, key: &str) -> anyhow::Result<()> {
+        let mut entries = self
+            .entries
+            .lock()
+            .map_err(|_| anyhow::anyhow!("idempotency store poisoned"))?;
+        entries.remove(key);
+        Ok(())
+    }
+}
+
+/// The middleware's configuration.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    /// The store.
+    pub store: Arc<dyn IdempotencyStore>,
+    /// The service (part of the key scope).
+    pub service: &'static str,
+    /// Retention, microseconds.
+    pub retention_micros: i64,
+    /// In-flight lease, microseconds.
+    pub lease_micros: i64,
+    /// Largest body read.
+    pub body_limit: usize,
+}
+
+fn now_micros() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000)
+        .unwrap_or(i64::MAX)
+}
+
+fn bad_key() -> Response {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "invalid-idempotency-key",
+        "Invalid Idempotency-Key",
+    )
+    .with_detail(format!(
+        "the Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+    ))
+    .into_response()
+}
+
+/// Middleware: applies `Idempotency-Key` to POST requests.
+pub async fn idempotency(
+    State(config): State<Arc<Idempotency>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY) else {
+        return next.run(request).await;
+    };
+    let Some(key) = raw_key
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(str::to_owned)
+    else {
+        return bad_key();
+    };
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        // Unauthenticated: the route answers 401 and nothing is stored.
+        return next.run(request).await;
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, config.body_limit).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return Problem::from_status(StatusCode::PAYLOAD_TOO_LARGE).into_response();
+        }
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(parts.method.as_str().as_bytes());
+    hasher.update(b" ");
+    hasher.update(parts.uri.to_string().as_bytes());
+    hasher.update(b"\n");
+    hasher.update(&bytes);
+    let fingerprint: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let scoped = format!(
+        "{}|{}|{}|{key}",
+        config.service,
+        principal.subject,
+        principal.actor()
+    );
+    let now = now_micros();
+    let clock = Clock {
+        now,
+        lease_until: now + config.lease_micros,
+        expires_at: now + config.retention_micros,
+    };
+    match config.store.begin(&scoped, &fingerprint, clock).await {
+        Err(error) => {
+            tracing::error!(%error, "idempotency store unavailable");
+            Problem::upstream(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "idempotency keys cannot be checked right now; retry later",
+            )
+            .into_response()
+        }
+        Ok(Begin::Mismatch) => Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency-Key reused",
+        )
+        .with_detail("this Idempotency-Key was used for a different request")
+        .into_response(),
+        Ok(Begin::InFlight) => Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-in-flight",
+            "Request in progress",
+        )
+        .with_detail("a request with this Idempotency-Key is still being processed; retry shortly")
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+        .into_response(),
+        Ok(Begin::Replay(stored)) => replay(stored),
+        Ok(Begin::Started) => {
+            let request = Request::from_parts(parts, Body::from(bytes));
+            let response = next.run(request).await;
+            let (parts, body) = response.into_parts();
+            let body = match axum::body::to_bytes(body, usize::MAX).await {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::error!(%error, "response body could not be read for storing");
+                    let _ = config.store.abandon(&scoped).await;
+                    return Problem::internal().into_response();
+                }
+            };
+            if parts.status.is_server_error() {
+                if let Err(error) = config.store.abandon(&scoped).await {
+                    tracing::warn!(%error, "could not release an idempotency key");
+                }
+            } else {
+                let stored = StoredResponse {
+                    status: parts.status.as_u16(),
+                    content_type: parts
+                        .headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned),
+                    body: body.to_vec(),
+                };
+                if let Err(error) = config.store.complete(&scoped, &stored).await {
+                    tracing::error!(%error, "could not store an idempotent response");
+                }
+            }
+            Response::from_parts(parts, Body::from(body))
+        }
+    }
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut response = (status, Bytes::from(stored.body)).into_response();
+    if let Some(content_type) = stored
+        .content_type
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+        .headers_mut()
+        .insert(REPLAYED.clone(), HeaderValue::from_static("true"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock(now: i64) -> Clock {
+        Clock {
+            now,
+            lease_until: now + 10,
+            expires_at: now + 100,
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_store_follows_the_draft() {
+        let store = MemoryStore::default();
+        assert_eq!(
+            store.begin("k", "f1", clock(0)).await.ok(),
+            Some(Begin::Started)
+        );
+        assert_eq!(
+            store.begin("k", "f1", clock(1)).await.ok(),
+            Some(Begin::InFlight)
+        );
+        assert_eq!(
+            store.begin("k", "f2", clock(1)).await.ok(),
+            Some(Begin::Mismatch)
+        );
+        let response = StoredResponse {
+            status: 201,
+            content_type: None,
+            body: b"x".to_vec(),
+        };
+        store.complete("k", &response).await.expect("complete");
+        assert_eq!(
+            store.begin("k", "f1", clock(2)).await.ok(),
+            Some(Begin::Replay(response))
+        );
+        // Expired: starts again.
+        assert_eq!(
+            store.begin("k", "f2", clock(200)).await.ok(),
+            Some(Begin::Started)
+        );
+        // A dead in-flight claim stops blocking after its lease.
+        assert_eq!(
+            store.begin("j", "f", clock(0)).await.ok(),
+            Some(Begin::Started)
+        );
+        assert_eq!(
+            store.begin("j", "f", clock(50)).await.ok(),
+            Some(Begin::Started)
+        );
+    }
+}
