@@ -53,7 +53,7 @@ pub struct AppState {
 struct ApiDoc;
 
 fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    OpenApiRouter::with_openapi(retail_shared::ops::with_governance_notes(ApiDoc::openapi()))
         .merge(routes::availability::router())
         .merge(routes::stores::router())
         .merge(routes::ops::router())

@@ -234,3 +234,34 @@ impl utoipa::Modify for SecurityAddon {
         );
     }
 }
+
+/// The governance rules every service applies, appended to each OpenAPI
+/// description so clients read them in the contract.
+pub const GOVERNANCE_NOTES: &str = "\
+**Authentication**: `Authorization: Bearer <JWT>` for this service's audience \
+(HS256; `exp`, `iss`, `aud`, `sub` required; 5 s leeway). 401 with \
+`WWW-Authenticate` when missing or invalid, 403 when a scope is missing or a \
+location is outside the token's `locations` claim.\n\n\
+**Throttling**: GCRA per client and route class (`read`: GET; `write`: other \
+methods). Responses carry `RateLimit-Policy` and `RateLimit`; a denied request \
+gets 429 with `Retry-After`.\n\n\
+**Idempotency**: state-changing POSTs honour `Idempotency-Key` (1-255 visible \
+ASCII characters), scoped per client and kept 24 hours by default \
+(`[idempotency] retention_hours`): the same key and request replay the stored \
+response (`Idempotent-Replayed: true`); the same key with a different request \
+gets 422; the same key while the first request runs gets 409. 5xx answers are \
+not stored.\n\n\
+**Errors**: RFC 9457 `application/problem+json`; validation errors list \
+`{pointer, detail}` in `errors`.\n\n\
+**Correlation**: `X-Request-Id` (1-128 visible ASCII characters, else \
+replaced) and W3C `traceparent` are accepted or created, echoed, and passed \
+on to the layers below.\n\n\
+**Lifecycle**: deprecated routes answer with `Deprecation`, `Sunset` and \
+`Link: <...>; rel=\"successor-version\"` and are flagged `deprecated` here.";
+
+/// Appends [`GOVERNANCE_NOTES`] to a document's description.
+pub fn with_governance_notes(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let description = doc.info.description.take().unwrap_or_default();
+    doc.info.description = Some(format!("{description}\n\n{GOVERNANCE_NOTES}"));
+    doc
+}
