@@ -267,6 +267,17 @@ impl LayerClient {
             }
             if status.is_client_error() {
                 let body = serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null);
+                // Our own earlier attempt (timed out here) is still running
+                // downstream: wait for it like for a 503, then get its replay.
+                let in_flight = status == StatusCode::CONFLICT
+                    && body["type"]
+                        .as_str()
+                        .is_some_and(|t| t.ends_with("idempotency-key-in-flight"));
+                if in_flight && idempotency_key.is_some() {
+                    return Err(ClientError::Unavailable(format!(
+                        "{url}: the first attempt is still in flight"
+                    )));
+                }
                 return Err(ClientError::Problem { status, body });
             }
             // A 500 is not retried: the same request would likely fail again.

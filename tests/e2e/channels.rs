@@ -55,7 +55,8 @@ async fn a_pos_sale_at_system_api_shows_in_availability_at_experience_api() {
     assert_eq!(body["events"][0]["event_id"], "pos:S001:T01:000123:1");
     assert_eq!(body["events"][0]["status"], "applied");
 
-    // The same transaction again: nothing changes, same event ids.
+    // The same transaction again: nothing changes; the original answer
+    // (same event ids) is replayed.
     let again: Value = app
         .send_json(
             Method::POST,
@@ -71,7 +72,21 @@ async fn a_pos_sale_at_system_api_shows_in_availability_at_experience_api() {
         .json()
         .await
         .expect("json");
-    assert_eq!(again["events"][0]["status"], "duplicate");
+    assert_eq!(again["events"], body["events"]);
+    // The same transaction id with a different basket is refused.
+    let reused = app
+        .send_json(
+            Method::POST,
+            Layer::System,
+            "/v1/pos/transactions",
+            &pos,
+            &basket(
+                "000123",
+                json!([{"sku": "SKU-000005", "quantity": 9, "kind": "sale"}]),
+            ),
+        )
+        .await;
+    problem(reused, 422).await;
 
     let channel = app.token(Layer::Experience, "availability:read");
     let response = app

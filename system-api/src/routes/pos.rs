@@ -51,7 +51,10 @@ struct IngestAnswer {
 
 /// Accepts a POS basket and hands its canonical events to process-api.
 /// Idempotent by (store_id, terminal_id, transaction_id): re-sending it
-/// changes nothing and lists the same event ids (as `duplicate`).
+/// changes nothing and answers the original result (same event ids);
+/// re-using a transaction id for a different basket is a 422 problem
+/// (within the idempotency retention; after it, the derived event ids are
+/// still never applied twice).
 #[utoipa::path(post, path = "/v1/pos/transactions", tag = "pos",
     request_body = PosTransaction,
     security(("bearer" = [])),
@@ -60,7 +63,7 @@ struct IngestAnswer {
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope pos:write missing, or a store outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Validation failed", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed, or the transaction id was used for another basket", body = ProblemBody, content_type = "application/problem+json"),
         (status = 502, description = "process-api did not answer; safe to retry", body = ProblemBody, content_type = "application/problem+json")))]
 async fn post_transaction(
     State(state): State<AppState>,
