@@ -42,7 +42,12 @@ pub struct AppState {
         license(name = "Apache-2.0")
     ),
     modifiers(&SecurityAddon),
-    paths(retail_shared::ops::healthz, retail_shared::ops::readyz, retail_shared::ops::metrics),
+    paths(
+        retail_shared::ops::healthz,
+        retail_shared::ops::readyz,
+        retail_shared::ops::metrics,
+        retail_shared::ops::audit_log
+    ),
     components(schemas(retail_shared::problem::ProblemBody)),
     tags(
         (name = "availability", description = "Available to sell"),
@@ -67,6 +72,9 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The production router.
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let (api, mut doc) = api().split_for_parts();
+    // No database here: the newest 10,000 entries are kept in memory.
+    let audit: Arc<dyn retail_shared::audit::AuditSink> =
+        Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
     retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let process = state.process.clone();
     // Without process-api this layer can answer nothing useful.
@@ -74,9 +82,12 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         let process = process.clone();
         async move { process.ready().await }
     })];
-    let app = api
-        .with_state(state)
-        .merge(retail_shared::ops::router(SERVICE, checks, doc));
+    let app = api.with_state(state).merge(retail_shared::ops::router(
+        SERVICE,
+        checks,
+        doc,
+        audit.clone(),
+    ));
     middleware::apply(
         app,
         SERVICE,
@@ -84,6 +95,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE)),
         // One replica's memory; a shared store (Redis) is still to come.
         Arc::new(retail_shared::idempotency::MemoryStore::default()),
+        audit,
     )
 }
 

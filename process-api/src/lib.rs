@@ -54,7 +54,12 @@ pub struct AppState {
         license(name = "Apache-2.0")
     ),
     modifiers(&SecurityAddon),
-    paths(retail_shared::ops::healthz, retail_shared::ops::readyz, retail_shared::ops::metrics),
+    paths(
+        retail_shared::ops::healthz,
+        retail_shared::ops::readyz,
+        retail_shared::ops::metrics,
+        retail_shared::ops::audit_log
+    ),
     components(schemas(retail_shared::problem::ProblemBody)),
     tags(
         (name = "master-data", description = "Locations and products"),
@@ -80,6 +85,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// middleware stack.
 pub fn router(state: AppState, settings: &Settings) -> Router {
     let (api, mut doc) = api().split_for_parts();
+    // The audit log lives in the ledger's database.
+    let audit: Arc<dyn retail_shared::audit::AuditSink> = Arc::new(state.store.clone());
     retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let store = state.store.clone();
     let state_store = state.store.clone();
@@ -96,9 +103,12 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
             async move { system.probe("/healthz").await }
         }),
     ];
-    let app = api
-        .with_state(state)
-        .merge(retail_shared::ops::router(SERVICE, checks, doc));
+    let app = api.with_state(state).merge(retail_shared::ops::router(
+        SERVICE,
+        checks,
+        doc,
+        audit.clone(),
+    ));
     middleware::apply(
         app,
         SERVICE,
@@ -106,6 +116,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         Arc::new(Authenticator::new(&settings.auth, audience::PROCESS)),
         // Keys live in the ledger's database: replicas share them.
         Arc::new(state_store),
+        audit,
     )
 }
 

@@ -16,6 +16,7 @@
 //! - [`telemetry`]: JSON logs and the Prometheus recorder.
 //! - [`model`]: the canonical inventory model shared by all layers.
 
+pub mod audit;
 pub mod auth;
 pub mod client;
 pub mod config;

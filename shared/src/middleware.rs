@@ -21,11 +21,13 @@
 //! 11. [`authenticate`]: a valid bearer token becomes the request's
 //!     [`Principal`](crate::auth::Principal) (an invalid one is answered 401
 //!     by the route's extractor).
-//! 12. [`limit`]: GCRA per client and route class (429 problem).
-//! 13. Compression (gzip) of responses.
-//! 14. [`idempotency`](crate::idempotency): `Idempotency-Key` on POST
+//! 12. [`audit`](crate::audit): state-changing requests are recorded
+//!     (after authentication, so the caller is known; 429s included).
+//! 13. [`limit`]: GCRA per client and route class (429 problem).
+//! 14. Compression (gzip) of responses.
+//! 15. [`idempotency`](crate::idempotency): `Idempotency-Key` on POST
 //!     (inside compression, so stored responses are uncompressed).
-//! 15. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
+//! 16. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
 //!     a 413 problem).
 //!
 //! Authorization is an extractor ([`Authorized`](crate::auth::Authorized))
@@ -62,6 +64,7 @@ pub fn apply(
     settings: &Settings,
     authenticator: Arc<Authenticator>,
     idempotency_store: Arc<dyn crate::idempotency::IdempotencyStore>,
+    audit_sink: Arc<dyn crate::audit::AuditSink>,
 ) -> Router {
     // Install the recorder before the first request is counted.
     crate::telemetry::prometheus();
@@ -88,6 +91,10 @@ pub fn apply(
         .layer(axum::middleware::from_fn_with_state(
             RateLimits::new(&settings.rate_limit),
             limit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::audit::Auditor::start(service, audit_sink),
+            crate::audit::audit,
         ))
         .layer(from_fn(authenticate))
         .layer(TimeoutLayer::with_status_code(
@@ -220,6 +227,7 @@ mod tests {
             &settings,
             Arc::new(Authenticator::new(&settings.auth, "process-api")),
             Arc::new(crate::idempotency::MemoryStore::default()),
+            Arc::new(crate::audit::MemoryAudit::new(100)),
         )
     }
 

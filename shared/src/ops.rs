@@ -154,14 +154,61 @@ async fn run_checks(service: &'static str, checks: &[ReadinessCheck]) -> Respons
     (status, axum::Json(body)).into_response()
 }
 
+/// A page of the audit log.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage {
+    /// Entries in id order.
+    pub entries: Vec<crate::audit::AuditEntry>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<i64>,
+}
+
+/// State-changing requests this service handled: who, what, when, the
+/// correlation ids and the outcome.
+#[utoipa::path(get, path = "/v1/ops/audit", tag = "operations",
+    params(crate::audit::AuditQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the audit log", body = AuditPage),
+        (status = 401, description = "No valid token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")))]
+pub async fn audit_log(
+    axum::extract::State(sink): axum::extract::State<Arc<dyn crate::audit::AuditSink>>,
+    _auth: crate::auth::Authorized<crate::auth::scope::OpsRead>,
+    crate::problem::ApiQuery(query): crate::problem::ApiQuery<crate::audit::AuditQuery>,
+) -> Result<axum::Json<AuditPage>, crate::problem::Problem> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(crate::problem::Problem::validation(vec![
+            crate::problem::FieldError {
+                pointer: "?limit".into(),
+                detail: "must be between 1 and 1000".into(),
+            },
+        ]));
+    }
+    let entries = sink.query(&query, limit).await.map_err(|error| {
+        tracing::error!(%error, "audit log unreadable");
+        crate::problem::Problem::internal()
+    })?;
+    let next_after = (entries.len() == limit as usize)
+        .then(|| entries.last().map(|e| e.id))
+        .flatten();
+    Ok(axum::Json(AuditPage {
+        entries,
+        next_after,
+    }))
+}
+
 /// The operational routes of a service.
 pub fn router(
     service: &'static str,
     checks: Vec<ReadinessCheck>,
     openapi: utoipa::openapi::OpenApi,
+    audit: Arc<dyn crate::audit::AuditSink>,
 ) -> Router {
     let checks = Arc::new(checks);
     Router::new()
+        .route("/v1/ops/audit", get(audit_log).with_state(audit))
         .route(
             "/healthz",
             get(move || async move {

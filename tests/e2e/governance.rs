@@ -255,3 +255,75 @@ async fn fifty_parallel_requests_with_one_key_execute_once() {
     }
     assert!(ok >= 1);
 }
+
+async fn audit_entries(app: &TestApp, layer: Layer, request_id: &str) -> Vec<Value> {
+    let token = app.token(layer, "ops:read");
+    for _ in 0..40 {
+        let page: Value = app
+            .get(
+                layer,
+                &format!("/v1/ops/audit?request_id={request_id}"),
+                Some(&token),
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        let entries = page["entries"].as_array().cloned().unwrap_or_default();
+        if !entries.is_empty() {
+            return entries;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
+#[tokio::test]
+async fn state_changing_requests_are_audited_on_every_layer_they_cross() {
+    let app = TestApp::spawn().await;
+    let till = app.token_for(Layer::System, "till-7", "pos:write", Some(&["S001"]));
+    let response = app
+        .http
+        .post(app.url(Layer::System, "/v1/pos/transactions"))
+        .bearer_auth(&till)
+        .header("x-request-id", "audit-me-1")
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({
+                "store_id": "S001", "terminal_id": "T9", "transaction_id": "42",
+                "occurred_at": "2026-11-20T12:00:00Z",
+                "lines": [{"sku": "SKU-000001", "quantity": 1, "kind": "sale"}]
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+
+    let system = audit_entries(&app, Layer::System, "audit-me-1").await;
+    assert_eq!(system.len(), 1, "{system:?}");
+    assert_eq!(system[0]["actor"], "till-7");
+    assert_eq!(system[0]["client"], "till-7");
+    assert_eq!(system[0]["method"], "POST");
+    assert_eq!(system[0]["path"], "/v1/pos/transactions");
+    assert_eq!(system[0]["status"], 200);
+
+    let process = audit_entries(&app, Layer::Process, "audit-me-1").await;
+    assert_eq!(process.len(), 1, "{process:?}");
+    assert_eq!(
+        process[0]["actor"], "till-7",
+        "the end user, through the service token"
+    );
+    assert_eq!(process[0]["client"], "svc:system-api");
+    assert_eq!(process[0]["path"], "/v1/inventory/events");
+
+    // Reads are not audited; the audit log needs ops:read.
+    let no_scope = app.token(Layer::Process, "inventory:read");
+    problem(
+        app.get(Layer::Process, "/v1/ops/audit", Some(&no_scope))
+            .await,
+        403,
+    )
+    .await;
+}

@@ -6,3 +6,4 @@ mod foundation;
 mod governance;
 mod helpers;
 mod inventory;
+mod tokens;

@@ -13,6 +13,7 @@
 //! never with the compile-time macros, so a fresh clone builds with no
 //! database. Timestamps are stored as unix microseconds.
 
+pub mod audit;
 pub mod cache;
 pub mod idempotency;
 pub mod ledger;

@@ -1,0 +1,78 @@
+//! The SQL audit sink of process-api.
+
+use async_trait::async_trait;
+use retail_shared::audit::{AuditEntry, AuditQuery, AuditSink};
+use sqlx::Row;
+
+use super::{BeginWrite, Store, micros_to_rfc3339};
+use crate::{on_reader, on_writer};
+
+#[async_trait]
+impl AuditSink for Store {
+    async fn record(&self, entries: &[AuditEntry]) -> anyhow::Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        on_writer!(self.db(), |pool| async {
+            let mut tx = pool.begin_write().await?;
+            let mut qb = sqlx::QueryBuilder::new(
+                "INSERT INTO audit_log (at, service, actor, client, method, path, status, \
+                 request_id, trace_id) ",
+            );
+            qb.push_values(entries, |mut row, e| {
+                row.push_bind(e.at_micros)
+                    .push_bind(e.service.as_str())
+                    .push_bind(e.actor.as_str())
+                    .push_bind(e.client.as_str())
+                    .push_bind(e.method.as_str())
+                    .push_bind(e.path.as_str())
+                    .push_bind(i64::from(e.status))
+                    .push_bind(e.request_id.as_str())
+                    .push_bind(e.trace_id.as_str());
+            });
+            qb.build().execute(&mut *tx).await?;
+            tx.commit().await
+        }
+        .await)?;
+        Ok(())
+    }
+
+    async fn query(&self, query: &AuditQuery, limit: u32) -> anyhow::Result<Vec<AuditEntry>> {
+        let rows = on_reader!(self.db(), |pool| {
+            let mut qb = sqlx::QueryBuilder::new(
+                "SELECT id, at, service, actor, client, method, path, status, request_id, \
+                 trace_id FROM audit_log WHERE id > ",
+            );
+            qb.push_bind(query.after.unwrap_or(0));
+            if let Some(actor) = &query.actor {
+                qb.push(" AND actor = ").push_bind(actor.as_str());
+            }
+            if let Some(request_id) = &query.request_id {
+                qb.push(" AND request_id = ").push_bind(request_id.as_str());
+            }
+            qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit));
+            qb.build()
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    let at: i64 = row.try_get("at")?;
+                    Ok(AuditEntry {
+                        id: row.try_get("id")?,
+                        at_micros: at,
+                        at: micros_to_rfc3339(at),
+                        service: row.try_get("service")?,
+                        actor: row.try_get("actor")?,
+                        client: row.try_get("client")?,
+                        method: row.try_get("method")?,
+                        path: row.try_get("path")?,
+                        status: u16::try_from(row.try_get::<i64, _>("status")?).unwrap_or(0),
+                        request_id: row.try_get("request_id")?,
+                        trace_id: row.try_get("trace_id")?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+        })?;
+        Ok(rows)
+    }
+}
