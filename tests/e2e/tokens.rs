@@ -61,9 +61,11 @@ async fn every_bad_token_is_a_401_with_a_challenge() {
         no_exp.as_object_mut().map(|c| c.remove("exp"));
         let mut wrong_iss = claims(aud);
         wrong_iss["iss"] = json!("someone-else");
-        let mut tampered = sign(&claims(aud), &secret);
-        tampered.pop();
-        tampered.push('A');
+        // One signature character changed (to a different one, always).
+        let good = sign(&claims(aud), &secret);
+        let at = good.len() - 10;
+        let replacement = if &good[at..=at] == "A" { "B" } else { "A" };
+        let tampered = format!("{}{replacement}{}", &good[..at], &good[at + 1..]);
         let cases: Vec<(&str, Option<String>)> = vec![
             ("no token", None),
             ("malformed", Some("not.a.jwt".into())),
