@@ -28,8 +28,19 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn start(database_url: &str, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_process-api"))
+/// A child process killed when dropped, so a failing assertion never
+/// leaves a server running.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(database_url: &str, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_process-api"))
         .env("RETAIL_PROCESS__PORT", port.to_string())
         .env("RETAIL_PROCESS__DATABASE_URL", database_url)
         .env("RETAIL_SEED__STORES", "5")
@@ -39,7 +50,8 @@ fn start(database_url: &str, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("process-api starts")
+        .expect("process-api starts");
+    Server(child)
 }
 
 async fn wait_healthy(http: &reqwest::Client, port: u16) {
@@ -132,8 +144,8 @@ async fn crash_and_recover(database_url: &str, verify_store: impl AsyncFn() -> S
     while acknowledged.lock().expect("lock").len() < 2000 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reaped");
+    child.0.kill().expect("SIGKILL");
+    child.0.wait().expect("reaped");
     let mut batches_sent = Vec::new();
     for client in clients {
         batches_sent.push(client.await.expect("client"));
@@ -142,7 +154,7 @@ async fn crash_and_recover(database_url: &str, verify_store: impl AsyncFn() -> S
     assert!(!acknowledged.is_empty());
 
     // Restart on the same database.
-    let mut child = start(database_url, port);
+    let _child = start(database_url, port);
     wait_healthy(&http, port).await;
     let store = verify_store().await;
     let found = store.journalled_ids(&acknowledged).await.expect("ids");
@@ -176,8 +188,6 @@ async fn crash_and_recover(database_url: &str, verify_store: impl AsyncFn() -> S
         "rebuild differs: {:?}",
         report.examples
     );
-    child.kill().expect("stop");
-    child.wait().expect("reaped");
 }
 
 #[tokio::test]
