@@ -12,10 +12,10 @@
 //!   inner layer can audit who acted while a channel token (audience
 //!   `experience-api`) can never be replayed against an inner layer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts};
@@ -136,16 +136,25 @@ impl Principal {
 }
 
 /// Verifies tokens for one audience.
+///
+/// HS256 tokens are checked with the configured secret; RS256 and ES256
+/// tokens with the key their `kid` names in the JWKS (see [`Jwks`]). The
+/// algorithm must be allowed by configuration *and* match the key: the
+/// header's `alg` only selects, it never widens what is accepted.
 pub struct Authenticator {
     audience: String,
-    key: DecodingKey,
-    validation: Validation,
+    issuer: String,
+    leeway: u64,
+    allowed: Vec<Algorithm>,
+    hs256: DecodingKey,
+    jwks: Option<Arc<Jwks>>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("audience", &self.audience)
+            .field("allowed", &self.allowed)
             .finish_non_exhaustive()
     }
 }
@@ -153,23 +162,26 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// An authenticator for `audience` from the auth settings.
     pub fn new(settings: &AuthSettings, audience: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.algorithms = settings
+        let allowed = settings
             .algorithms
             .iter()
             .filter_map(|a| a.parse::<Algorithm>().ok())
-            .filter(|a| *a == Algorithm::HS256)
+            .filter(|a| matches!(a, Algorithm::HS256 | Algorithm::RS256 | Algorithm::ES256))
             .collect();
-        validation.leeway = settings.leeway_seconds;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_audience(&[audience]);
-        validation.set_issuer(&[settings.issuer.as_str()]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let jwks = (!settings.jwks_url.is_empty()).then(|| {
+            Arc::new(Jwks::new(
+                &settings.jwks_url,
+                Duration::from_secs(settings.jwks_cache_seconds),
+                Duration::from_secs(settings.jwks_min_refresh_seconds),
+            ))
+        });
         Self {
             audience: audience.to_owned(),
-            key: DecodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
-            validation,
+            issuer: settings.issuer.clone(),
+            leeway: settings.leeway_seconds,
+            allowed,
+            hs256: DecodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
+            jwks,
         }
     }
 
@@ -178,12 +190,48 @@ impl Authenticator {
         &self.audience
     }
 
+    fn validation(&self, algorithm: Algorithm) -> Validation {
+        let mut validation = Validation::new(algorithm);
+        validation.algorithms = vec![algorithm];
+        validation.leeway = self.leeway;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_audience(&[self.audience.as_str()]);
+        validation.set_issuer(&[self.issuer.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation
+    }
+
     /// Verifies a compact JWT.
-    pub fn verify(&self, token: &str) -> Result<Principal, Problem> {
-        if self.validation.algorithms.is_empty() {
-            return Err(Problem::unauthorized("no verification key is configured"));
+    pub async fn verify(&self, token: &str) -> Result<Principal, Problem> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Problem::unauthorized("the token is malformed"))?;
+        if !self.allowed.contains(&header.alg) {
+            return Err(Problem::unauthorized("the token algorithm is not allowed"));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let key = match header.alg {
+            Algorithm::HS256 => self.hs256.clone(),
+            algorithm => {
+                let kid = header
+                    .kid
+                    .ok_or_else(|| Problem::unauthorized("the token names no key (kid)"))?;
+                let jwks = self
+                    .jwks
+                    .as_ref()
+                    .ok_or_else(|| Problem::unauthorized("no key set is configured"))?;
+                let (key, key_algorithm) = jwks
+                    .key(&kid)
+                    .await
+                    .ok_or_else(|| Problem::unauthorized("the token's key (kid) is unknown"))?;
+                if key_algorithm != algorithm {
+                    return Err(Problem::unauthorized(
+                        "the token algorithm does not match its key",
+                    ));
+                }
+                key
+            }
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
             .map_err(|error| Problem::unauthorized(describe(&error)))?;
         let claims = data.claims;
         Ok(Principal {
@@ -195,7 +243,7 @@ impl Authenticator {
     }
 
     /// Verifies the `Authorization: Bearer` header of a request.
-    pub fn verify_header(&self, parts: &Parts) -> Result<Principal, Problem> {
+    pub async fn verify_header(&self, parts: &Parts) -> Result<Principal, Problem> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -209,7 +257,104 @@ impl Authenticator {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token)
             .ok_or_else(|| Problem::unauthorized("the Authorization scheme must be Bearer"))?;
-        self.verify(token.trim())
+        self.verify(token.trim()).await
+    }
+}
+
+/// A cached JSON Web Key Set, fetched with reqwest. Keys are trusted for
+/// the cache time; an unknown `kid` (key rotation) or an expired cache
+/// triggers a refetch, at most one per `min_refresh`, so a flood of tokens
+/// with made-up `kid`s cannot hammer the identity provider.
+pub struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    ttl: Duration,
+    min_refresh: Duration,
+    keys: std::sync::RwLock<(HashMap<String, (DecodingKey, Algorithm)>, Option<Instant>)>,
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl Jwks {
+    /// A key set at `url`.
+    pub fn new(url: &str, ttl: Duration, min_refresh: Duration) -> Self {
+        Self {
+            url: url.to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            ttl,
+            min_refresh,
+            keys: std::sync::RwLock::new((HashMap::new(), None)),
+            last_fetch: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn cached(&self, kid: &str) -> (Option<(DecodingKey, Algorithm)>, bool) {
+        match self.keys.read() {
+            Ok(guard) => {
+                let fresh = guard.1.is_some_and(|at| at.elapsed() < self.ttl);
+                (guard.0.get(kid).cloned(), fresh)
+            }
+            Err(_) => (None, false),
+        }
+    }
+
+    /// The key and algorithm for `kid`, refetching when needed.
+    pub async fn key(&self, kid: &str) -> Option<(DecodingKey, Algorithm)> {
+        let (found, fresh) = self.cached(kid);
+        if found.is_some() && fresh {
+            return found;
+        }
+        {
+            let mut last = self.last_fetch.lock().await;
+            let (found_now, fresh_now) = self.cached(kid);
+            if found_now.is_some() && fresh_now {
+                return found_now;
+            }
+            if last.is_none_or(|at| at.elapsed() >= self.min_refresh) {
+                *last = Some(Instant::now());
+                if let Err(error) = self.fetch().await {
+                    tracing::warn!(%error, url = %self.url, "JWKS fetch failed");
+                    metrics::counter!("jwks_fetch_failures_total").increment(1);
+                }
+            }
+        }
+        // A stale key still verifies while the provider is unreachable.
+        self.cached(kid).0.or(found)
+    }
+
+    async fn fetch(&self) -> anyhow::Result<()> {
+        let set: jsonwebtoken::jwk::JwkSet = self
+            .http
+            .get(&self.url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let algorithm = match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(ec)
+                    if ec.curve == jsonwebtoken::jwk::EllipticCurve::P256 =>
+                {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            if let Ok(key) = DecodingKey::from_jwk(jwk) {
+                keys.insert(kid, (key, algorithm));
+            }
+        }
+        if let Ok(mut guard) = self.keys.write() {
+            *guard = (keys, Some(Instant::now()));
+        }
+        Ok(())
     }
 }
 
@@ -306,7 +451,7 @@ impl<St: Send + Sync> FromRequestParts<St> for Principal {
             tracing::error!("no Authenticator layer on this router");
             return Err(Problem::internal());
         };
-        let principal = authenticator.verify_header(parts)?;
+        let principal = authenticator.verify_header(parts).await?;
         parts.extensions.insert(principal.clone());
         Ok(principal)
     }
@@ -431,23 +576,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn accepts_its_own_audience() {
+    #[tokio::test]
+    async fn accepts_its_own_audience() {
         let (issuer, auth) = setup();
         let token = issuer.mint(&request(audience::PROCESS, 60)).expect("mint");
-        let principal = auth.verify(&token).expect("valid");
+        let principal = auth.verify(&token).await.expect("valid");
         assert_eq!(principal.subject, "web-shop");
         assert!(principal.has_scope("inventory:read"));
         assert!(principal.can_access("S001") && !principal.can_access("S002"));
     }
 
-    #[test]
-    fn rejects_other_audiences_and_bad_signatures() {
+    #[tokio::test]
+    async fn rejects_other_audiences_and_bad_signatures() {
         let (issuer, auth) = setup();
         let token = issuer
             .mint(&request(audience::EXPERIENCE, 60))
             .expect("mint");
-        assert_eq!(auth.verify(&token).expect_err("wrong aud").status(), 401);
+        assert_eq!(
+            auth.verify(&token).await.expect_err("wrong aud").status(),
+            401
+        );
         let mut tampered = issuer.mint(&request(audience::PROCESS, 60)).expect("mint");
         tampered.push('x');
         assert_eq!(auth.verify(&tampered).expect_err("bad sig").status(), 401);
@@ -457,8 +605,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn service_tokens_carry_the_end_user() {
+    #[tokio::test]
+    async fn service_tokens_carry_the_end_user() {
         let (issuer, auth) = setup();
         let user = Principal {
             subject: "associate-7".into(),
@@ -474,7 +622,7 @@ mod tests {
                 Some(&user),
             )
             .expect("mint");
-        let principal = auth.verify(&token).expect("valid");
+        let principal = auth.verify(&token).await.expect("valid");
         assert_eq!(principal.subject, "svc:experience-api");
         assert_eq!(principal.actor(), "associate-7");
         assert!(!principal.can_access("S002"));

@@ -151,6 +151,12 @@ pub struct AuthSettings {
     pub leeway_seconds: u64,
     /// Lifetime of minted service tokens, seconds.
     pub service_token_ttl_seconds: u64,
+    /// JWKS URL for RS256/ES256 tokens; empty: none.
+    pub jwks_url: String,
+    /// How long fetched keys are trusted, seconds.
+    pub jwks_cache_seconds: u64,
+    /// Least time between two fetches, seconds (unknown `kid` floods).
+    pub jwks_min_refresh_seconds: u64,
 }
 
 /// Server-side HTTP limits.
@@ -391,13 +397,20 @@ impl Settings {
                 "the production signing secret must be at least 32 bytes".into(),
             ));
         }
-        // RS256/ES256 arrive with JWKS support; until then a config naming
-        // them would reject every token, so it is refused up front.
         for algorithm in &self.auth.algorithms {
-            if algorithm != "HS256" {
-                return Err(ConfigError::Refused(format!(
-                    "auth.algorithms: {algorithm} is not supported yet (HS256 only)"
-                )));
+            match algorithm.as_str() {
+                "HS256" => {}
+                "RS256" | "ES256" if !self.auth.jwks_url.is_empty() => {}
+                "RS256" | "ES256" => {
+                    return Err(ConfigError::Refused(format!(
+                        "auth.algorithms: {algorithm} needs auth.jwks_url"
+                    )));
+                }
+                other => {
+                    return Err(ConfigError::Refused(format!(
+                        "auth.algorithms: unsupported algorithm {other} (HS256, RS256, ES256)"
+                    )));
+                }
             }
         }
         let quotas = std::iter::once((
@@ -524,6 +537,10 @@ mod tests {
     fn unsupported_algorithms_and_an_empty_issuer_are_refused() {
         let mut settings = Settings::defaults();
         settings.auth.algorithms = vec!["RS256".into()];
+        assert!(settings.check().is_err(), "RS256 without a JWKS URL");
+        settings.auth.jwks_url = "http://idp.example/jwks.json".into();
+        assert!(settings.check().is_ok());
+        settings.auth.algorithms = vec!["HS512".into()];
         assert!(settings.check().is_err());
         let mut settings = Settings::defaults();
         settings.auth.issuer = " ".into();

@@ -191,7 +191,7 @@ pub async fn authenticate(request: Request, next: Next) -> Response {
         return next.run(request).await;
     };
     let (mut parts, body) = request.into_parts();
-    if let Ok(principal) = authenticator.verify_header(&parts) {
+    if let Ok(principal) = authenticator.verify_header(&parts).await {
         parts.extensions.insert(principal);
     }
     next.run(Request::from_parts(parts, body)).await

@@ -6,4 +6,5 @@ mod foundation;
 mod governance;
 mod helpers;
 mod inventory;
+mod jwks;
 mod tokens;
