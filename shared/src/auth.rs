@@ -261,6 +261,9 @@ impl Authenticator {
     }
 }
 
+/// Keys by `kid`, with the algorithm each is for.
+type KeyMap = HashMap<String, (DecodingKey, Algorithm)>;
+
 /// A cached JSON Web Key Set, fetched with reqwest. Keys are trusted for
 /// the cache time; an unknown `kid` (key rotation) or an expired cache
 /// triggers a refetch, at most one per `min_refresh`, so a flood of tokens
@@ -270,7 +273,7 @@ pub struct Jwks {
     http: reqwest::Client,
     ttl: Duration,
     min_refresh: Duration,
-    keys: std::sync::RwLock<(HashMap<String, (DecodingKey, Algorithm)>, Option<Instant>)>,
+    keys: std::sync::RwLock<(KeyMap, Option<Instant>)>,
     last_fetch: tokio::sync::Mutex<Option<Instant>>,
 }
 
@@ -598,9 +601,15 @@ mod tests {
         );
         let mut tampered = issuer.mint(&request(audience::PROCESS, 60)).expect("mint");
         tampered.push('x');
-        assert_eq!(auth.verify(&tampered).expect_err("bad sig").status(), 401);
         assert_eq!(
-            auth.verify("not-a-jwt").expect_err("malformed").status(),
+            auth.verify(&tampered).await.expect_err("bad sig").status(),
+            401
+        );
+        assert_eq!(
+            auth.verify("not-a-jwt")
+                .await
+                .expect_err("malformed")
+                .status(),
             401
         );
     }
