@@ -89,7 +89,7 @@ pub fn apply(
     }
     router
         .layer(axum::middleware::from_fn_with_state(
-            RateLimits::new(&settings.rate_limit),
+            RateLimits::new(&settings.rate_limit, service, settings.redis_url()),
             limit,
         ))
         .layer(axum::middleware::from_fn_with_state(

@@ -11,8 +11,12 @@
 //! request gets a 429 problem with `Retry-After`. Requests without a valid
 //! token are not limited here (they end in a 401).
 //!
-//! The limiter is in-process: each replica has its own budget. A shared
-//! Redis-backed budget is not built yet.
+//! With `[redis] url` set, the budget lives in Redis (an atomic GCRA in a
+//! Lua script, keyed by service, class and client, timed by the Redis
+//! server's clock), so every replica of a service draws from one budget.
+//! When Redis cannot answer within 50 ms the replica falls back to its
+//! in-process limiter, says so in the log and in
+//! `rate_limit_redis_fallback_total`, and never answers 5xx for it.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -111,8 +115,36 @@ impl ClientLimits {
 /// The limiters of one service.
 pub struct RateLimits {
     enabled: bool,
+    service: &'static str,
     default: ClientLimits,
     clients: HashMap<String, ClientLimits>,
+    redis: std::sync::RwLock<Option<redis::aio::ConnectionManager>>,
+}
+
+/// GCRA in Redis. KEYS[1]: the bucket. ARGV[1]: emission interval (µs),
+/// ARGV[2]: burst. Returns {allowed, remaining, retry_after_µs}.
+const GCRA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - burst * interval
+if allow_at > now then
+  return {0, 0, allow_at - now}
+end
+redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+return {1, math.floor((now + burst * interval - new_tat) / interval), 0}
+"#;
+
+/// How long a Redis answer may take before the local limiter decides.
+const REDIS_BUDGET: Duration = Duration::from_millis(50);
+
+enum Verdict {
+    Allowed { remaining: u32 },
+    Denied { retry_after: Duration },
 }
 
 impl std::fmt::Debug for RateLimits {
@@ -127,9 +159,15 @@ impl std::fmt::Debug for RateLimits {
 impl RateLimits {
     /// Limiters from configuration. Call within a Tokio runtime: a task
     /// prunes idle clients' state every minute.
-    pub fn new(settings: &RateLimitSettings) -> Arc<Self> {
+    pub fn new(
+        settings: &RateLimitSettings,
+        service: &'static str,
+        redis_url: Option<&str>,
+    ) -> Arc<Self> {
         let limits = Arc::new(Self {
             enabled: settings.enabled,
+            service,
+            redis: std::sync::RwLock::new(None),
             default: ClientLimits {
                 read: ClassLimiter::new(settings.read_per_second, settings.read_burst),
                 write: ClassLimiter::new(settings.write_per_second, settings.write_burst),
@@ -148,6 +186,42 @@ impl RateLimits {
                 })
                 .collect(),
         });
+        if limits.enabled
+            && let Some(url) = redis_url
+        {
+            let weak = Arc::downgrade(&limits);
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                // Connect (and keep trying) in the background: until Redis
+                // answers, the local limiter decides.
+                loop {
+                    let connected = match redis::Client::open(url.as_str()) {
+                        Ok(client) => redis::aio::ConnectionManager::new(client).await.ok(),
+                        Err(error) => {
+                            tracing::error!(%error, "invalid redis.url; throttling stays local");
+                            return;
+                        }
+                    };
+                    let Some(limits) = weak.upgrade() else { return };
+                    if let Some(manager) = connected {
+                        if let Ok(mut slot) = limits.redis.write() {
+                            *slot = Some(manager);
+                        }
+                        tracing::info!(
+                            service = limits.service,
+                            "rate limits shared through Redis"
+                        );
+                        return;
+                    }
+                    tracing::warn!(
+                        service = limits.service,
+                        "Redis unreachable; throttling locally, retrying"
+                    );
+                    drop(limits);
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            });
+        }
         if limits.enabled {
             let weak = Arc::downgrade(&limits);
             tokio::spawn(async move {
@@ -165,6 +239,47 @@ impl RateLimits {
             });
         }
         limits
+    }
+
+    async fn check(&self, subject: &str, class: RouteClass, limiter: &ClassLimiter) -> Verdict {
+        let manager = self.redis.read().ok().and_then(|slot| slot.clone());
+        if let Some(mut manager) = manager {
+            let key = format!("rl:{}:{}:{subject}", self.service, class.name());
+            let interval = (1_000_000 / u64::from(limiter.per_second)).max(1);
+            let script = redis::Script::new(GCRA);
+            let mut invocation = script.key(key);
+            invocation.arg(interval).arg(limiter.burst);
+            let call = invocation.invoke_async::<(i64, i64, i64)>(&mut manager);
+            match tokio::time::timeout(REDIS_BUDGET, call).await {
+                Ok(Ok((allowed, remaining, retry_micros))) => {
+                    return if allowed == 1 {
+                        Verdict::Allowed {
+                            remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
+                        }
+                    } else {
+                        Verdict::Denied {
+                            retry_after: Duration::from_micros(
+                                u64::try_from(retry_micros.max(0)).unwrap_or(0),
+                            ),
+                        }
+                    };
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "Redis rate limit failed; throttling locally");
+                }
+                Err(_) => tracing::warn!("Redis rate limit timed out; throttling locally"),
+            }
+            metrics::counter!("rate_limit_redis_fallback_total", "service" => self.service)
+                .increment(1);
+        }
+        match limiter.limiter.check_key(&subject.to_owned()) {
+            Ok(snapshot) => Verdict::Allowed {
+                remaining: snapshot.remaining_burst_capacity(),
+            },
+            Err(not_until) => Verdict::Denied {
+                retry_after: not_until.wait_time_from(limiter.limiter.clock().now()),
+            },
+        }
     }
 
     fn limiter(&self, subject: &str, class: RouteClass) -> &ClassLimiter {
@@ -221,9 +336,8 @@ pub async fn limit(
         limiter.burst,
         limiter.window()
     ));
-    match limiter.limiter.check_key(&subject) {
-        Ok(snapshot) => {
-            let remaining = snapshot.remaining_burst_capacity();
+    match limits.check(&subject, class, limiter).await {
+        Verdict::Allowed { remaining } => {
             let refill = u64::from(limiter.burst - remaining.min(limiter.burst))
                 .div_ceil(u64::from(limiter.per_second));
             let mut response = next.run(request).await;
@@ -235,8 +349,7 @@ pub async fn limit(
             );
             response
         }
-        Err(not_until) => {
-            let wait = not_until.wait_time_from(limiter.limiter.clock().now());
+        Verdict::Denied { retry_after: wait } => {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             let seconds = seconds.max(1);
             metrics::counter!("rate_limited_total", "class" => class.name()).increment(1);

@@ -327,3 +327,78 @@ async fn state_changing_requests_are_audited_on_every_layer_they_cross() {
     )
     .await;
 }
+
+fn redis_url() -> Option<String> {
+    match std::env::var("TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: Redis tests skip: TEST_REDIS_URL is not set"
+            );
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn with_redis_two_instances_share_one_budget() {
+    let Some(url) = redis_url() else { return };
+    let app = TestApp::spawn_with(|settings| {
+        settings.rate_limit.read_per_second = 1;
+        settings.rate_limit.read_burst = 4;
+        settings.redis.url = retail_shared::config::Secret::new(url.clone());
+    })
+    .await;
+    // A second experience-api replica on the same process-api and Redis.
+    let mut settings = app.platform.settings.clone();
+    settings.experience.port = 0;
+    let second = experience_api::Application::build(settings)
+        .await
+        .expect("second replica");
+    let second_url = format!("http://127.0.0.1:{}/v1/stores", second.port());
+    tokio::spawn(second.run_until(std::future::pending()));
+    // Both replicas connect to Redis in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let client = format!("shared-{}", uuid::Uuid::new_v4());
+    let token = app.token_for(Layer::Experience, &client, "availability:read", None);
+    let first_url = app.url(Layer::Experience, "/v1/stores");
+    for url in [&first_url, &second_url, &first_url, &second_url] {
+        let response = app
+            .http
+            .get(url)
+            .bearer_auth(&token)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), 200, "{url}");
+    }
+    // Four used across the two replicas: the fifth is refused by either.
+    let response = app
+        .http
+        .get(&second_url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    problem(response, 429).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_falls_back_to_local_limits_never_5xx() {
+    let app = TestApp::spawn_with(|settings| {
+        settings.rate_limit.read_per_second = 1;
+        settings.rate_limit.read_burst = 2;
+        settings.redis.url = retail_shared::config::Secret::new("redis://127.0.0.1:1");
+    })
+    .await;
+    let token = app.token_for(Layer::Experience, "fallback", "availability:read", None);
+    for _ in 0..2 {
+        let response = app.get(Layer::Experience, "/v1/stores", Some(&token)).await;
+        assert_eq!(response.status(), 200);
+    }
+    let response = app.get(Layer::Experience, "/v1/stores", Some(&token)).await;
+    problem(response, 429).await;
+}
