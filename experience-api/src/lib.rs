@@ -30,6 +30,9 @@ pub const SERVICE: &str = "experience-api";
 pub struct AppState {
     /// process-api.
     pub process: ProcessClient,
+    /// Where `Idempotency-Key` records live: Redis when configured (shared
+    /// by replicas), else this process's memory.
+    pub idempotency: Arc<dyn retail_shared::idempotency::IdempotencyStore>,
 }
 
 #[derive(OpenApi)]
@@ -71,6 +74,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The production router.
 pub fn router(state: AppState, settings: &Settings) -> Router {
+    let idempotency = state.idempotency.clone();
     let (api, mut doc) = api().split_for_parts();
     // No database here: the newest 10,000 entries are kept in memory.
     let audit: Arc<dyn retail_shared::audit::AuditSink> =
@@ -93,10 +97,24 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         SERVICE,
         settings,
         Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE)),
-        // One replica's memory; a shared store (Redis) is still to come.
-        Arc::new(retail_shared::idempotency::MemoryStore::default()),
+        idempotency,
         audit,
     )
+}
+
+/// Redis when `[redis] url` is set (a start fails if it cannot be reached:
+/// replicas must share keys), else memory (one replica).
+async fn idempotency_store(
+    settings: &Settings,
+) -> anyhow::Result<Arc<dyn retail_shared::idempotency::IdempotencyStore>> {
+    Ok(match settings.redis_url() {
+        Some(url) => Arc::new(
+            retail_shared::idempotency::RedisStore::connect(url, &format!("idem:{SERVICE}:"))
+                .await
+                .map_err(|e| anyhow::anyhow!("redis.url is set but Redis is unreachable: {e}"))?,
+        ),
+        None => Arc::new(retail_shared::idempotency::MemoryStore::default()),
+    })
 }
 
 /// A built, bound experience-api.
@@ -121,6 +139,7 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
+        let idempotency = idempotency_store(&settings).await?;
         let issuer = TokenIssuer::new(&settings.auth);
         let process = ProcessClient::new(LayerClient::new(
             SERVICE,
@@ -129,7 +148,13 @@ impl Application {
             &settings.client,
             issuer,
         )?);
-        let router = router(AppState { process }, &settings);
+        let router = router(
+            AppState {
+                process,
+                idempotency,
+            },
+            &settings,
+        );
         let port = server::local_addr(&listener)?.port();
         Ok(Self {
             listener,

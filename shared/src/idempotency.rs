@@ -386,3 +386,170 @@ mod tests {
         );
     }
 }
+
+/// Claims, replays or refuses a key atomically. KEYS[1]: the record.
+/// ARGV: fingerprint, now (µs), lease until (µs), expires at (µs).
+const REDIS_BEGIN: &str = r#"
+local cur = redis.call('HMGET', KEYS[1], 'fp', 'lease', 'status', 'ctype', 'body')
+local now = tonumber(ARGV[2])
+local function claim()
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'lease', ARGV[3])
+  redis.call('PEXPIREAT', KEYS[1], math.floor(tonumber(ARGV[4]) / 1000))
+  return {'started'}
+end
+if not cur[1] then return claim() end
+if cur[1] ~= ARGV[1] then return {'mismatch'} end
+if cur[3] then return {'replay', cur[3], cur[4] or '', cur[5] or ''} end
+if tonumber(cur[2]) > now then return {'inflight'} end
+return claim()
+"#;
+
+/// A Redis store: replicas of a service share keys. Records expire by
+/// themselves at the end of the retention.
+#[derive(Clone)]
+pub struct RedisStore {
+    manager: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url`; keys are stored under `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)?;
+        let manager = redis::aio::ConnectionManager::new(client).await?;
+        Ok(Self {
+            manager,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for RedisStore {
+    async fn begin(&self, key: &str, fingerprint: &str, clock: Clock) -> anyhow::Result<Begin> {
+        let mut manager = self.manager.clone();
+        let script = redis::Script::new(REDIS_BEGIN);
+        let mut invocation = script.key(self.key(key));
+        invocation
+            .arg(fingerprint)
+            .arg(clock.now)
+            .arg(clock.lease_until)
+            .arg(clock.expires_at);
+        let answer: Vec<Vec<u8>> = invocation.invoke_async(&mut manager).await?;
+        let word = |i: usize| {
+            answer
+                .get(i)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        Ok(match word(0).as_deref() {
+            Some("started") => Begin::Started,
+            Some("mismatch") => Begin::Mismatch,
+            Some("inflight") => Begin::InFlight,
+            Some("replay") => Begin::Replay(StoredResponse {
+                status: word(1).and_then(|s| s.parse().ok()).unwrap_or(200),
+                content_type: word(2).filter(|c| !c.is_empty()),
+                body: answer.get(3).cloned().unwrap_or_default(),
+            }),
+            other => anyhow::bail!("unexpected answer from Redis: {other:?}"),
+        })
+    }
+
+    async fn complete(&self, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
+        let mut manager = self.manager.clone();
+        let _: () = redis::cmd("HSET")
+            .arg(self.key(key))
+            .arg("status")
+            .arg(response.status.to_string())
+            .arg("ctype")
+            .arg(response.content_type.as_deref().unwrap_or(""))
+            .arg("body")
+            .arg(response.body.as_slice())
+            .query_async(&mut manager)
+            .await?;
+        Ok(())
+    }
+
+    async fn abandon(&self, key: &str) -> anyhow::Result<()> {
+        let mut manager = self.manager.clone();
+        let _: () = redis::cmd("DEL")
+            .arg(self.key(key))
+            .query_async(&mut manager)
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod redis_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_redis_store_follows_the_draft() {
+        let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: Redis tests skip: TEST_REDIS_URL is not set"
+            );
+            return;
+        };
+        let prefix = format!("test:{}:", uuid::Uuid::new_v4());
+        let store = RedisStore::connect(&url, &prefix).await.expect("redis");
+        let now = i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000)
+            .expect("now");
+        let clock = |offset: i64| Clock {
+            now: now + offset,
+            lease_until: now + offset + 10_000_000,
+            expires_at: now + offset + 60_000_000,
+        };
+        assert_eq!(
+            store.begin("k", "f1", clock(0)).await.ok(),
+            Some(Begin::Started)
+        );
+        assert_eq!(
+            store.begin("k", "f1", clock(1)).await.ok(),
+            Some(Begin::InFlight)
+        );
+        assert_eq!(
+            store.begin("k", "f2", clock(1)).await.ok(),
+            Some(Begin::Mismatch)
+        );
+        let response = StoredResponse {
+            status: 201,
+            content_type: Some("application/json".into()),
+            body: b"{\"id\":1}".to_vec(),
+        };
+        store.complete("k", &response).await.expect("complete");
+        assert_eq!(
+            store.begin("k", "f1", clock(2)).await.ok(),
+            Some(Begin::Replay(response))
+        );
+        // A dead in-flight claim stops blocking after its lease.
+        assert_eq!(
+            store.begin("j", "f", clock(0)).await.ok(),
+            Some(Begin::Started)
+        );
+        assert_eq!(
+            store.begin("j", "f", clock(20_000_000)).await.ok(),
+            Some(Begin::Started)
+        );
+        store.abandon("j").await.expect("abandon");
+        assert_eq!(
+            store.begin("j", "g", clock(0)).await.ok(),
+            Some(Begin::Started)
+        );
+    }
+}

@@ -43,6 +43,9 @@ pub struct AppState {
     pub erp: Arc<dyn Erp>,
     /// Client of process-api (adapters hand canonical events to it).
     pub process: LayerClient,
+    /// Where `Idempotency-Key` records live: Redis when configured (shared
+    /// by replicas), else this process's memory.
+    pub idempotency: Arc<dyn retail_shared::idempotency::IdempotencyStore>,
 }
 
 #[derive(OpenApi)]
@@ -82,6 +85,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The production router.
 pub fn router(state: AppState, settings: &Settings) -> Router {
+    let idempotency = state.idempotency.clone();
     let (api, mut doc) = api().split_for_parts();
     // No database here: the newest 10,000 entries are kept in memory.
     let audit: Arc<dyn retail_shared::audit::AuditSink> =
@@ -118,8 +122,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         SERVICE,
         settings,
         Arc::new(Authenticator::new(&settings.auth, audience::SYSTEM)),
-        // One replica's memory; a shared store (Redis) is still to come.
-        Arc::new(retail_shared::idempotency::MemoryStore::default()),
+        idempotency,
         audit,
     )
 }
@@ -150,6 +153,21 @@ async fn open_pool(url: &str) -> anyhow::Result<SqlitePool> {
     Ok(pool)
 }
 
+/// Redis when `[redis] url` is set (a start fails if it cannot be reached:
+/// replicas must share keys), else memory (one replica).
+async fn idempotency_store(
+    settings: &Settings,
+) -> anyhow::Result<Arc<dyn retail_shared::idempotency::IdempotencyStore>> {
+    Ok(match settings.redis_url() {
+        Some(url) => Arc::new(
+            retail_shared::idempotency::RedisStore::connect(url, &format!("idem:{SERVICE}:"))
+                .await
+                .map_err(|e| anyhow::anyhow!("redis.url is set but Redis is unreachable: {e}"))?,
+        ),
+        None => Arc::new(retail_shared::idempotency::MemoryStore::default()),
+    })
+}
+
 /// A built, bound system-api.
 pub struct Application {
     listener: TcpListener,
@@ -173,6 +191,7 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
+        let idempotency = idempotency_store(&settings).await?;
         let pool = open_pool(&config.database_url).await?;
         let erp: Arc<dyn Erp> = match config.erp_backend {
             ErpBackend::Sandbox => Arc::new(SandboxErp::new(pool.clone())),
@@ -192,6 +211,7 @@ impl Application {
                 pool: pool.clone(),
                 erp,
                 process,
+                idempotency,
             },
             &settings,
         );

@@ -402,3 +402,47 @@ async fn an_unreachable_redis_falls_back_to_local_limits_never_5xx() {
     let response = app.get(Layer::Experience, "/v1/stores", Some(&token)).await;
     problem(response, 429).await;
 }
+
+#[tokio::test]
+async fn with_redis_replicas_share_idempotency_keys() {
+    let Some(url) = redis_url() else { return };
+    let app = TestApp::spawn_with(|settings| {
+        settings.redis.url = retail_shared::config::Secret::new(url.clone());
+    })
+    .await;
+    let mut settings = app.platform.settings.clone();
+    settings.system.port = 0;
+    let second = system_api::Application::build(settings)
+        .await
+        .expect("second replica");
+    let second_url = format!("http://127.0.0.1:{}/v1/pos/transactions", second.port());
+    tokio::spawn(second.run_until(std::future::pending()));
+
+    let till = app.token_for(Layer::System, "till-r", "pos:write", Some(&["S001"]));
+    let key = uuid::Uuid::new_v4().simple().to_string()[..20].to_owned();
+    let body = serde_json::json!({
+        "store_id": "S001", "terminal_id": "T5", "transaction_id": key,
+        "occurred_at": "2026-11-20T12:00:00Z",
+        "lines": [{"sku": "SKU-000002", "quantity": 1, "kind": "sale"}]
+    })
+    .to_string();
+    let send = |url: String| {
+        let (http, token, key, body) = (app.http.clone(), till.clone(), key.clone(), body.clone());
+        async move {
+            http.post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/json")
+                .header("idempotency-key", key)
+                .body(body)
+                .send()
+                .await
+                .expect("sent")
+        }
+    };
+    let first = send(app.url(Layer::System, "/v1/pos/transactions")).await;
+    assert_eq!(first.status(), 200);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    let replayed = send(second_url).await;
+    assert_eq!(replayed.status(), 200);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+}
