@@ -102,19 +102,15 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
     )
 }
 
-/// Redis when `[redis] url` is set (a start fails if it cannot be reached:
-/// replicas must share keys), else memory (one replica).
-async fn idempotency_store(
-    settings: &Settings,
-) -> anyhow::Result<Arc<dyn retail_shared::idempotency::IdempotencyStore>> {
-    Ok(match settings.redis_url() {
-        Some(url) => Arc::new(
-            retail_shared::idempotency::RedisStore::connect(url, &format!("idem:{SERVICE}:"))
-                .await
-                .map_err(|e| anyhow::anyhow!("redis.url is set but Redis is unreachable: {e}"))?,
-        ),
+/// Redis when `[redis] url` is set (shared by replicas; this process's
+/// memory while Redis is away), else memory (one replica).
+fn idempotency_store(settings: &Settings) -> Arc<dyn retail_shared::idempotency::IdempotencyStore> {
+    match settings.redis_url() {
+        Some(url) => {
+            retail_shared::idempotency::SharedStore::start(url, &format!("idem:{SERVICE}:"))
+        }
         None => Arc::new(retail_shared::idempotency::MemoryStore::default()),
-    })
+    }
 }
 
 /// A built, bound experience-api.
@@ -139,7 +135,7 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
-        let idempotency = idempotency_store(&settings).await?;
+        let idempotency = idempotency_store(&settings);
         let issuer = TokenIssuer::new(&settings.auth);
         let process = ProcessClient::new(LayerClient::new(
             SERVICE,

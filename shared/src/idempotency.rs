@@ -553,3 +553,89 @@ mod redis_tests {
         );
     }
 }
+
+/// Redis when it answers, this process's memory when it does not: a Redis
+/// outage (or a Redis not up yet at start) degrades the guarantee to one
+/// replica's, logged and counted in `idempotency_redis_fallback_total`,
+/// instead of failing requests. The connection is retried in the
+/// background.
+#[derive(Debug)]
+pub struct SharedStore {
+    redis: std::sync::RwLock<Option<RedisStore>>,
+    memory: MemoryStore,
+}
+
+impl SharedStore {
+    /// Starts connecting to `url` in the background (call within a Tokio
+    /// runtime); keys go under `prefix`.
+    pub fn start(url: &str, prefix: &str) -> Arc<Self> {
+        let store = Arc::new(Self {
+            redis: std::sync::RwLock::new(None),
+            memory: MemoryStore::default(),
+        });
+        let weak = Arc::downgrade(&store);
+        let (url, prefix) = (url.to_owned(), prefix.to_owned());
+        tokio::spawn(async move {
+            loop {
+                let connected = RedisStore::connect(&url, &prefix).await;
+                let Some(store) = weak.upgrade() else { return };
+                match connected {
+                    Ok(redis) => {
+                        if let Ok(mut slot) = store.redis.write() {
+                            *slot = Some(redis);
+                        }
+                        tracing::info!("idempotency keys shared through Redis");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "Redis unreachable; idempotency keys kept locally, retrying");
+                    }
+                }
+                drop(store);
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
+        store
+    }
+
+    fn redis(&self) -> Option<RedisStore> {
+        self.redis.read().ok().and_then(|slot| slot.clone())
+    }
+
+    fn fell_back(error: &anyhow::Error) {
+        tracing::warn!(%error, "Redis idempotency store failed; using local memory");
+        metrics::counter!("idempotency_redis_fallback_total").increment(1);
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for SharedStore {
+    async fn begin(&self, key: &str, fingerprint: &str, clock: Clock) -> anyhow::Result<Begin> {
+        if let Some(redis) = self.redis() {
+            match redis.begin(key, fingerprint, clock).await {
+                Ok(begin) => return Ok(begin),
+                Err(error) => Self::fell_back(&error),
+            }
+        }
+        self.memory.begin(key, fingerprint, clock).await
+    }
+
+    async fn complete(&self, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
+        if let Some(redis) = self.redis() {
+            match redis.complete(key, response).await {
+                Ok(()) => return self.memory.complete(key, response).await,
+                Err(error) => Self::fell_back(&error),
+            }
+        }
+        self.memory.complete(key, response).await
+    }
+
+    async fn abandon(&self, key: &str) -> anyhow::Result<()> {
+        if let Some(redis) = self.redis()
+            && let Err(error) = redis.abandon(key).await
+        {
+            Self::fell_back(&error);
+        }
+        self.memory.abandon(key).await
+    }
+}

@@ -153,19 +153,15 @@ async fn open_pool(url: &str) -> anyhow::Result<SqlitePool> {
     Ok(pool)
 }
 
-/// Redis when `[redis] url` is set (a start fails if it cannot be reached:
-/// replicas must share keys), else memory (one replica).
-async fn idempotency_store(
-    settings: &Settings,
-) -> anyhow::Result<Arc<dyn retail_shared::idempotency::IdempotencyStore>> {
-    Ok(match settings.redis_url() {
-        Some(url) => Arc::new(
-            retail_shared::idempotency::RedisStore::connect(url, &format!("idem:{SERVICE}:"))
-                .await
-                .map_err(|e| anyhow::anyhow!("redis.url is set but Redis is unreachable: {e}"))?,
-        ),
+/// Redis when `[redis] url` is set (shared by replicas; this process's
+/// memory while Redis is away), else memory (one replica).
+fn idempotency_store(settings: &Settings) -> Arc<dyn retail_shared::idempotency::IdempotencyStore> {
+    match settings.redis_url() {
+        Some(url) => {
+            retail_shared::idempotency::SharedStore::start(url, &format!("idem:{SERVICE}:"))
+        }
         None => Arc::new(retail_shared::idempotency::MemoryStore::default()),
-    })
+    }
 }
 
 /// A built, bound system-api.
@@ -191,7 +187,7 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
-        let idempotency = idempotency_store(&settings).await?;
+        let idempotency = idempotency_store(&settings);
         let pool = open_pool(&config.database_url).await?;
         let erp: Arc<dyn Erp> = match config.erp_backend {
             ErpBackend::Sandbox => Arc::new(SandboxErp::new(pool.clone())),

@@ -417,6 +417,8 @@ async fn with_redis_replicas_share_idempotency_keys() {
         .expect("second replica");
     let second_url = format!("http://127.0.0.1:{}/v1/pos/transactions", second.port());
     tokio::spawn(second.run_until(std::future::pending()));
+    // Both replicas connect to Redis in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 
     let till = app.token_for(Layer::System, "till-r", "pos:write", Some(&["S001"]));
     let key = uuid::Uuid::new_v4().simple().to_string()[..20].to_owned();
