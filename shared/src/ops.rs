@@ -298,6 +298,10 @@ ASCII characters), scoped per client and kept 24 hours by default \
 response (`Idempotent-Replayed: true`); the same key with a different request \
 gets 422; the same key while the first request runs gets 409. 5xx answers are \
 not stored.\n\n\
+**Limits**: request bodies up to 4 MiB by default (`[http] body_limit_bytes`; \
+413 beyond), a 15 s request deadline (503 beyond), strict JSON (unknown \
+fields are rejected), identifiers of 1-128 printable ASCII characters, list \
+pages of at most 1000; batch and quantity bounds are on each schema.\n\n\
 **Errors**: RFC 9457 `application/problem+json`; validation errors list \
 `{pointer, detail}` in `errors`.\n\n\
 **Correlation**: `X-Request-Id` (1-128 visible ASCII characters, else \
