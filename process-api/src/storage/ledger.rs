@@ -1022,6 +1022,25 @@ ledger_backend!(
     true
 );
 
+/// Runs `$body` in a write transaction `$tx` with `$ledger` naming the
+/// backend's generated module.
+macro_rules! on_ledger {
+    ($db:expr, |$tx:ident, $ledger:ident| $body:expr) => {
+        match $db {
+            Db::Sqlite { writer, .. } => {
+                let mut $tx = writer.begin_write().await?;
+                use sqlite_ledger as $ledger;
+                $body
+            }
+            Db::Postgres(pool) => {
+                let mut $tx = pool.begin_write().await?;
+                use postgres_ledger as $ledger;
+                $body
+            }
+        }
+    };
+}
+
 /// Attempts of a PostgreSQL transaction that hit a deadlock.
 const PG_ATTEMPTS: usize = 5;
 
@@ -1102,44 +1121,18 @@ impl Store {
         let mut applied = 0;
         loop {
             let now = now_micros();
-            let summary = match self.db() {
-                Db::Sqlite { writer, .. } => {
-                    let mut tx = writer.begin_write().await?;
-                    let candidates = sqlite_ledger::take_ready_parked(&mut tx, 500, now).await?;
-                    if candidates.is_empty() {
-                        break;
-                    }
-                    let mut results = vec![None; candidates.len()];
-                    let summary = sqlite_ledger::apply(
-                        &mut tx,
-                        self.master_cache(),
-                        &candidates,
-                        &mut results,
-                        now,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    summary
+            let summary = on_ledger!(self.db(), |tx, ledger| {
+                let candidates = ledger::take_ready_parked(&mut tx, 500, now).await?;
+                if candidates.is_empty() {
+                    break;
                 }
-                Db::Postgres(pool) => {
-                    let mut tx = pool.begin_write().await?;
-                    let candidates = postgres_ledger::take_ready_parked(&mut tx, 500, now).await?;
-                    if candidates.is_empty() {
-                        break;
-                    }
-                    let mut results = vec![None; candidates.len()];
-                    let summary = postgres_ledger::apply(
-                        &mut tx,
-                        self.master_cache(),
-                        &candidates,
-                        &mut results,
-                        now,
-                    )
-                    .await?;
-                    tx.commit().await?;
-                    summary
-                }
-            };
+                let mut results = vec![None; candidates.len()];
+                let summary =
+                    ledger::apply(&mut tx, self.master_cache(), &candidates, &mut results, now)
+                        .await?;
+                tx.commit().await?;
+                summary
+            });
             applied += summary.applied;
             if summary.applied + summary.duplicate == 0 {
                 break;
