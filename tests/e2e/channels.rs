@@ -209,3 +209,52 @@ async fn a_till_token_cannot_post_for_another_store() {
         .await;
     problem(response, 403).await;
 }
+
+#[tokio::test]
+async fn a_store_bound_token_naming_another_store_is_refused_and_lists_are_filtered() {
+    let app = TestApp::spawn().await;
+    receive(&app, "SKU-000009", "S001", 5).await;
+    receive(&app, "SKU-000009", "S002", 5).await;
+    let associate = app.token_for(
+        Layer::Experience,
+        "associate-s001",
+        "availability:read",
+        Some(&["S001"]),
+    );
+    problem(
+        app.get(
+            Layer::Experience,
+            "/v1/availability/SKU-000009?locations=S002",
+            Some(&associate),
+        )
+        .await,
+        403,
+    )
+    .await;
+    let body = r#"{"skus":["SKU-000009"],"locations":["S001","S002"]}"#;
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Experience,
+            "/v1/availability/query",
+            &associate,
+            body,
+        )
+        .await;
+    problem(response, 403).await;
+    // Without a filter, only the token's store is listed.
+    let own: Value = app
+        .get(
+            Layer::Experience,
+            "/v1/availability/SKU-000009",
+            Some(&associate),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        own["locations"],
+        json!([{"location_id": "S001", "available": 4}])
+    );
+}

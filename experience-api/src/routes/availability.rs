@@ -102,6 +102,9 @@ async fn availability_of_sku(
     ApiQuery(filter): ApiQuery<LocationsFilter>,
 ) -> Result<ApiJson<Availability>> {
     let locations = parse_locations(filter.locations.as_deref())?;
+    for location in locations.iter().flatten() {
+        auth.require_location(location)?;
+    }
     let ctx = CallContext {
         principal: Some(&auth),
         correlation: &correlation,
@@ -185,6 +188,9 @@ async fn query_availability(
     correlation: Correlation,
     ValidJson(query): ValidJson<AvailabilityQuery>,
 ) -> Result<ApiJson<BatchAvailability>> {
+    for location in query.locations.iter().flatten() {
+        auth.require_location(location)?;
+    }
     let ctx = CallContext {
         principal: Some(&auth),
         correlation: &correlation,

@@ -494,6 +494,9 @@ async fn post_availability(
     auth: Authorized<scope::InventoryRead>,
     ValidJson(query): ValidJson<AvailabilityQuery>,
 ) -> Result<ApiJson<AvailabilityResponse>> {
+    for location in query.location_ids.iter().flatten() {
+        auth.require_location(location)?;
+    }
     let known: std::collections::HashSet<String> = state
         .store
         .known_skus(&query.skus)
