@@ -11,6 +11,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
+use retail_shared::audit::{AuditSink, Auditor};
 use retail_shared::auth::{Authenticator, TokenIssuer, audience};
 use retail_shared::client::LayerClient;
 use retail_shared::ops::{ReadinessCheck, SecurityAddon};
@@ -73,12 +74,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The production router.
-pub fn router(state: AppState, settings: &Settings) -> Router {
+pub fn router(
+    state: AppState,
+    settings: &Settings,
+    auditor: Auditor,
+    audit_log: Arc<dyn AuditSink>,
+) -> Router {
     let idempotency = state.idempotency.clone();
     let (api, mut doc) = api().split_for_parts();
     // No database here: the newest 10,000 entries are kept in memory.
-    let audit: Arc<dyn retail_shared::audit::AuditSink> =
-        Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
     retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let process = state.process.clone();
     // Without process-api this layer can answer nothing useful.
@@ -86,19 +90,16 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         let process = process.clone();
         async move { process.ready().await }
     })];
-    let app = api.with_state(state).merge(retail_shared::ops::router(
-        SERVICE,
-        checks,
-        doc,
-        audit.clone(),
-    ));
+    let app = api
+        .with_state(state)
+        .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
     middleware::apply(
         app,
         SERVICE,
         settings,
         Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE)),
         idempotency,
-        audit,
+        auditor,
     )
 }
 
@@ -118,6 +119,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     port: u16,
+    audit_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -144,18 +146,25 @@ impl Application {
             &settings.client,
             issuer,
         )?);
+        // No database here: the newest 10,000 entries are kept in memory.
+        let audit_log: Arc<dyn AuditSink> =
+            Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
+        let (auditor, audit_writer) = Auditor::start(SERVICE, audit_log.clone());
         let router = router(
             AppState {
                 process,
                 idempotency,
             },
             &settings,
+            auditor,
+            audit_log,
         );
         let port = server::local_addr(&listener)?.port();
         Ok(Self {
             listener,
             router,
             port,
+            audit_writer,
         })
     }
 
@@ -174,6 +183,10 @@ impl Application {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        server::serve(self.listener, self.router, signal).await
+        let result = server::serve(self.listener, self.router, signal).await;
+        // The router (holding the last `Auditor`) is gone: let the audit
+        // writer store what is queued.
+        Auditor::drain(self.audit_writer, std::time::Duration::from_secs(5)).await;
+        result
     }
 }

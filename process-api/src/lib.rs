@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::Router;
+use retail_shared::audit::{AuditSink, Auditor};
 use retail_shared::auth::{Authenticator, TokenIssuer, audience};
 use retail_shared::client::LayerClient;
 use retail_shared::ops::{ReadinessCheck, SecurityAddon};
@@ -83,10 +84,13 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 /// The production router: API routes, operational routes and the common
 /// middleware stack.
-pub fn router(state: AppState, settings: &Settings) -> Router {
+pub fn router(
+    state: AppState,
+    settings: &Settings,
+    auditor: Auditor,
+    audit_log: Arc<dyn AuditSink>,
+) -> Router {
     let (api, mut doc) = api().split_for_parts();
-    // The audit log lives in the ledger's database.
-    let audit: Arc<dyn retail_shared::audit::AuditSink> = Arc::new(state.store.clone());
     retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let store = state.store.clone();
     let state_store = state.store.clone();
@@ -103,12 +107,9 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
             async move { system.probe("/healthz").await }
         }),
     ];
-    let app = api.with_state(state).merge(retail_shared::ops::router(
-        SERVICE,
-        checks,
-        doc,
-        audit.clone(),
-    ));
+    let app = api
+        .with_state(state)
+        .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
     middleware::apply(
         app,
         SERVICE,
@@ -116,7 +117,7 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
         Arc::new(Authenticator::new(&settings.auth, audience::PROCESS)),
         // Keys live in the ledger's database: replicas share them.
         Arc::new(state_store),
-        audit,
+        auditor,
     )
 }
 
@@ -126,6 +127,7 @@ pub struct Application {
     router: Router,
     port: u16,
     store: Store,
+    audit_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -169,13 +171,17 @@ impl Application {
             system,
             issuer,
         };
-        let router = router(state, &settings);
+        // The audit log lives in the ledger's database.
+        let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());
+        let (auditor, audit_writer) = Auditor::start(SERVICE, audit_log.clone());
+        let router = router(state, &settings, auditor, audit_log);
         let port = server::local_addr(&listener)?.port();
         Ok(Self {
             listener,
             router,
             port,
             store,
+            audit_writer,
         })
     }
 
@@ -207,6 +213,9 @@ impl Application {
             stopped,
         ));
         let result = server::serve(self.listener, self.router, signal).await;
+        // The router (holding the last `Auditor`) is gone: let the audit
+        // writer store what is queued.
+        Auditor::drain(self.audit_writer, std::time::Duration::from_secs(5)).await;
         let _ = stop.send(true);
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "parked sweeper ended abnormally");

@@ -139,10 +139,14 @@ pub struct Auditor {
 
 impl Auditor {
     /// Starts the background writer for `sink` (call within a Tokio runtime).
-    /// The writer drains the queue and ends when every `Auditor` is dropped.
-    pub fn start(service: &'static str, sink: Arc<dyn AuditSink>) -> Self {
+    /// The writer drains the queue and ends when every `Auditor` is dropped;
+    /// await the returned handle on shutdown so no entry is left unwritten.
+    pub fn start(
+        service: &'static str,
+        sink: Arc<dyn AuditSink>,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (queue, mut receiver) = mpsc::channel::<AuditEntry>(10_000);
-        tokio::spawn(async move {
+        let writer = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(200);
             loop {
                 let first = receiver.recv().await;
@@ -166,7 +170,15 @@ impl Auditor {
                 batch.clear();
             }
         });
-        Self { service, queue }
+        (Self { service, queue }, writer)
+    }
+
+    /// Waits (at most `limit`) for the writer to store what is queued; call
+    /// after the last [`Auditor`] clone (the router's) is dropped.
+    pub async fn drain(writer: tokio::task::JoinHandle<()>, limit: Duration) {
+        if tokio::time::timeout(limit, writer).await.is_err() {
+            tracing::warn!("audit writer did not finish in time; some entries may be lost");
+        }
     }
 }
 

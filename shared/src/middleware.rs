@@ -64,7 +64,7 @@ pub fn apply(
     settings: &Settings,
     authenticator: Arc<Authenticator>,
     idempotency_store: Arc<dyn crate::idempotency::IdempotencyStore>,
-    audit_sink: Arc<dyn crate::audit::AuditSink>,
+    auditor: crate::audit::Auditor,
 ) -> Router {
     // Install the recorder before the first request is counted.
     crate::telemetry::prometheus();
@@ -93,7 +93,7 @@ pub fn apply(
             limit,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            crate::audit::Auditor::start(service, audit_sink),
+            auditor,
             crate::audit::audit,
         ))
         .layer(from_fn(authenticate))
@@ -227,7 +227,7 @@ mod tests {
             &settings,
             Arc::new(Authenticator::new(&settings.auth, "process-api")),
             Arc::new(crate::idempotency::MemoryStore::default()),
-            Arc::new(crate::audit::MemoryAudit::new(100)),
+            crate::audit::Auditor::start("test", Arc::new(crate::audit::MemoryAudit::new(100))).0,
         )
     }
 

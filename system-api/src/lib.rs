@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use retail_shared::audit::{AuditSink, Auditor};
 use retail_shared::auth::{Authenticator, TokenIssuer, audience};
 use retail_shared::client::LayerClient;
 use retail_shared::config::ErpBackend;
@@ -84,12 +85,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// The production router.
-pub fn router(state: AppState, settings: &Settings) -> Router {
+pub fn router(
+    state: AppState,
+    settings: &Settings,
+    auditor: Auditor,
+    audit_log: Arc<dyn AuditSink>,
+) -> Router {
     let idempotency = state.idempotency.clone();
     let (api, mut doc) = api().split_for_parts();
     // No database here: the newest 10,000 entries are kept in memory.
-    let audit: Arc<dyn retail_shared::audit::AuditSink> =
-        Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
     retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
     let pool = state.pool.clone();
     let erp = state.erp.clone();
@@ -111,19 +115,16 @@ pub fn router(state: AppState, settings: &Settings) -> Router {
             async move { erp.health().await }
         }),
     ];
-    let app = api.with_state(state).merge(retail_shared::ops::router(
-        SERVICE,
-        checks,
-        doc,
-        audit.clone(),
-    ));
+    let app = api
+        .with_state(state)
+        .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
     middleware::apply(
         app,
         SERVICE,
         settings,
         Arc::new(Authenticator::new(&settings.auth, audience::SYSTEM)),
         idempotency,
-        audit,
+        auditor,
     )
 }
 
@@ -170,6 +171,7 @@ pub struct Application {
     router: Router,
     port: u16,
     pool: SqlitePool,
+    audit_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -202,6 +204,10 @@ impl Application {
             &settings.client,
             TokenIssuer::new(&settings.auth),
         )?;
+        // The newest 10,000 entries are kept in memory.
+        let audit_log: Arc<dyn AuditSink> =
+            Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
+        let (auditor, audit_writer) = Auditor::start(SERVICE, audit_log.clone());
         let router = router(
             AppState {
                 pool: pool.clone(),
@@ -210,6 +216,8 @@ impl Application {
                 idempotency,
             },
             &settings,
+            auditor,
+            audit_log,
         );
         let port = server::local_addr(&listener)?.port();
         Ok(Self {
@@ -217,6 +225,7 @@ impl Application {
             router,
             port,
             pool,
+            audit_writer,
         })
     }
 
@@ -236,6 +245,9 @@ impl Application {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let result = server::serve(self.listener, self.router, signal).await;
+        // The router (holding the last `Auditor`) is gone: let the audit
+        // writer store what is queued.
+        Auditor::drain(self.audit_writer, std::time::Duration::from_secs(5)).await;
         self.pool.close().await;
         result
     }
