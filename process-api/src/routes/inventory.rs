@@ -243,11 +243,7 @@ async fn get_journal(
         }
         (None, None) => {}
     }
-    let limit = PageQuery {
-        after: None,
-        limit: params.limit,
-    }
-    .limit()?;
+    let limit = super::page_limit(params.limit)?;
     let query = JournalQuery {
         location_id: params.location_id.clone(),
         sku: params.sku.clone(),

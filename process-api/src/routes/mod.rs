@@ -24,16 +24,21 @@ pub struct PageQuery {
 impl PageQuery {
     /// The page size, checked.
     pub fn limit(&self) -> Result<u32, Problem> {
-        let limit = self.limit.unwrap_or(DEFAULT_PAGE_SIZE);
-        if (1..=MAX_PAGE_SIZE).contains(&limit) {
-            Ok(limit)
-        } else {
-            Err(Problem::validation(vec![
-                retail_shared::problem::FieldError {
-                    pointer: "?limit".into(),
-                    detail: format!("must be between 1 and {MAX_PAGE_SIZE}"),
-                },
-            ]))
-        }
+        page_limit(self.limit)
+    }
+}
+
+/// A requested page size (`?limit`), defaulted and checked.
+pub fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
+    let limit = limit.unwrap_or(DEFAULT_PAGE_SIZE);
+    if (1..=MAX_PAGE_SIZE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(Problem::validation(vec![
+            retail_shared::problem::FieldError {
+                pointer: "?limit".into(),
+                detail: format!("must be between 1 and {MAX_PAGE_SIZE}"),
+            },
+        ]))
     }
 }

@@ -261,6 +261,36 @@ fn is_retryable(error: &sqlx::Error) -> bool {
         .is_some_and(|code| matches!(code.as_ref(), "40P01" | "40001" | "23505"))
 }
 
+/// A position's stored state from a row with the `positions` columns.
+fn state_from_row<R: sqlx::Row>(row: &R) -> Result<PositionState, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let count_at: Option<i64> = row.try_get("count_at")?;
+    let count_event_id: Option<String> = row.try_get("count_event_id")?;
+    let count_qty: Option<i64> = row.try_get("count_qty")?;
+    let count = match (count_at, count_event_id, count_qty) {
+        (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
+            at,
+            event_id,
+            quantity,
+        }),
+        _ => None,
+    };
+    Ok(PositionState {
+        count,
+        delta_after: row.try_get("delta_after")?,
+        unsellable_raw: row.try_get("unsellable_raw")?,
+        inbound_shipped: row.try_get("inbound_shipped")?,
+        inbound_received: row.try_get("inbound_received")?,
+        reserved: row.try_get("reserved")?,
+        last_event_at: row.try_get("last_event_at")?,
+    })
+}
+
 /// Generates the backend-specific transaction bodies from one source: the
 /// SQL is shared, the lock clauses differ (SQLite has one writer and no
 /// `FOR UPDATE`).
@@ -384,31 +414,6 @@ macro_rules! ledger_backend {
                     }
                 }
                 Ok(states)
-            }
-
-            fn state_from_row(
-                row: &<$db as sqlx::Database>::Row,
-            ) -> Result<PositionState, sqlx::Error> {
-                let count_at: Option<i64> = row.try_get("count_at")?;
-                let count_event_id: Option<String> = row.try_get("count_event_id")?;
-                let count_qty: Option<i64> = row.try_get("count_qty")?;
-                let count = match (count_at, count_event_id, count_qty) {
-                    (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
-                        at,
-                        event_id,
-                        quantity,
-                    }),
-                    _ => None,
-                };
-                Ok(PositionState {
-                    count,
-                    delta_after: row.try_get("delta_after")?,
-                    unsellable_raw: row.try_get("unsellable_raw")?,
-                    inbound_shipped: row.try_get("inbound_shipped")?,
-                    inbound_received: row.try_get("inbound_received")?,
-                    reserved: row.try_get("reserved")?,
-                    last_event_at: row.try_get("last_event_at")?,
-                })
             }
 
             async fn journal_sum_after(
@@ -1216,25 +1221,7 @@ impl Store {
             rows.iter()
                 .map(|row| {
                     use sqlx::Row;
-                    let count_at: Option<i64> = row.try_get("count_at")?;
-                    let count_event_id: Option<String> = row.try_get("count_event_id")?;
-                    let count_qty: Option<i64> = row.try_get("count_qty")?;
-                    let state = PositionState {
-                        count: match (count_at, count_event_id, count_qty) {
-                            (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
-                                at,
-                                event_id,
-                                quantity,
-                            }),
-                            _ => None,
-                        },
-                        delta_after: row.try_get("delta_after")?,
-                        unsellable_raw: row.try_get("unsellable_raw")?,
-                        inbound_shipped: row.try_get("inbound_shipped")?,
-                        inbound_received: row.try_get("inbound_received")?,
-                        reserved: row.try_get("reserved")?,
-                        last_event_at: row.try_get("last_event_at")?,
-                    };
+                    let state = state_from_row(row)?;
                     let safety = resolve_safety_stock(
                         row.try_get("position_safety")?,
                         row.try_get("product_safety")?,
