@@ -34,6 +34,8 @@ pub struct AppState {
     /// Where `Idempotency-Key` records live: Redis when configured (shared
     /// by replicas), else this process's memory.
     pub idempotency: Arc<dyn retail_shared::idempotency::IdempotencyStore>,
+    /// Reservation caps, checked here before a request travels inward.
+    pub reservations: retail_shared::config::ReservationSettings,
 }
 
 #[derive(OpenApi)]
@@ -56,6 +58,7 @@ pub struct AppState {
     tags(
         (name = "availability", description = "Available to sell"),
         (name = "stores", description = "Store directory"),
+        (name = "reservations", description = "Holds on available units for carts and orders"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
 )]
@@ -65,6 +68,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(retail_shared::ops::with_governance_notes(ApiDoc::openapi()))
         .merge(routes::availability::router())
         .merge(routes::stores::router())
+        .merge(routes::reservations::router())
         .merge(routes::ops::router())
 }
 
@@ -154,6 +158,7 @@ impl Application {
             AppState {
                 process,
                 idempotency,
+                reservations: settings.reservations.clone(),
             },
             &settings,
             auditor,

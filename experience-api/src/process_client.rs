@@ -1,7 +1,7 @@
 //! Typed client of process-api, on the shared [`LayerClient`].
 
 use retail_shared::client::{CallContext, ClientError, LayerClient};
-use retail_shared::model::Location;
+use retail_shared::model::{Location, Reservation, ReservationRequest};
 use retail_shared::ops::DependencyReport;
 use serde::Deserialize;
 
@@ -103,5 +103,62 @@ impl ProcessClient {
             )
             .await?;
         Ok(response.items)
+    }
+}
+
+impl ProcessClient {
+    /// Creates a reservation. `idempotency_key` makes the call (and this
+    /// client's retries of it) safe to repeat.
+    pub async fn reserve(
+        &self,
+        request: &ReservationRequest,
+        idempotency_key: &str,
+        ctx: CallContext<'_>,
+    ) -> Result<Reservation, ClientError> {
+        self.inner
+            .post(
+                "/v1/reservations",
+                request,
+                &["reservations:write"],
+                ctx,
+                Some(idempotency_key),
+            )
+            .await
+    }
+
+    /// One reservation of the end user.
+    pub async fn reservation(
+        &self,
+        reservation_id: &str,
+        ctx: CallContext<'_>,
+    ) -> Result<Reservation, ClientError> {
+        self.inner
+            .get(
+                &format!("/v1/reservations/{reservation_id}"),
+                &[],
+                &["reservations:write"],
+                ctx,
+            )
+            .await
+    }
+
+    /// Releases or fulfils (`action`) a reservation; both are idempotent
+    /// in process-api, so the call is retried like one with a key.
+    pub async fn end_reservation(
+        &self,
+        reservation_id: &str,
+        action: &str,
+        idempotency_key: &str,
+        ctx: CallContext<'_>,
+    ) -> Result<Reservation, ClientError> {
+        self.inner
+            .post(
+                &format!("/v1/reservations/{reservation_id}/{action}"),
+                &serde_json::json!({}),
+                &["reservations:write"],
+                ctx,
+                Some(idempotency_key),
+            )
+            .await
     }
 }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub system: LayerClient,
     /// Mints tokens (service-to-service).
     pub issuer: TokenIssuer,
+    /// Reservation lifetimes and caps.
+    pub reservations: retail_shared::config::ReservationSettings,
 }
 
 #[derive(OpenApi)]
@@ -65,6 +67,7 @@ pub struct AppState {
     tags(
         (name = "master-data", description = "Locations and products"),
         (name = "inventory", description = "Events, journal, positions"),
+        (name = "reservations", description = "Holds on available units, all lines or none"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
 )]
@@ -74,6 +77,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(retail_shared::ops::with_governance_notes(ApiDoc::openapi()))
         .merge(routes::master::router())
         .merge(routes::inventory::router())
+        .merge(routes::reservations::router())
         .merge(routes::ops::router())
 }
 
@@ -128,6 +132,7 @@ pub struct Application {
     port: u16,
     store: Store,
     audit_writer: tokio::task::JoinHandle<()>,
+    sweep_interval: std::time::Duration,
 }
 
 impl Application {
@@ -170,6 +175,7 @@ impl Application {
             store: store.clone(),
             system,
             issuer,
+            reservations: settings.reservations.clone(),
         };
         // The audit log lives in the ledger's database.
         let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());
@@ -182,6 +188,9 @@ impl Application {
             port,
             store,
             audit_writer,
+            sweep_interval: std::time::Duration::from_millis(
+                settings.reservations.sweep_interval_ms,
+            ),
         })
     }
 
@@ -212,6 +221,11 @@ impl Application {
             workers::PARKED_SWEEP_INTERVAL,
             stopped,
         ));
+        let reservations = tokio::spawn(workers::reservation_sweeper(
+            self.store.clone(),
+            self.sweep_interval,
+            stop.subscribe(),
+        ));
         let result = server::serve(self.listener, self.router, signal).await;
         // The router (holding the last `Auditor`) is gone: let the audit
         // writer store what is queued.
@@ -219,6 +233,9 @@ impl Application {
         let _ = stop.send(true);
         if let Err(error) = sweeper.await {
             tracing::error!(%error, "parked sweeper ended abnormally");
+        }
+        if let Err(error) = reservations.await {
+            tracing::error!(%error, "reservation sweeper ended abnormally");
         }
         self.store.close().await;
         result

@@ -103,6 +103,8 @@ pub struct Settings {
     pub redis: RedisSettings,
     /// Demo data seeding.
     pub seed: SeedSettings,
+    /// Reservation lifetimes and anti-hoarding caps.
+    pub reservations: ReservationSettings,
     /// Deprecated versions or routes.
     #[serde(default)]
     pub deprecations: Vec<Deprecation>,
@@ -280,6 +282,29 @@ pub struct ProcessSettings {
     pub system_url: String,
 }
 
+/// Reservation lifetimes and anti-hoarding caps (OWASP API6: unrestricted
+/// access to sensitive business flows).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationSettings {
+    /// TTL when a request names none, in seconds.
+    pub default_ttl_seconds: u64,
+    /// Longest TTL a request may ask for, in seconds.
+    pub max_ttl_seconds: u64,
+    /// Most lines in one reservation.
+    pub max_lines: usize,
+    /// Most units on one line.
+    pub max_units_per_line: i64,
+    /// Most units over all lines of one reservation.
+    pub max_units_per_order: i64,
+    /// Most active reservations one client (the end user or channel behind
+    /// the token) may hold at once.
+    pub max_active_per_client: i64,
+    /// How often expired reservations are moved to `expired`, in ms (they
+    /// stop counting at `expires_at` regardless).
+    pub sweep_interval_ms: u64,
+}
+
 /// system-api.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -455,6 +480,22 @@ impl Settings {
                     "deprecations[{index}]: path_prefix must start with / and the dates be RFC 3339"
                 )));
             }
+        }
+        let r = &self.reservations;
+        if r.default_ttl_seconds == 0
+            || r.max_ttl_seconds < r.default_ttl_seconds
+            || r.max_lines == 0
+            || r.max_units_per_line < 1
+            || r.max_units_per_order < r.max_units_per_line
+            || r.max_active_per_client < 1
+            || r.sweep_interval_ms == 0
+        {
+            return Err(ConfigError::Refused(
+                "reservations: TTLs, caps and the sweep interval must be at least 1, \
+                 max_ttl_seconds >= default_ttl_seconds and \
+                 max_units_per_order >= max_units_per_line"
+                    .into(),
+            ));
         }
         if self.auth.issuer.trim().is_empty() {
             return Err(ConfigError::Refused("auth.issuer must not be empty".into()));

@@ -398,3 +398,152 @@ mod tests {
         }
     }
 }
+
+/// Longest `order_ref` or `channel` of a reservation.
+pub const MAX_REFERENCE_LEN: usize = 128;
+
+/// A line of a reservation (pinned).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationLine {
+    /// SKU.
+    pub sku: String,
+    /// Location the units are held at.
+    pub location_id: String,
+    /// Units, from 1 to the configured per-line cap.
+    pub quantity: i64,
+}
+
+/// Body of `POST /v1/reservations` (pinned).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReservationRequest {
+    /// Sales channel asking (e.g. `web`, `mobile`, `store`, `partner`).
+    pub channel: String,
+    /// The channel's order or cart reference.
+    pub order_ref: String,
+    /// Lines: each (sku, location_id) at most once; all are held or none.
+    pub lines: Vec<ReservationLine>,
+    /// Lifetime in seconds (default and maximum from configuration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+}
+
+impl ReservationRequest {
+    /// Checks the request against the configured caps; every violation is
+    /// reported at once with its JSON pointer.
+    pub fn check(&self, limits: &crate::config::ReservationSettings) -> Result<(), crate::Problem> {
+        let mut v = Validator::default();
+        v.id("channel", &self.channel);
+        if self.order_ref.is_empty() || self.order_ref.chars().count() > MAX_REFERENCE_LEN {
+            v.error(
+                "order_ref",
+                format!("must be 1 to {MAX_REFERENCE_LEN} characters"),
+            );
+        }
+        v.count("lines", self.lines.len(), 1, limits.max_lines);
+        let mut seen = std::collections::HashSet::new();
+        let mut total: i64 = 0;
+        v.at("lines", |v| {
+            for (index, line) in self.lines.iter().enumerate() {
+                v.at(index, |v| {
+                    v.id("sku", &line.sku);
+                    v.id("location_id", &line.location_id);
+                    v.range("quantity", line.quantity, 1, limits.max_units_per_line);
+                    if !seen.insert((line.sku.as_str(), line.location_id.as_str())) {
+                        v.error(
+                            "",
+                            "repeats the sku and location of an earlier line; merge them",
+                        );
+                    }
+                });
+                total = total.saturating_add(line.quantity.max(0));
+            }
+        });
+        if total > limits.max_units_per_order {
+            v.error(
+                "lines",
+                format!(
+                    "hold {total} units in all; at most {} per reservation",
+                    limits.max_units_per_order
+                ),
+            );
+        }
+        if let Some(ttl) = self.ttl_seconds
+            && !(1..=limits.max_ttl_seconds).contains(&ttl)
+        {
+            v.error(
+                "ttl_seconds",
+                format!("must be between 1 and {}", limits.max_ttl_seconds),
+            );
+        }
+        v.finish()
+    }
+
+    /// The lifetime to use.
+    pub fn ttl(&self, limits: &crate::config::ReservationSettings) -> u64 {
+        self.ttl_seconds.unwrap_or(limits.default_ttl_seconds)
+    }
+}
+
+/// Lifecycle of a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    /// Holding its units.
+    Active,
+    /// Released by the channel.
+    Released,
+    /// Turned into sales.
+    Fulfilled,
+    /// Reached `expires_at` while active.
+    Expired,
+}
+
+impl ReservationStatus {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Released => "released",
+            Self::Fulfilled => "fulfilled",
+            Self::Expired => "expired",
+        }
+    }
+
+    /// From the stored name (anything unknown reads as active).
+    pub fn parse(value: &str) -> Self {
+        match value {
+            "released" => Self::Released,
+            "fulfilled" => Self::Fulfilled,
+            "expired" => Self::Expired,
+            _ => Self::Active,
+        }
+    }
+}
+
+/// A reservation as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reservation {
+    /// Id (UUID v7).
+    pub reservation_id: String,
+    /// The client that created it (only it may read or end it).
+    #[serde(skip)]
+    pub client_id: String,
+    /// Status now (an active reservation past `expires_at` shows `expired`
+    /// even before the sweeper records it).
+    pub status: ReservationStatus,
+    /// Sales channel that asked.
+    pub channel: String,
+    /// The channel's order or cart reference.
+    pub order_ref: String,
+    /// The held lines.
+    pub lines: Vec<ReservationLine>,
+    /// Creation time.
+    pub created_at: String,
+    /// When the hold lapses.
+    pub expires_at: String,
+    /// When it was released, fulfilled or expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_at: Option<String>,
+}

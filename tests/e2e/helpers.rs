@@ -143,3 +143,37 @@ pub async fn problem(response: reqwest::Response, status: u16) -> Value {
     assert!(body["title"].is_string());
     body
 }
+
+/// The PostgreSQL URL of the test server (`TEST_POSTGRES_URL`), or `None`
+/// after saying once that PostgreSQL tests skip.
+pub fn postgres_url() -> Option<String> {
+    match std::env::var("TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: PostgreSQL tests skip: TEST_POSTGRES_URL is not set"
+                );
+            });
+            None
+        }
+    }
+}
+
+/// A URL whose connections use a brand-new schema of the test database.
+pub async fn fresh_postgres_url(base: &str) -> String {
+    use sqlx::Connection;
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let mut connection = sqlx::PgConnection::connect(base)
+        .await
+        .expect("connect to TEST_POSTGRES_URL");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut connection)
+        .await
+        .expect("create schema");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}

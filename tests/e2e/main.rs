@@ -7,4 +7,5 @@ mod governance;
 mod helpers;
 mod inventory;
 mod jwks;
+mod reservations;
 mod tokens;

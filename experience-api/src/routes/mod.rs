@@ -2,4 +2,5 @@
 
 pub mod availability;
 pub mod ops;
+pub mod reservations;
 pub mod stores;

@@ -3,6 +3,7 @@
 pub mod inventory;
 pub mod master;
 pub mod ops;
+pub mod reservations;
 
 use retail_shared::problem::Problem;
 use serde::Deserialize;

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{BeginWrite, Db, Store, micros_to_rfc3339, now_micros};
+use super::{BeginWrite, Db, Store, micros_to_rfc3339};
 use crate::inventory::event::{Event, EventInput, EventType};
 use crate::inventory::position::{CountMark, PositionFigures, PositionState, resolve_safety_stock};
 use crate::inventory::rebuild::{JournalFact, Key, Rebuilder};
@@ -242,6 +242,22 @@ fn prepare(
     candidates
 }
 
+/// One result per input, in order (an input left without one was not
+/// processed, which `apply` never does).
+fn finish_results(results: Vec<Option<EventResult>>, inputs: &[EventInput]) -> Vec<EventResult> {
+    results
+        .into_iter()
+        .zip(inputs)
+        .map(|(result, input)| {
+            result.unwrap_or_else(|| EventResult {
+                event_id: input.event_id.clone(),
+                status: EventStatus::Rejected,
+                reason: Some("not processed".into()),
+            })
+        })
+        .collect()
+}
+
 fn state_differs(live: &PositionState, rebuilt: &PositionState) -> bool {
     live.count != rebuilt.count
         || live.delta_after != rebuilt.delta_after
@@ -254,7 +270,7 @@ fn state_differs(live: &PositionState, rebuilt: &PositionState) -> bool {
 /// Whether a PostgreSQL transaction should be retried: a deadlock, a
 /// serialisation failure, or a unique violation (the same `event_id` sent
 /// concurrently with different locations: the retry sees it as a duplicate).
-fn is_retryable(error: &sqlx::Error) -> bool {
+pub(crate) fn is_retryable(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .and_then(|e| e.code())
@@ -262,7 +278,7 @@ fn is_retryable(error: &sqlx::Error) -> bool {
 }
 
 /// A position's stored state from a row with the `positions` columns.
-fn state_from_row<R: sqlx::Row>(row: &R) -> Result<PositionState, sqlx::Error>
+pub(crate) fn state_from_row<R: sqlx::Row>(row: &R) -> Result<PositionState, sqlx::Error>
 where
     for<'r> &'r str: sqlx::ColumnIndex<R>,
     for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
@@ -404,7 +420,7 @@ macro_rules! ledger_backend {
                     qb.push(
                         ") SELECT p.location_id, p.sku, p.count_at, p.count_event_id, p.count_qty, \
                          p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
-                         p.reserved, p.last_event_at FROM k JOIN positions p \
+                         CAST(0 AS BIGINT) AS reserved, p.last_event_at FROM k JOIN positions p \
                          ON p.sku = k.s AND p.location_id = k.l ORDER BY p.sku, p.location_id",
                     );
                     qb.push($for_update);
@@ -850,6 +866,22 @@ macro_rules! ledger_backend {
                 Ok(summary)
             }
 
+            /// Validates and applies `inputs` inside an open transaction:
+            /// reservation fulfilment journals its sales in the transaction
+            /// that closes the reservation.
+            pub(crate) async fn apply_inputs(
+                tx: &mut Tx<'_>,
+                cache: &crate::storage::cache::MasterCache,
+                inputs: &[EventInput],
+                ctx: &IngestContext,
+                now: i64,
+            ) -> Result<Vec<EventResult>, sqlx::Error> {
+                let mut results = vec![None; inputs.len()];
+                let candidates = prepare(inputs, ctx, now, &mut results);
+                apply(tx, cache, &candidates, &mut results, now).await?;
+                Ok(finish_results(results, inputs))
+            }
+
             /// Takes up to `limit` parked events whose master data now
             /// exists out of the parking table, as ingest candidates.
             pub(super) async fn take_ready_parked(
@@ -972,7 +1004,8 @@ macro_rules! ledger_backend {
                 let mut rebuilt = rebuilder.finish();
                 let live_rows = sqlx::query(concat!(
                     "SELECT location_id, sku, count_at, count_event_id, count_qty, delta_after, \
-                     unsellable_raw, inbound_shipped, inbound_received, reserved, last_event_at \
+                     unsellable_raw, inbound_shipped, inbound_received, \
+                     CAST(0 AS BIGINT) AS reserved, last_event_at \
                      FROM positions p ORDER BY location_id, sku",
                     $for_update
                 ))
@@ -1047,7 +1080,7 @@ macro_rules! on_ledger {
 }
 
 /// Attempts of a PostgreSQL transaction that hit a deadlock.
-const PG_ATTEMPTS: usize = 5;
+pub(crate) const PG_ATTEMPTS: usize = 5;
 
 impl Store {
     /// Ingests one batch in one transaction; the result has one entry per
@@ -1057,7 +1090,7 @@ impl Store {
         inputs: &[EventInput],
         ctx: &IngestContext,
     ) -> Result<(Vec<EventResult>, BatchSummary), sqlx::Error> {
-        let now = now_micros();
+        let now = self.now();
         let mut results: Vec<Option<EventResult>> = vec![None; inputs.len()];
         let candidates = prepare(inputs, ctx, now, &mut results);
         let summary = match self.db() {
@@ -1106,18 +1139,7 @@ impl Store {
                 }
             }
         };
-        let results = results
-            .into_iter()
-            .zip(inputs)
-            .map(|(result, input)| {
-                result.unwrap_or_else(|| EventResult {
-                    event_id: input.event_id.clone(),
-                    status: EventStatus::Rejected,
-                    reason: Some("not processed".into()),
-                })
-            })
-            .collect();
-        Ok((results, summary))
+        Ok((finish_results(results, inputs), summary))
     }
 
     /// Applies parked events whose master data has arrived, in batches of up
@@ -1125,7 +1147,7 @@ impl Store {
     pub async fn replay_parked(&self) -> Result<usize, sqlx::Error> {
         let mut applied = 0;
         loop {
-            let now = now_micros();
+            let now = self.now();
             let summary = on_ledger!(self.db(), |tx, ledger| {
                 let candidates = ledger::take_ready_parked(&mut tx, 500, now).await?;
                 if candidates.is_empty() {
@@ -1150,7 +1172,7 @@ impl Store {
     /// live ones; with `write`, replaces those that differ. Writers wait
     /// while it runs.
     pub async fn rebuild(&self, write: bool) -> Result<RebuildReport, sqlx::Error> {
-        let now = now_micros();
+        let now = self.now();
         match self.db() {
             Db::Sqlite { writer, .. } => {
                 let mut tx = writer.begin_write().await?;
@@ -1194,11 +1216,19 @@ impl Store {
         if skus.is_empty() || locations.is_some_and(<[String]>::is_empty) {
             return Ok(Vec::new());
         }
+        let now = self.now();
         crate::on_reader!(self.db(), |pool| {
+            // `reserved`: the holds still active now (see `reservations`).
             let mut qb = sqlx::QueryBuilder::new(
                 "SELECT p.location_id, p.sku, p.count_at, p.count_event_id, p.count_qty, \
                  p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
-                 p.reserved, p.last_event_at, p.updated_at, p.safety_stock AS position_safety, \
+                 (SELECT CAST(COALESCE(SUM(h.quantity), 0) AS BIGINT) FROM reservation_holds h \
+                 WHERE h.sku = p.sku AND h.location_id = p.location_id AND h.expires_at > ",
+            );
+            qb.push_bind(now);
+            qb.push(
+                ") AS reserved, p.last_event_at, p.updated_at, \
+                 p.safety_stock AS position_safety, \
                  pr.safety_stock AS product_safety, l.safety_stock_default \
                  FROM positions p JOIN products pr ON pr.sku = p.sku \
                  JOIN locations l ON l.location_id = p.location_id WHERE p.sku IN (",
@@ -1262,7 +1292,7 @@ impl Store {
         sku: &str,
         safety_stock: Option<i64>,
     ) -> Result<(), sqlx::Error> {
-        let now = now_micros();
+        let now = self.now();
         crate::on_writer!(self.db(), |pool| {
             let mut tx = pool.begin_write().await?;
             sqlx::query(

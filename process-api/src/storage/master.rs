@@ -7,7 +7,7 @@ use retail_shared::model::{
 use rust_decimal::Decimal;
 use sqlx::Row;
 
-use super::{BeginWrite, Store, micros_to_rfc3339, now_micros};
+use super::{BeginWrite, Store, micros_to_rfc3339};
 use crate::{on_reader, on_writer};
 
 /// Who changed master data, for the change journal.
@@ -87,7 +87,7 @@ impl Store {
         locations: &[LocationInput],
         ctx: &ChangeContext,
     ) -> Result<u64, sqlx::Error> {
-        let now = now_micros();
+        let now = self.now();
         self.master_cache().clear();
         on_writer!(self.db(), |pool| {
             let mut tx = pool.begin_write().await?;
@@ -133,7 +133,7 @@ impl Store {
         products: &[ProductInput],
         ctx: &ChangeContext,
     ) -> Result<u64, sqlx::Error> {
-        let now = now_micros();
+        let now = self.now();
         self.master_cache().clear();
         on_writer!(self.db(), |pool| {
             let mut tx = pool.begin_write().await?;

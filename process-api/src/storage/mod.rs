@@ -18,6 +18,7 @@ pub mod cache;
 pub mod idempotency;
 pub mod ledger;
 pub mod master;
+pub mod reservations;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -104,11 +105,55 @@ impl BeginWrite for PgPool {
     }
 }
 
+/// The store's time source: the system clock, or a manual one that tests
+/// set and advance (reservation expiry is checked without sleeping).
+#[derive(Debug, Clone, Default)]
+pub enum Clock {
+    /// Wall-clock time.
+    #[default]
+    System,
+    /// Unix microseconds held in a shared cell.
+    Manual(std::sync::Arc<std::sync::atomic::AtomicI64>),
+}
+
+impl Clock {
+    /// A manual clock starting at `micros`.
+    pub fn manual(micros: i64) -> Self {
+        Self::Manual(std::sync::Arc::new(std::sync::atomic::AtomicI64::new(
+            micros,
+        )))
+    }
+
+    /// Now, as unix microseconds.
+    pub fn now(&self) -> i64 {
+        match self {
+            Self::System => now_micros(),
+            Self::Manual(cell) => cell.load(std::sync::atomic::Ordering::SeqCst),
+        }
+    }
+
+    /// Sets a manual clock (no effect on the system clock).
+    pub fn set(&self, micros: i64) {
+        if let Self::Manual(cell) = self {
+            cell.store(micros, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Moves a manual clock forward.
+    pub fn advance(&self, by: Duration) {
+        if let Self::Manual(cell) = self {
+            let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
+            cell.fetch_add(micros, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// The storage interface of process-api.
 #[derive(Debug, Clone)]
 pub struct Store {
     db: Db,
     master: std::sync::Arc<cache::MasterCache>,
+    clock: Clock,
 }
 
 impl Store {
@@ -183,7 +228,25 @@ impl Store {
         Ok(Self {
             db,
             master: std::sync::Arc::default(),
+            clock: Clock::System,
         })
+    }
+
+    /// The same store reading time from `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Now by the store's clock, as unix microseconds.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// The backend.

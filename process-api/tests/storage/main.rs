@@ -6,3 +6,4 @@ mod idempotency;
 mod ledger_props;
 mod master;
 mod replicas;
+mod reservations;

@@ -1,0 +1,711 @@
+//! Reservations: holds on available units, all lines or none.
+//!
+//! A reservation's units live in `reservation_holds` (one row per line)
+//! while it is active. A position's `reserved` is not stored: reads sum the
+//! holds whose `expires_at` is still ahead, so a reservation stops counting
+//! at its expiry exactly, whether or not the sweeper has run yet; the
+//! sweeper only records the `expired` status and drops the rows.
+//!
+//! **The oversell guard.** Creating a reservation locks the positions of
+//! its lines (`SELECT … FOR UPDATE` in primary-key order on PostgreSQL; the
+//! single `BEGIN IMMEDIATE` writer on SQLite), then reads on-hand, safety
+//! stock and the active holds, and inserts its holds only if every line
+//! fits. Two replicas reserving the same position therefore serialise on
+//! its row, and the second reads the first's committed holds (READ
+//! COMMITTED takes a fresh snapshot per statement, after the lock is
+//! granted). Event ingest locks the same rows in the same order, so a sale
+//! and a reservation never both spend the last unit.
+//!
+//! Fulfilment journals one `sale` per line (event ids
+//! `reservation:{id}:{line}`) through the ledger's own apply path, in the
+//! transaction that drops the holds, so the units are never counted twice
+//! or not at all, and the sales reach the ERP outbox.
+//!
+//! Lock order: positions, then a new reservation row (create); a
+//! reservation row, then positions (fulfil). Neither waits on a row the
+//! other holds first, so they do not deadlock.
+//!
+//! The per-client cap on active reservations is checked in the creating
+//! transaction: exact on SQLite (one writer); on PostgreSQL two replicas
+//! racing on one client's last slot can both pass (a soft cap: it bounds
+//! hoarding without serialising every reservation of a busy web shop on
+//! one row).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+pub use retail_shared::model::{Reservation, ReservationLine, ReservationStatus};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::ledger::{EventResult, EventStatus, IngestContext, PG_ATTEMPTS, is_retryable};
+use super::{BeginWrite, Db, Store, micros_to_rfc3339};
+use crate::inventory::event::EventInput;
+use crate::inventory::position::{PositionState, resolve_safety_stock};
+use crate::inventory::rebuild::Key;
+
+/// A validated request to reserve.
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    /// The end user or channel client behind the token (for the cap).
+    pub client_id: String,
+    /// Sales channel.
+    pub channel: String,
+    /// Order or cart reference.
+    pub order_ref: String,
+    /// Lines, each (sku, location) at most once.
+    pub lines: Vec<ReservationLine>,
+    /// Lifetime in seconds.
+    pub ttl_seconds: u64,
+    /// Cap on the client's active reservations.
+    pub max_active_per_client: i64,
+    /// Request id, kept with the reservation.
+    pub request_id: String,
+}
+
+/// A line that could not be held.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ShortLine {
+    /// Index of the line in the request.
+    pub line: usize,
+    /// SKU.
+    pub sku: String,
+    /// Location.
+    pub location_id: String,
+    /// Units asked for.
+    pub requested: i64,
+    /// Units available when it was checked.
+    pub available: i64,
+}
+
+/// Why a reservation was not created.
+#[derive(Debug, Clone)]
+pub enum ReserveRefusal {
+    /// At least one line does not fit; nothing was held.
+    InsufficientStock(Vec<ShortLine>),
+    /// Lines name a sku or location the registry does not know: (line, what).
+    Unknown(Vec<(usize, &'static str, String)>),
+    /// The client already holds the maximum of active reservations.
+    TooManyActive(i64),
+}
+
+/// Why a release or fulfilment was refused.
+#[derive(Debug, Clone)]
+pub enum CloseRefusal {
+    /// No such reservation.
+    NotFound,
+    /// It is no longer active (released, fulfilled or expired).
+    NotActive(ReservationStatus),
+    /// A journalled sale was not applied (its master data vanished).
+    SaleNotApplied(String),
+}
+
+/// A stored reservation row.
+#[derive(Debug, Clone)]
+struct Row {
+    reservation_id: String,
+    client_id: String,
+    channel: String,
+    order_ref: String,
+    status: ReservationStatus,
+    lines: Vec<ReservationLine>,
+    created_at: i64,
+    expires_at: i64,
+    closed_at: Option<i64>,
+}
+
+impl Row {
+    fn from_sql<R: sqlx::Row>(row: &R) -> Result<Self, sqlx::Error>
+    where
+        for<'r> &'r str: sqlx::ColumnIndex<R>,
+        for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    {
+        let lines: String = row.try_get("lines")?;
+        Ok(Self {
+            reservation_id: row.try_get("reservation_id")?,
+            client_id: row.try_get("client_id")?,
+            channel: row.try_get("channel")?,
+            order_ref: row.try_get("order_ref")?,
+            status: ReservationStatus::parse(&row.try_get::<String, _>("status")?),
+            lines: serde_json::from_str(&lines).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            created_at: row.try_get("created_at")?,
+            expires_at: row.try_get("expires_at")?,
+            closed_at: row.try_get("closed_at")?,
+        })
+    }
+
+    /// The status as of `now`.
+    fn status_at(&self, now: i64) -> ReservationStatus {
+        if self.status == ReservationStatus::Active && self.expires_at <= now {
+            ReservationStatus::Expired
+        } else {
+            self.status
+        }
+    }
+
+    fn view(self, now: i64) -> Reservation {
+        Reservation {
+            status: self.status_at(now),
+            reservation_id: self.reservation_id,
+            client_id: self.client_id,
+            channel: self.channel,
+            order_ref: self.order_ref,
+            lines: self.lines,
+            created_at: micros_to_rfc3339(self.created_at),
+            expires_at: micros_to_rfc3339(self.expires_at),
+            closed_at: self.closed_at.map(micros_to_rfc3339),
+        }
+    }
+
+    /// The sale events that fulfil it (ids stable, so a retried
+    /// fulfilment is a duplicate, never a second sale).
+    fn sales(&self, now: i64) -> Vec<EventInput> {
+        self.lines
+            .iter()
+            .enumerate()
+            .map(|(index, line)| EventInput {
+                event_id: format!("reservation:{}:{index}", self.reservation_id),
+                r#type: "sale".into(),
+                location_id: line.location_id.clone(),
+                sku: line.sku.clone(),
+                quantity: line.quantity,
+                occurred_at: micros_to_rfc3339(now),
+                source: "reservations".into(),
+                reference: Some(self.order_ref.clone()),
+                reason: Some(format!("reservation {} fulfilled", self.reservation_id)),
+                counterparty_location_id: None,
+                disposition: None,
+            })
+            .collect()
+    }
+}
+
+const COLUMNS: &str = "reservation_id, client_id, channel, order_ref, status, lines, created_at, \
+                       expires_at, closed_at";
+
+/// Reservations closed per sweeper transaction.
+const SWEEP_BATCH: i64 = 500;
+
+macro_rules! reservation_backend {
+    ($module:ident, $db:ty, $lock_positions:literal, $lock_row:literal, $skip_locked:literal, $ledger:ident) => {
+        mod $module {
+            use super::*;
+            use sqlx::{QueryBuilder, Row as _, Transaction};
+
+            type Tx<'c> = Transaction<'c, $db>;
+
+            pub(super) async fn active_count(
+                tx: &mut Tx<'_>,
+                client_id: &str,
+                now: i64,
+                cap: i64,
+            ) -> Result<i64, sqlx::Error> {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM reservations WHERE client_id = $1 \
+                     AND status = 'active' AND expires_at > $2 LIMIT $3) t",
+                )
+                .bind(client_id)
+                .bind(now)
+                .bind(cap)
+                .fetch_one(&mut **tx)
+                .await
+            }
+
+            /// Which of the skus and locations the registry knows.
+            pub(super) async fn known(
+                tx: &mut Tx<'_>,
+                skus: &BTreeSet<&str>,
+                locations: &BTreeSet<&str>,
+            ) -> Result<(HashSet<String>, HashSet<String>), sqlx::Error> {
+                let mut qb = QueryBuilder::<$db>::new("SELECT sku FROM products WHERE sku IN (");
+                let mut list = qb.separated(", ");
+                for sku in skus {
+                    list.push_bind(*sku);
+                }
+                list.push_unseparated(")");
+                let found_skus = qb.build_query_scalar().fetch_all(&mut **tx).await?;
+                let mut qb = QueryBuilder::<$db>::new(
+                    "SELECT location_id FROM locations WHERE location_id IN (",
+                );
+                let mut list = qb.separated(", ");
+                for location in locations {
+                    list.push_bind(*location);
+                }
+                list.push_unseparated(")");
+                let found_locations = qb.build_query_scalar().fetch_all(&mut **tx).await?;
+                Ok((
+                    found_skus.into_iter().collect(),
+                    found_locations.into_iter().collect(),
+                ))
+            }
+
+            /// Locks the positions (key order) and reads their state and
+            /// resolved safety stock. Missing positions hold nothing.
+            pub(super) async fn lock_positions(
+                tx: &mut Tx<'_>,
+                keys: &BTreeSet<Key>,
+            ) -> Result<HashMap<Key, (PositionState, i64)>, sqlx::Error> {
+                let mut keys: Vec<&Key> = keys.iter().collect();
+                keys.sort_by(|a, b| (&a.1, &a.0).cmp(&(&b.1, &b.0)));
+                let mut qb = QueryBuilder::<$db>::new("WITH k (l, s) AS (");
+                qb.push_values(&keys, |mut row, (location, sku)| {
+                    row.push_bind(location.as_str()).push_bind(sku.as_str());
+                });
+                qb.push(
+                    ") SELECT p.location_id, p.sku, p.count_at, p.count_event_id, p.count_qty, \
+                     p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
+                     CAST(0 AS BIGINT) AS reserved, p.last_event_at, \
+                     p.safety_stock AS position_safety, pr.safety_stock AS product_safety, \
+                     l.safety_stock_default FROM k \
+                     JOIN positions p ON p.sku = k.s AND p.location_id = k.l \
+                     JOIN products pr ON pr.sku = p.sku \
+                     JOIN locations l ON l.location_id = p.location_id \
+                     ORDER BY p.sku, p.location_id",
+                );
+                qb.push($lock_positions);
+                let mut found = HashMap::with_capacity(keys.len());
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    let key: Key = (row.try_get("location_id")?, row.try_get("sku")?);
+                    let state = crate::storage::ledger::state_from_row(&row)?;
+                    let safety = resolve_safety_stock(
+                        row.try_get("position_safety")?,
+                        row.try_get("product_safety")?,
+                        row.try_get("safety_stock_default")?,
+                    );
+                    found.insert(key, (state, safety));
+                }
+                Ok(found)
+            }
+
+            /// Units held by reservations still active at `now`.
+            pub(super) async fn held(
+                tx: &mut Tx<'_>,
+                keys: &BTreeSet<Key>,
+                now: i64,
+            ) -> Result<HashMap<Key, i64>, sqlx::Error> {
+                let mut qb = QueryBuilder::<$db>::new("WITH k (l, s) AS (");
+                qb.push_values(keys, |mut row, (location, sku)| {
+                    row.push_bind(location.as_str()).push_bind(sku.as_str());
+                });
+                qb.push(
+                    ") SELECT h.location_id, h.sku, CAST(SUM(h.quantity) AS BIGINT) FROM k \
+                     JOIN reservation_holds h ON h.sku = k.s AND h.location_id = k.l \
+                     WHERE h.expires_at > ",
+                );
+                qb.push_bind(now);
+                qb.push(" GROUP BY h.location_id, h.sku");
+                let mut held = HashMap::new();
+                for row in qb.build().fetch_all(&mut **tx).await? {
+                    held.insert((row.try_get(0)?, row.try_get(1)?), row.try_get(2)?);
+                }
+                Ok(held)
+            }
+
+            pub(super) async fn insert(
+                tx: &mut Tx<'_>,
+                row: &Row,
+                request_id: &str,
+            ) -> Result<(), sqlx::Error> {
+                let lines = serde_json::to_string(&row.lines)
+                    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                sqlx::query(
+                    "INSERT INTO reservations (reservation_id, client_id, channel, order_ref, \
+                     status, lines, created_at, expires_at, request_id) \
+                     VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8)",
+                )
+                .bind(&row.reservation_id)
+                .bind(&row.client_id)
+                .bind(&row.channel)
+                .bind(&row.order_ref)
+                .bind(lines)
+                .bind(row.created_at)
+                .bind(row.expires_at)
+                .bind(request_id)
+                .execute(&mut **tx)
+                .await?;
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO reservation_holds (sku, location_id, reservation_id, quantity, \
+                     expires_at) ",
+                );
+                qb.push_values(&row.lines, |mut values, line| {
+                    values
+                        .push_bind(line.sku.as_str())
+                        .push_bind(line.location_id.as_str())
+                        .push_bind(row.reservation_id.as_str())
+                        .push_bind(line.quantity)
+                        .push_bind(row.expires_at);
+                });
+                qb.build().execute(&mut **tx).await?;
+                changed(tx, &row.lines, row.created_at).await
+            }
+
+            /// Availability-change notifications for the lines' positions.
+            async fn changed(
+                tx: &mut Tx<'_>,
+                lines: &[ReservationLine],
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                let mut qb = QueryBuilder::<$db>::new(
+                    "INSERT INTO outbox_changes (location_id, sku, created_at) ",
+                );
+                qb.push_values(lines, |mut values, line| {
+                    values
+                        .push_bind(line.location_id.as_str())
+                        .push_bind(line.sku.as_str())
+                        .push_bind(now);
+                });
+                qb.build().execute(&mut **tx).await?;
+                Ok(())
+            }
+
+            /// The reservation, locked for the rest of the transaction.
+            pub(super) async fn load(
+                tx: &mut Tx<'_>,
+                reservation_id: &str,
+            ) -> Result<Option<Row>, sqlx::Error> {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM reservations WHERE reservation_id = $1{}",
+                    $lock_row
+                )))
+                .bind(reservation_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                row.as_ref().map(Row::from_sql).transpose()
+            }
+
+            /// Ends an active reservation: status, holds, notifications.
+            pub(super) async fn close(
+                tx: &mut Tx<'_>,
+                row: &mut Row,
+                status: ReservationStatus,
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query(
+                    "UPDATE reservations SET status = $1, closed_at = $2 \
+                     WHERE reservation_id = $3",
+                )
+                .bind(status.as_str())
+                .bind(now)
+                .bind(&row.reservation_id)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM reservation_holds WHERE reservation_id = $1")
+                    .bind(&row.reservation_id)
+                    .execute(&mut **tx)
+                    .await?;
+                changed(tx, &row.lines, now).await?;
+                row.status = status;
+                row.closed_at = Some(now);
+                Ok(())
+            }
+
+            /// Active reservations past their expiry, locked (rows another
+            /// sweeper holds are skipped).
+            pub(super) async fn due(
+                tx: &mut Tx<'_>,
+                now: i64,
+                limit: i64,
+            ) -> Result<Vec<Row>, sqlx::Error> {
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM reservations WHERE status = 'active' \
+                     AND expires_at <= $1 ORDER BY expires_at LIMIT $2{}",
+                    $skip_locked
+                )))
+                .bind(now)
+                .bind(limit)
+                .fetch_all(&mut **tx)
+                .await?;
+                rows.iter().map(Row::from_sql).collect()
+            }
+
+            pub(super) use super::super::ledger::$ledger::apply_inputs;
+        }
+    };
+}
+
+reservation_backend!(sqlite_reservations, sqlx::Sqlite, "", "", "", sqlite_ledger);
+reservation_backend!(
+    postgres_reservations,
+    sqlx::Postgres,
+    " FOR UPDATE OF p",
+    " FOR UPDATE",
+    " FOR UPDATE SKIP LOCKED",
+    postgres_ledger
+);
+
+/// Runs `$body` (evaluating to `(value, commit)`) in a write transaction
+/// `$tx`, with `$backend` naming the backend's module; PostgreSQL deadlocks
+/// and serialisation failures are retried.
+macro_rules! transact {
+    ($store:expr, |$tx:ident, $backend:ident| $body:expr) => {{
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome: Result<_, sqlx::Error> = async {
+                match $store.db() {
+                    Db::Sqlite { writer, .. } => {
+                        let mut $tx = writer.begin_write().await?;
+                        use sqlite_reservations as $backend;
+                        let (value, commit) = $body;
+                        if commit {
+                            $tx.commit().await?;
+                        }
+                        Ok(value)
+                    }
+                    Db::Postgres(pool) => {
+                        let mut $tx = pool.begin_write().await?;
+                        use postgres_reservations as $backend;
+                        let (value, commit) = $body;
+                        if commit {
+                            $tx.commit().await?;
+                        }
+                        Ok(value)
+                    }
+                }
+            }
+            .await;
+            match outcome {
+                Err(error) if attempt < PG_ATTEMPTS && is_retryable(&error) => {
+                    tracing::debug!(attempt, "reservation transaction retried: {error}");
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+impl Store {
+    /// Holds every line or none. `Ok(Err(_))` is a refusal (nothing held).
+    pub async fn reserve(
+        &self,
+        request: &NewReservation,
+    ) -> Result<Result<Reservation, ReserveRefusal>, sqlx::Error> {
+        let now = self.now();
+        let ttl_micros = i64::try_from(request.ttl_seconds)
+            .unwrap_or(i64::MAX / 1_000_000)
+            .saturating_mul(1_000_000);
+        let row = Row {
+            reservation_id: uuid::Uuid::now_v7().to_string(),
+            client_id: request.client_id.clone(),
+            channel: request.channel.clone(),
+            order_ref: request.order_ref.clone(),
+            status: ReservationStatus::Active,
+            lines: request.lines.clone(),
+            created_at: now,
+            expires_at: now.saturating_add(ttl_micros),
+            closed_at: None,
+        };
+        let keys: BTreeSet<Key> = request
+            .lines
+            .iter()
+            .map(|l| (l.location_id.clone(), l.sku.clone()))
+            .collect();
+        let outcome = transact!(self, |tx, backend| {
+            let active = backend::active_count(
+                &mut tx,
+                &request.client_id,
+                now,
+                request.max_active_per_client,
+            )
+            .await?;
+            if active >= request.max_active_per_client {
+                (
+                    Err(ReserveRefusal::TooManyActive(request.max_active_per_client)),
+                    false,
+                )
+            } else {
+                let skus: BTreeSet<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
+                let locations: BTreeSet<&str> = request
+                    .lines
+                    .iter()
+                    .map(|l| l.location_id.as_str())
+                    .collect();
+                let (known_skus, known_locations) =
+                    backend::known(&mut tx, &skus, &locations).await?;
+                let mut unknown = Vec::new();
+                for (index, line) in request.lines.iter().enumerate() {
+                    if !known_skus.contains(&line.sku) {
+                        unknown.push((index, "sku", line.sku.clone()));
+                    }
+                    if !known_locations.contains(&line.location_id) {
+                        unknown.push((index, "location_id", line.location_id.clone()));
+                    }
+                }
+                if !unknown.is_empty() {
+                    (Err(ReserveRefusal::Unknown(unknown)), false)
+                } else {
+                    let positions = backend::lock_positions(&mut tx, &keys).await?;
+                    let held = backend::held(&mut tx, &keys, now).await?;
+                    let short = shortages(&request.lines, &positions, &held);
+                    if short.is_empty() {
+                        backend::insert(&mut tx, &row, &request.request_id).await?;
+                        (Ok(row.clone().view(now)), true)
+                    } else {
+                        (Err(ReserveRefusal::InsufficientStock(short)), false)
+                    }
+                }
+            }
+        })?;
+        Ok(outcome)
+    }
+
+    /// One reservation, with its status as of now.
+    pub async fn reservation(
+        &self,
+        reservation_id: &str,
+    ) -> Result<Option<Reservation>, sqlx::Error> {
+        let now = self.now();
+        let row = crate::on_reader!(self.db(), |pool| {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {COLUMNS} FROM reservations WHERE reservation_id = $1"
+            )))
+            .bind(reservation_id)
+            .fetch_optional(pool)
+            .await?
+            .as_ref()
+            .map(Row::from_sql)
+            .transpose()?
+        });
+        Ok(row.map(|row| row.view(now)))
+    }
+
+    /// Releases an active reservation; releasing a released one again
+    /// answers it unchanged.
+    pub async fn release(
+        &self,
+        reservation_id: &str,
+        owner: &str,
+    ) -> Result<Result<Reservation, CloseRefusal>, sqlx::Error> {
+        self.end_reservation(reservation_id, owner, ReservationStatus::Released, None)
+            .await
+    }
+
+    /// Fulfils an active, unexpired reservation: journals one sale per line
+    /// and drops the holds, in one transaction. Fulfilling a fulfilled one
+    /// again answers it unchanged.
+    pub async fn fulfill(
+        &self,
+        reservation_id: &str,
+        owner: &str,
+        ctx: &IngestContext,
+    ) -> Result<Result<Reservation, CloseRefusal>, sqlx::Error> {
+        self.end_reservation(
+            reservation_id,
+            owner,
+            ReservationStatus::Fulfilled,
+            Some(ctx),
+        )
+        .await
+    }
+
+    async fn end_reservation(
+        &self,
+        reservation_id: &str,
+        owner: &str,
+        target: ReservationStatus,
+        ctx: Option<&IngestContext>,
+    ) -> Result<Result<Reservation, CloseRefusal>, sqlx::Error> {
+        let now = self.now();
+        transact!(self, |tx, backend| {
+            match backend::load(&mut tx, reservation_id).await? {
+                // Another client's reservation does not exist for this one.
+                None => (Err(CloseRefusal::NotFound), false),
+                Some(row) if row.client_id != owner => (Err(CloseRefusal::NotFound), false),
+                Some(row) if row.status == target => (Ok(row.view(now)), false),
+                Some(mut row) => match row.status_at(now) {
+                    ReservationStatus::Active => {
+                        let mut refused = None;
+                        if let Some(ctx) = ctx {
+                            let results = backend::apply_inputs(
+                                &mut tx,
+                                self.master_cache(),
+                                &row.sales(now),
+                                ctx,
+                                now,
+                            )
+                            .await?;
+                            refused = results.into_iter().find(|r| !sale_counts(r));
+                        }
+                        match refused {
+                            Some(result) => (
+                                Err(CloseRefusal::SaleNotApplied(format!(
+                                    "{}: {}",
+                                    result.event_id,
+                                    result.reason.unwrap_or_default()
+                                ))),
+                                false,
+                            ),
+                            None => {
+                                backend::close(&mut tx, &mut row, target, now).await?;
+                                (Ok(row.view(now)), true)
+                            }
+                        }
+                    }
+                    ReservationStatus::Expired if row.status == ReservationStatus::Active => {
+                        // Past its expiry but not yet swept: record it now.
+                        backend::close(&mut tx, &mut row, ReservationStatus::Expired, now).await?;
+                        (
+                            Err(CloseRefusal::NotActive(ReservationStatus::Expired)),
+                            true,
+                        )
+                    }
+                    status => (Err(CloseRefusal::NotActive(status)), false),
+                },
+            }
+        })
+    }
+
+    /// Moves every active reservation past its expiry to `expired`, in
+    /// batches. Returns how many.
+    pub async fn expire_due(&self) -> Result<usize, sqlx::Error> {
+        let mut expired = 0;
+        loop {
+            let now = self.now();
+            let count = transact!(self, |tx, backend| {
+                let mut rows = backend::due(&mut tx, now, SWEEP_BATCH).await?;
+                for row in &mut rows {
+                    backend::close(&mut tx, row, ReservationStatus::Expired, now).await?;
+                }
+                (rows.len(), !rows.is_empty())
+            })?;
+            expired += count;
+            if count < usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX) {
+                return Ok(expired);
+            }
+        }
+    }
+}
+
+/// Whether a fulfilment sale took effect (applied now, or by an earlier
+/// attempt whose transaction committed).
+fn sale_counts(result: &EventResult) -> bool {
+    matches!(result.status, EventStatus::Applied | EventStatus::Duplicate)
+}
+
+/// The lines that do not fit in what is available now.
+fn shortages(
+    lines: &[ReservationLine],
+    positions: &HashMap<Key, (PositionState, i64)>,
+    held: &HashMap<Key, i64>,
+) -> Vec<ShortLine> {
+    lines
+        .iter()
+        .enumerate()
+        .filter_map(|(index, line)| {
+            let key: Key = (line.location_id.clone(), line.sku.clone());
+            let available = positions.get(&key).map_or(0, |(state, safety)| {
+                let mut state = state.clone();
+                state.reserved = held.get(&key).copied().unwrap_or(0);
+                state.view(*safety).available
+            });
+            (line.quantity > available).then(|| ShortLine {
+                line: index,
+                sku: line.sku.clone(),
+                location_id: line.location_id.clone(),
+                requested: line.quantity,
+                available,
+            })
+        })
+        .collect()
+}

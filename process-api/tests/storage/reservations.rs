@@ -1,0 +1,411 @@
+//! Reservations on every backend: all-or-nothing, release, fulfilment
+//! (journalled sale, ERP outbox, exactly once), exact expiry with a
+//! controllable clock, client ownership and caps, and the flash sale: many
+//! concurrent single-unit reservations from two replicas never oversell.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use process_api::inventory::event::EventInput;
+use process_api::storage::ledger::{EventStatus, IngestContext};
+use process_api::storage::master::ChangeContext;
+use process_api::storage::reservations::{
+    CloseRefusal, NewReservation, ReservationLine, ReservationStatus, ReserveRefusal,
+};
+use process_api::storage::{Clock, Store, now_micros};
+use retail_shared::model::{LocationInput, LocationType, ProductInput};
+use rust_decimal::Decimal;
+
+use crate::backends;
+
+fn ctx() -> IngestContext {
+    IngestContext {
+        actor: "tester".into(),
+        request_id: "req".into(),
+        trace_id: "trace".into(),
+    }
+}
+
+async fn seed(store: &Store, locations: &[&str], skus: &[&str], safety_stock: i64) {
+    let change = ChangeContext {
+        actor: "t".into(),
+        request_id: "r".into(),
+    };
+    let locations: Vec<_> = locations
+        .iter()
+        .map(|id| LocationInput {
+            location_id: (*id).into(),
+            name: (*id).into(),
+            r#type: LocationType::Store,
+            latitude: None,
+            longitude: None,
+            capabilities: vec![],
+            safety_stock_default: safety_stock,
+        })
+        .collect();
+    store
+        .upsert_locations(&locations, &change)
+        .await
+        .expect("locations");
+    let products: Vec<_> = skus
+        .iter()
+        .map(|sku| ProductInput {
+            sku: (*sku).into(),
+            name: (*sku).into(),
+            unit_cost: Decimal::new(1250, 2),
+            currency: "USD".into(),
+            gtin: None,
+            safety_stock: None,
+        })
+        .collect();
+    store
+        .upsert_products(&products, &change)
+        .await
+        .expect("products");
+}
+
+async fn receive(store: &Store, id: &str, location: &str, sku: &str, quantity: i64) {
+    let event = EventInput {
+        event_id: id.into(),
+        r#type: "receipt".into(),
+        location_id: location.into(),
+        sku: sku.into(),
+        quantity,
+        occurred_at: "2026-11-20T08:00:00Z".into(),
+        source: "test".into(),
+        reference: None,
+        reason: None,
+        counterparty_location_id: None,
+        disposition: None,
+    };
+    let (results, _) = store.ingest(&[event], &ctx()).await.expect("ingest");
+    assert_eq!(results[0].status, EventStatus::Applied, "{results:?}");
+}
+
+fn request(client: &str, lines: &[(&str, &str, i64)], ttl_seconds: u64) -> NewReservation {
+    NewReservation {
+        client_id: client.into(),
+        channel: "web".into(),
+        order_ref: "cart-1".into(),
+        lines: lines
+            .iter()
+            .map(|(sku, location, quantity)| ReservationLine {
+                sku: (*sku).into(),
+                location_id: (*location).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+        ttl_seconds,
+        max_active_per_client: 1000,
+        request_id: "req".into(),
+    }
+}
+
+/// (on_hand, reserved, available) of a position.
+async fn figures(store: &Store, sku: &str, location: &str) -> (i64, i64, i64) {
+    let positions = store.position_figures(sku).await.expect("positions");
+    let p = &positions[location];
+    (p.on_hand, p.reserved, p.available)
+}
+
+#[tokio::test]
+async fn reserve_release_and_fulfil_on_every_backend() {
+    for t in backends::all().await {
+        let store = &t.store;
+        seed(store, &["L1", "L2"], &["A", "B"], 0).await;
+        receive(store, "r1", "L1", "A", 10).await;
+        receive(store, "r2", "L2", "B", 2).await;
+
+        let first = store
+            .reserve(&request("web", &[("A", "L1", 4)], 600))
+            .await
+            .expect("storage call")
+            .expect("fits");
+        assert_eq!(first.status, ReservationStatus::Active, "{}", t.name);
+        assert_eq!(figures(store, "A", "L1").await, (10, 4, 6), "{}", t.name);
+
+        // All or nothing: the second line is short, so the first is not held.
+        let refused = store
+            .reserve(&request("web", &[("A", "L1", 6), ("B", "L2", 3)], 600))
+            .await
+            .expect("storage call")
+            .expect_err("short");
+        match refused {
+            ReserveRefusal::InsufficientStock(short) => {
+                assert_eq!(short.len(), 1, "{}", t.name);
+                assert_eq!((short[0].line, short[0].available), (1, 2), "{}", t.name);
+            }
+            other => panic!("{}: {other:?}", t.name),
+        }
+        assert_eq!(figures(store, "A", "L1").await, (10, 4, 6), "{}", t.name);
+        assert_eq!(figures(store, "B", "L2").await, (2, 0, 2), "{}", t.name);
+
+        // Unknown master data is named, not reported as a shortage.
+        match store
+            .reserve(&request("web", &[("NOPE", "L1", 1)], 600))
+            .await
+            .expect("storage call")
+        {
+            Err(ReserveRefusal::Unknown(unknown)) => assert_eq!(unknown[0].1, "sku"),
+            other => panic!("{}: {other:?}", t.name),
+        }
+
+        let released = store
+            .release(&first.reservation_id, "web")
+            .await
+            .expect("storage call")
+            .expect("released");
+        assert_eq!(released.status, ReservationStatus::Released);
+        assert_eq!(figures(store, "A", "L1").await, (10, 0, 10), "{}", t.name);
+        // Releasing again answers the same; fulfilling it is refused.
+        assert!(
+            store
+                .release(&first.reservation_id, "web")
+                .await
+                .expect("storage call")
+                .is_ok()
+        );
+        assert!(matches!(
+            store
+                .fulfill(&first.reservation_id, "web", &ctx())
+                .await
+                .expect("storage call"),
+            Err(CloseRefusal::NotActive(ReservationStatus::Released))
+        ));
+
+        let second = store
+            .reserve(&request("web", &[("A", "L1", 3), ("B", "L2", 2)], 600))
+            .await
+            .expect("storage call")
+            .expect("fits");
+        // Another client cannot see or end it.
+        assert!(matches!(
+            store
+                .fulfill(&second.reservation_id, "someone-else", &ctx())
+                .await
+                .expect("storage call"),
+            Err(CloseRefusal::NotFound)
+        ));
+        let fulfilled = store
+            .fulfill(&second.reservation_id, "web", &ctx())
+            .await
+            .expect("storage call")
+            .expect("fulfilled");
+        assert_eq!(fulfilled.status, ReservationStatus::Fulfilled);
+        assert_eq!(figures(store, "A", "L1").await, (7, 0, 7), "{}", t.name);
+        assert_eq!(figures(store, "B", "L2").await, (0, 0, 0), "{}", t.name);
+        // A repeated fulfilment sells nothing more.
+        assert!(
+            store
+                .fulfill(&second.reservation_id, "web", &ctx())
+                .await
+                .expect("storage call")
+                .is_ok()
+        );
+        assert_eq!(figures(store, "A", "L1").await, (7, 0, 7), "{}", t.name);
+
+        // The sales are journalled under stable ids and queued for the ERP.
+        let ids = [
+            format!("reservation:{}:0", second.reservation_id),
+            format!("reservation:{}:1", second.reservation_id),
+        ];
+        let journalled = store.journalled_ids(&ids).await.expect("storage call");
+        assert_eq!(journalled.len(), 2, "{}", t.name);
+        let (postings, _) = store.outbox_lengths().await.expect("storage call");
+        assert_eq!(postings, 4, "{}: 2 receipts + 2 sales", t.name);
+        // Rebuild from the journal agrees with live positions.
+        let report = store.rebuild(false).await.expect("storage call");
+        assert_eq!(report.mismatches, 0, "{}: {report:?}", t.name);
+    }
+}
+
+#[tokio::test]
+async fn a_reservation_stops_counting_at_its_expiry_exactly() {
+    for t in backends::all().await {
+        let clock = Clock::manual(now_micros());
+        let store = t.store.clone().with_clock(clock.clone());
+        seed(&store, &["L1"], &["A"], 1).await;
+        receive(&store, "r1", "L1", "A", 10).await;
+
+        let short = store
+            .reserve(&request("web", &[("A", "L1", 5)], 60))
+            .await
+            .expect("storage call")
+            .expect("fits");
+        let long = store
+            .reserve(&request("web", &[("A", "L1", 2)], 3600))
+            .await
+            .expect("storage call")
+            .expect("fits");
+        // 10 on hand − 1 safety − 7 reserved.
+        assert_eq!(figures(&store, "A", "L1").await, (10, 7, 2), "{}", t.name);
+
+        clock.advance(Duration::from_micros(59_999_999));
+        assert_eq!(figures(&store, "A", "L1").await, (10, 7, 2), "{}", t.name);
+        let view = store
+            .reservation(&short.reservation_id)
+            .await
+            .expect("storage call")
+            .expect("storage call");
+        assert_eq!(view.status, ReservationStatus::Active);
+
+        // At expires_at exactly it no longer counts, before any sweep.
+        clock.advance(Duration::from_micros(1));
+        assert_eq!(figures(&store, "A", "L1").await, (10, 2, 7), "{}", t.name);
+        let view = store
+            .reservation(&short.reservation_id)
+            .await
+            .expect("storage call")
+            .expect("storage call");
+        assert_eq!(view.status, ReservationStatus::Expired, "{}", t.name);
+        // Its units can be reserved by someone else at once.
+        store
+            .reserve(&request("web", &[("A", "L1", 7)], 60))
+            .await
+            .expect("storage call")
+            .expect("the expired units are free");
+        // And it can no longer be fulfilled.
+        assert!(matches!(
+            store
+                .fulfill(&short.reservation_id, "web", &ctx())
+                .await
+                .expect("storage call"),
+            Err(CloseRefusal::NotActive(ReservationStatus::Expired))
+        ));
+        assert_eq!(
+            figures(&store, "A", "L1").await.0,
+            10,
+            "{}: nothing sold",
+            t.name
+        );
+
+        // The sweeper records the rest; the long one is untouched.
+        clock.advance(Duration::from_secs(61));
+        assert_eq!(
+            store.expire_due().await.expect("storage call"),
+            1,
+            "{}",
+            t.name
+        );
+        assert_eq!(
+            store.expire_due().await.expect("storage call"),
+            0,
+            "{}",
+            t.name
+        );
+        let view = store
+            .reservation(&long.reservation_id)
+            .await
+            .expect("storage call")
+            .expect("storage call");
+        assert_eq!(view.status, ReservationStatus::Active, "{}", t.name);
+        assert_eq!(figures(&store, "A", "L1").await, (10, 2, 7), "{}", t.name);
+    }
+}
+
+#[tokio::test]
+async fn the_per_client_cap_bounds_active_reservations() {
+    for t in backends::all().await {
+        let store = &t.store;
+        seed(store, &["L1"], &["A"], 0).await;
+        receive(store, "r1", "L1", "A", 100).await;
+        let mut capped = request("hoarder", &[("A", "L1", 1)], 600);
+        capped.max_active_per_client = 2;
+        let first = store
+            .reserve(&capped)
+            .await
+            .expect("storage call")
+            .expect("first");
+        store
+            .reserve(&capped)
+            .await
+            .expect("storage call")
+            .expect("second");
+        assert!(matches!(
+            store.reserve(&capped).await.expect("storage call"),
+            Err(ReserveRefusal::TooManyActive(2))
+        ));
+        // Other clients are unaffected; a release frees a slot.
+        let mut other = capped.clone();
+        other.client_id = "another".into();
+        store
+            .reserve(&other)
+            .await
+            .expect("storage call")
+            .expect("another client");
+        store
+            .release(&first.reservation_id, "hoarder")
+            .await
+            .expect("storage call")
+            .expect("released");
+        store
+            .reserve(&capped)
+            .await
+            .expect("storage call")
+            .expect("slot freed");
+    }
+}
+
+/// 500 concurrent single-unit reservations for 100 units, spread over two
+/// replicas of one database, while readers watch the position: exactly 100
+/// succeed, the rest are refused as short, and no read ever shows more
+/// reserved than sellable.
+#[tokio::test]
+async fn flash_sale_never_oversells_across_replicas() {
+    for (a, b, _) in backends::replica_pairs().await {
+        let backend = format!("{:?}", a.backend());
+        seed(&a, &["S1"], &["HOT"], 0).await;
+        receive(&a, "stock", "S1", "HOT", 100).await;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for store in [a.clone(), b.clone()] {
+            let stop = stop.clone();
+            readers.push(tokio::spawn(async move {
+                let mut reads = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let positions = store.position_figures("HOT").await.expect("read");
+                    let p = &positions["S1"];
+                    assert!(
+                        p.reserved <= p.on_hand - p.unsellable - p.safety_stock,
+                        "oversold: {p:?}"
+                    );
+                    assert!(p.available >= 0);
+                    reads += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                reads
+            }));
+        }
+
+        let mut tasks = Vec::new();
+        for i in 0..500 {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                store
+                    .reserve(&request(&format!("shopper-{i}"), &[("HOT", "S1", 1)], 600))
+                    .await
+            }));
+        }
+        let (mut won, mut short) = (0, 0);
+        for task in tasks {
+            match task.await.expect("task") {
+                Ok(Ok(_)) => won += 1,
+                Ok(Err(ReserveRefusal::InsufficientStock(_))) => short += 1,
+                other => panic!("{backend}: unexpected {other:?}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.await.expect("reader") > 0);
+        }
+        assert_eq!((won, short), (100, 400), "{backend}");
+        let p = &b.position_figures("HOT").await.expect("storage call")["S1"];
+        assert_eq!(
+            (p.on_hand, p.reserved, p.available),
+            (100, 100, 0),
+            "{backend}"
+        );
+    }
+}
