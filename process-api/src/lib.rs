@@ -44,6 +44,8 @@ pub struct AppState {
     pub issuer: TokenIssuer,
     /// Reservation lifetimes and caps.
     pub reservations: retail_shared::config::ReservationSettings,
+    /// Transfer approval threshold.
+    pub transfers: retail_shared::config::TransferSettings,
 }
 
 #[derive(OpenApi)]
@@ -68,6 +70,8 @@ pub struct AppState {
         (name = "master-data", description = "Locations and products"),
         (name = "inventory", description = "Events, journal, positions"),
         (name = "reservations", description = "Holds on available units, all lines or none"),
+        (name = "transfers", description = "Stock moved between locations"),
+        (name = "returns", description = "Customer returns with a disposition per line"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
 )]
@@ -78,6 +82,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(routes::master::router())
         .merge(routes::inventory::router())
         .merge(routes::reservations::router())
+        .merge(routes::flows::router())
         .merge(routes::ops::router())
 }
 
@@ -176,6 +181,7 @@ impl Application {
             system,
             issuer,
             reservations: settings.reservations.clone(),
+            transfers: settings.transfers.clone(),
         };
         // The audit log lives in the ledger's database.
         let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());

@@ -105,6 +105,10 @@ pub struct Settings {
     pub seed: SeedSettings,
     /// Reservation lifetimes and anti-hoarding caps.
     pub reservations: ReservationSettings,
+    /// Store-to-store and DC transfers.
+    pub transfers: TransferSettings,
+    /// Which nodes count for which sales channel.
+    pub channels: std::collections::BTreeMap<String, ChannelRule>,
     /// Deprecated versions or routes.
     #[serde(default)]
     pub deprecations: Vec<Deprecation>,
@@ -305,6 +309,42 @@ pub struct ReservationSettings {
     pub sweep_interval_ms: u64,
 }
 
+/// Transfers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSettings {
+    /// Transfers whose value at cost is below this amount (a decimal
+    /// string, in the products' currency) are approved automatically;
+    /// others wait for a `transfers:approve` principal.
+    pub auto_approve_below: rust_decimal::Decimal,
+}
+
+/// The nodes whose stock a sales channel may sell: every node of one of
+/// `location_types`, plus nodes of other types that have one of
+/// `capabilities`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelRule {
+    /// `store`, `warehouse`, `online`.
+    #[serde(default)]
+    pub location_types: Vec<String>,
+    /// `ship_from_store`, `click_and_collect`, `returns`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+impl ChannelRule {
+    /// Whether a node of `location_type` with `capabilities` serves the
+    /// channel.
+    pub fn admits(&self, location_type: &str, capabilities: &[&str]) -> bool {
+        self.location_types.iter().any(|t| t == location_type)
+            || self
+                .capabilities
+                .iter()
+                .any(|c| capabilities.contains(&c.as_str()))
+    }
+}
+
 /// system-api.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -496,6 +536,28 @@ impl Settings {
                  max_units_per_order >= max_units_per_line"
                     .into(),
             ));
+        }
+        if self.transfers.auto_approve_below.is_sign_negative() {
+            return Err(ConfigError::Refused(
+                "transfers.auto_approve_below must not be negative".into(),
+            ));
+        }
+        for (name, rule) in &self.channels {
+            let bad_type = rule
+                .location_types
+                .iter()
+                .find(|t| !matches!(t.as_str(), "store" | "warehouse" | "online"));
+            let bad_capability = rule.capabilities.iter().find(|c| {
+                !matches!(
+                    c.as_str(),
+                    "ship_from_store" | "click_and_collect" | "returns"
+                )
+            });
+            if let Some(bad) = bad_type.or(bad_capability) {
+                return Err(ConfigError::Refused(format!(
+                    "channels.{name}: unknown location type or capability `{bad}`"
+                )));
+            }
         }
         if self.auth.issuer.trim().is_empty() {
             return Err(ConfigError::Refused("auth.issuer must not be empty".into()));

@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod master;
 pub mod reservations;
+pub mod transfers;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -74,6 +75,53 @@ macro_rules! on_writer {
             $crate::storage::Db::Postgres($pool) => $body,
         }
     };
+}
+
+/// Runs `$body` (evaluating to `(value, commit)`) in a write transaction
+/// `$tx`, with `$backend` naming the backend's module (`$sqlite` or
+/// `$postgres`); the transaction commits when `commit` is true. PostgreSQL
+/// deadlocks, serialisation failures and unique violations are retried.
+#[macro_export]
+macro_rules! transact {
+    ($store:expr, $sqlite:ident, $postgres:ident, |$tx:ident, $backend:ident| $body:expr) => {{
+        use $crate::storage::BeginWrite as _;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome: Result<_, sqlx::Error> = async {
+                match $store.db() {
+                    $crate::storage::Db::Sqlite { writer, .. } => {
+                        let mut $tx = writer.begin_write().await?;
+                        use $sqlite as $backend;
+                        let (value, commit) = $body;
+                        if commit {
+                            $tx.commit().await?;
+                        }
+                        Ok(value)
+                    }
+                    $crate::storage::Db::Postgres(pool) => {
+                        let mut $tx = pool.begin_write().await?;
+                        use $postgres as $backend;
+                        let (value, commit) = $body;
+                        if commit {
+                            $tx.commit().await?;
+                        }
+                        Ok(value)
+                    }
+                }
+            }
+            .await;
+            match outcome {
+                Err(error)
+                    if attempt < $crate::storage::ledger::PG_ATTEMPTS
+                        && $crate::storage::ledger::is_retryable(&error) =>
+                {
+                    tracing::debug!(attempt, "write transaction retried: {error}");
+                }
+                other => break other,
+            }
+        }
+    }};
 }
 
 /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: the write

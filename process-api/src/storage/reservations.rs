@@ -37,8 +37,8 @@ pub use retail_shared::model::{Reservation, ReservationLine, ReservationStatus};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::ledger::{EventResult, EventStatus, IngestContext, PG_ATTEMPTS, is_retryable};
-use super::{BeginWrite, Db, Store, micros_to_rfc3339};
+use super::ledger::{EventResult, EventStatus, IngestContext};
+use super::{Store, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
 use crate::inventory::position::{PositionState, resolve_safety_stock};
 use crate::inventory::rebuild::Key;
@@ -434,47 +434,6 @@ reservation_backend!(
     postgres_ledger
 );
 
-/// Runs `$body` (evaluating to `(value, commit)`) in a write transaction
-/// `$tx`, with `$backend` naming the backend's module; PostgreSQL deadlocks
-/// and serialisation failures are retried.
-macro_rules! transact {
-    ($store:expr, |$tx:ident, $backend:ident| $body:expr) => {{
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let outcome: Result<_, sqlx::Error> = async {
-                match $store.db() {
-                    Db::Sqlite { writer, .. } => {
-                        let mut $tx = writer.begin_write().await?;
-                        use sqlite_reservations as $backend;
-                        let (value, commit) = $body;
-                        if commit {
-                            $tx.commit().await?;
-                        }
-                        Ok(value)
-                    }
-                    Db::Postgres(pool) => {
-                        let mut $tx = pool.begin_write().await?;
-                        use postgres_reservations as $backend;
-                        let (value, commit) = $body;
-                        if commit {
-                            $tx.commit().await?;
-                        }
-                        Ok(value)
-                    }
-                }
-            }
-            .await;
-            match outcome {
-                Err(error) if attempt < PG_ATTEMPTS && is_retryable(&error) => {
-                    tracing::debug!(attempt, "reservation transaction retried: {error}");
-                }
-                other => break other,
-            }
-        }
-    }};
-}
-
 impl Store {
     /// Holds every line or none. `Ok(Err(_))` is a refusal (nothing held).
     pub async fn reserve(
@@ -501,52 +460,58 @@ impl Store {
             .iter()
             .map(|l| (l.location_id.clone(), l.sku.clone()))
             .collect();
-        let outcome = transact!(self, |tx, backend| {
-            let active = backend::active_count(
-                &mut tx,
-                &request.client_id,
-                now,
-                request.max_active_per_client,
-            )
-            .await?;
-            if active >= request.max_active_per_client {
-                (
-                    Err(ReserveRefusal::TooManyActive(request.max_active_per_client)),
-                    false,
+        let outcome = crate::transact!(
+            self,
+            sqlite_reservations,
+            postgres_reservations,
+            |tx, backend| {
+                let active = backend::active_count(
+                    &mut tx,
+                    &request.client_id,
+                    now,
+                    request.max_active_per_client,
                 )
-            } else {
-                let skus: BTreeSet<&str> = request.lines.iter().map(|l| l.sku.as_str()).collect();
-                let locations: BTreeSet<&str> = request
-                    .lines
-                    .iter()
-                    .map(|l| l.location_id.as_str())
-                    .collect();
-                let (known_skus, known_locations) =
-                    backend::known(&mut tx, &skus, &locations).await?;
-                let mut unknown = Vec::new();
-                for (index, line) in request.lines.iter().enumerate() {
-                    if !known_skus.contains(&line.sku) {
-                        unknown.push((index, "sku", line.sku.clone()));
-                    }
-                    if !known_locations.contains(&line.location_id) {
-                        unknown.push((index, "location_id", line.location_id.clone()));
-                    }
-                }
-                if !unknown.is_empty() {
-                    (Err(ReserveRefusal::Unknown(unknown)), false)
+                .await?;
+                if active >= request.max_active_per_client {
+                    (
+                        Err(ReserveRefusal::TooManyActive(request.max_active_per_client)),
+                        false,
+                    )
                 } else {
-                    let positions = backend::lock_positions(&mut tx, &keys).await?;
-                    let held = backend::held(&mut tx, &keys, now).await?;
-                    let short = shortages(&request.lines, &positions, &held);
-                    if short.is_empty() {
-                        backend::insert(&mut tx, &row, &request.request_id).await?;
-                        (Ok(row.clone().view(now)), true)
+                    let skus: BTreeSet<&str> =
+                        request.lines.iter().map(|l| l.sku.as_str()).collect();
+                    let locations: BTreeSet<&str> = request
+                        .lines
+                        .iter()
+                        .map(|l| l.location_id.as_str())
+                        .collect();
+                    let (known_skus, known_locations) =
+                        backend::known(&mut tx, &skus, &locations).await?;
+                    let mut unknown = Vec::new();
+                    for (index, line) in request.lines.iter().enumerate() {
+                        if !known_skus.contains(&line.sku) {
+                            unknown.push((index, "sku", line.sku.clone()));
+                        }
+                        if !known_locations.contains(&line.location_id) {
+                            unknown.push((index, "location_id", line.location_id.clone()));
+                        }
+                    }
+                    if !unknown.is_empty() {
+                        (Err(ReserveRefusal::Unknown(unknown)), false)
                     } else {
-                        (Err(ReserveRefusal::InsufficientStock(short)), false)
+                        let positions = backend::lock_positions(&mut tx, &keys).await?;
+                        let held = backend::held(&mut tx, &keys, now).await?;
+                        let short = shortages(&request.lines, &positions, &held);
+                        if short.is_empty() {
+                            backend::insert(&mut tx, &row, &request.request_id).await?;
+                            (Ok(row.clone().view(now)), true)
+                        } else {
+                            (Err(ReserveRefusal::InsufficientStock(short)), false)
+                        }
                     }
                 }
             }
-        })?;
+        )?;
         Ok(outcome)
     }
 
@@ -607,53 +572,59 @@ impl Store {
         ctx: Option<&IngestContext>,
     ) -> Result<Result<Reservation, CloseRefusal>, sqlx::Error> {
         let now = self.now();
-        transact!(self, |tx, backend| {
-            match backend::load(&mut tx, reservation_id).await? {
-                // Another client's reservation does not exist for this one.
-                None => (Err(CloseRefusal::NotFound), false),
-                Some(row) if row.client_id != owner => (Err(CloseRefusal::NotFound), false),
-                Some(row) if row.status == target => (Ok(row.view(now)), false),
-                Some(mut row) => match row.status_at(now) {
-                    ReservationStatus::Active => {
-                        let mut refused = None;
-                        if let Some(ctx) = ctx {
-                            let results = backend::apply_inputs(
-                                &mut tx,
-                                self.master_cache(),
-                                &row.sales(now),
-                                ctx,
-                                now,
-                            )
-                            .await?;
-                            refused = results.into_iter().find(|r| !sale_counts(r));
-                        }
-                        match refused {
-                            Some(result) => (
-                                Err(CloseRefusal::SaleNotApplied(format!(
-                                    "{}: {}",
-                                    result.event_id,
-                                    result.reason.unwrap_or_default()
-                                ))),
-                                false,
-                            ),
-                            None => {
-                                backend::close(&mut tx, &mut row, target, now).await?;
-                                (Ok(row.view(now)), true)
+        crate::transact!(
+            self,
+            sqlite_reservations,
+            postgres_reservations,
+            |tx, backend| {
+                match backend::load(&mut tx, reservation_id).await? {
+                    // Another client's reservation does not exist for this one.
+                    None => (Err(CloseRefusal::NotFound), false),
+                    Some(row) if row.client_id != owner => (Err(CloseRefusal::NotFound), false),
+                    Some(row) if row.status == target => (Ok(row.view(now)), false),
+                    Some(mut row) => match row.status_at(now) {
+                        ReservationStatus::Active => {
+                            let mut refused = None;
+                            if let Some(ctx) = ctx {
+                                let results = backend::apply_inputs(
+                                    &mut tx,
+                                    self.master_cache(),
+                                    &row.sales(now),
+                                    ctx,
+                                    now,
+                                )
+                                .await?;
+                                refused = results.into_iter().find(|r| !sale_counts(r));
+                            }
+                            match refused {
+                                Some(result) => (
+                                    Err(CloseRefusal::SaleNotApplied(format!(
+                                        "{}: {}",
+                                        result.event_id,
+                                        result.reason.unwrap_or_default()
+                                    ))),
+                                    false,
+                                ),
+                                None => {
+                                    backend::close(&mut tx, &mut row, target, now).await?;
+                                    (Ok(row.view(now)), true)
+                                }
                             }
                         }
-                    }
-                    ReservationStatus::Expired if row.status == ReservationStatus::Active => {
-                        // Past its expiry but not yet swept: record it now.
-                        backend::close(&mut tx, &mut row, ReservationStatus::Expired, now).await?;
-                        (
-                            Err(CloseRefusal::NotActive(ReservationStatus::Expired)),
-                            true,
-                        )
-                    }
-                    status => (Err(CloseRefusal::NotActive(status)), false),
-                },
+                        ReservationStatus::Expired if row.status == ReservationStatus::Active => {
+                            // Past its expiry but not yet swept: record it now.
+                            backend::close(&mut tx, &mut row, ReservationStatus::Expired, now)
+                                .await?;
+                            (
+                                Err(CloseRefusal::NotActive(ReservationStatus::Expired)),
+                                true,
+                            )
+                        }
+                        status => (Err(CloseRefusal::NotActive(status)), false),
+                    },
+                }
             }
-        })
+        )
     }
 
     /// Moves every active reservation past its expiry to `expired`, in
@@ -662,13 +633,18 @@ impl Store {
         let mut expired = 0;
         loop {
             let now = self.now();
-            let count = transact!(self, |tx, backend| {
-                let mut rows = backend::due(&mut tx, now, SWEEP_BATCH).await?;
-                for row in &mut rows {
-                    backend::close(&mut tx, row, ReservationStatus::Expired, now).await?;
+            let count = crate::transact!(
+                self,
+                sqlite_reservations,
+                postgres_reservations,
+                |tx, backend| {
+                    let mut rows = backend::due(&mut tx, now, SWEEP_BATCH).await?;
+                    for row in &mut rows {
+                        backend::close(&mut tx, row, ReservationStatus::Expired, now).await?;
+                    }
+                    (rows.len(), !rows.is_empty())
                 }
-                (rows.len(), !rows.is_empty())
-            })?;
+            )?;
             expired += count;
             if count < usize::try_from(SWEEP_BATCH).unwrap_or(usize::MAX) {
                 return Ok(expired);

@@ -7,3 +7,4 @@ mod ledger_props;
 mod master;
 mod replicas;
 mod reservations;
+mod transfers;

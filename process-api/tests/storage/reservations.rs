@@ -27,7 +27,7 @@ fn ctx() -> IngestContext {
     }
 }
 
-async fn seed(store: &Store, locations: &[&str], skus: &[&str], safety_stock: i64) {
+pub async fn seed(store: &Store, locations: &[&str], skus: &[&str], safety_stock: i64) {
     let change = ChangeContext {
         actor: "t".into(),
         request_id: "r".into(),
@@ -65,7 +65,7 @@ async fn seed(store: &Store, locations: &[&str], skus: &[&str], safety_stock: i6
         .expect("products");
 }
 
-async fn receive(store: &Store, id: &str, location: &str, sku: &str, quantity: i64) {
+pub async fn receive(store: &Store, id: &str, location: &str, sku: &str, quantity: i64) {
     let event = EventInput {
         event_id: id.into(),
         r#type: "receipt".into(),
@@ -100,6 +100,13 @@ fn request(client: &str, lines: &[(&str, &str, i64)], ttl_seconds: u64) -> NewRe
         max_active_per_client: 1000,
         request_id: "req".into(),
     }
+}
+
+/// (on_hand, in_transit) of a position.
+pub async fn figures_full(store: &Store, sku: &str, location: &str) -> (i64, i64) {
+    let positions = store.position_figures(sku).await.expect("positions");
+    let p = &positions[location];
+    (p.on_hand, p.in_transit)
 }
 
 /// (on_hand, reserved, available) of a position.
