@@ -59,6 +59,7 @@ pub struct AppState {
         (name = "availability", description = "Available to sell"),
         (name = "stores", description = "Store directory"),
         (name = "reservations", description = "Holds on available units for carts and orders"),
+        (name = "promising", description = "Which nodes can serve an order"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
 )]

@@ -162,3 +162,29 @@ impl ProcessClient {
             .await
     }
 }
+
+impl ProcessClient {
+    /// Ranked fulfilment options (and a reservation when asked).
+    pub async fn promise(
+        &self,
+        request: &retail_shared::promise::PromiseRequest,
+        idempotency_key: &str,
+        ctx: CallContext<'_>,
+    ) -> Result<retail_shared::promise::PromiseResponse, ClientError> {
+        if request.reserve {
+            self.inner
+                .post(
+                    "/v1/promise",
+                    request,
+                    &["inventory:read", "reservations:write"],
+                    ctx,
+                    Some(idempotency_key),
+                )
+                .await
+        } else {
+            self.inner
+                .post_read("/v1/promise", request, &["inventory:read"], ctx)
+                .await
+        }
+    }
+}

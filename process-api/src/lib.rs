@@ -71,6 +71,7 @@ pub struct AppState {
         (name = "inventory", description = "Events, journal, positions"),
         (name = "reservations", description = "Holds on available units, all lines or none"),
         (name = "transfers", description = "Stock moved between locations"),
+        (name = "promising", description = "Which nodes can serve an order"),
         (name = "returns", description = "Customer returns with a disposition per line"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
@@ -83,6 +84,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(routes::inventory::router())
         .merge(routes::reservations::router())
         .merge(routes::flows::router())
+        .merge(routes::promise::router())
         .merge(routes::ops::router())
 }
 

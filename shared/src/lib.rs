@@ -27,6 +27,7 @@ pub mod middleware;
 pub mod model;
 pub mod ops;
 pub mod problem;
+pub mod promise;
 pub mod ratelimit;
 pub mod server;
 pub mod telemetry;

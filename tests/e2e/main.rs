@@ -8,5 +8,6 @@ mod governance;
 mod helpers;
 mod inventory;
 mod jwks;
+mod promising;
 mod reservations;
 mod tokens;

@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_reservation))
         .routes(routes!(release_reservation))
         .routes(routes!(fulfill_reservation))
+        .routes(routes!(promise))
 }
 
 /// The key for the call to process-api: the client's (process-api scopes
@@ -192,4 +193,46 @@ async fn end(
         .end_reservation(&id, action, &inner_key(headers), ctx)
         .await?;
     Ok(ApiJson(reservation))
+}
+
+/// Order promising (backed by process-api): ranked ways to serve the
+/// order by `ship` (warehouses and online nodes), `click_and_collect` (a
+/// store offering it; never split) or `ship_from_store` (stores offering
+/// it). A single node with every line ranks before any split, nearest to
+/// the customer first; a split is offered only when no single node can
+/// serve. Partners see only the nodes of their binding. `reserve: true`
+/// (scope `reservations:write`) reserves the best option that still fits,
+/// atomically; 409 `insufficient-stock` when none does.
+#[utoipa::path(post, path = "/v1/promise", tag = "promising",
+    request_body = retail_shared::promise::PromiseRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry with reserve safe (1-255 characters)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ranked options (and the reservation when asked)", body = retail_shared::promise::PromiseResponse),
+        (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope availability:read missing, or reservations:write with reserve", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient-stock`: reserve asked and no option fits", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request or unknown sku", body = ProblemBody, content_type = "application/problem+json")))]
+async fn promise(
+    State(state): State<AppState>,
+    auth: Authorized<scope::AvailabilityRead>,
+    correlation: Correlation,
+    headers: HeaderMap,
+    ApiJson(request): ApiJson<retail_shared::promise::PromiseRequest>,
+) -> Result<ApiJson<retail_shared::promise::PromiseResponse>> {
+    request.check(&state.reservations)?;
+    if request.reserve {
+        auth.require_scope("reservations:write")?;
+    }
+    let ctx = CallContext {
+        principal: Some(&auth),
+        correlation: &correlation,
+    };
+    Ok(ApiJson(
+        state
+            .process
+            .promise(&request, &inner_key(&headers), ctx)
+            .await?,
+    ))
 }

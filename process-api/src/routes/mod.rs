@@ -4,6 +4,7 @@ pub mod flows;
 pub mod inventory;
 pub mod master;
 pub mod ops;
+pub mod promise;
 pub mod reservations;
 
 use retail_shared::problem::Problem;

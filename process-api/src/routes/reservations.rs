@@ -40,12 +40,17 @@ pub fn insufficient_stock(short: &[crate::storage::reservations::ShortLine]) -> 
         })
         .collect::<Vec<_>>()
         .join("; ");
+    let detail = if short.is_empty() {
+        "nothing was reserved: no node offering this has every line".to_owned()
+    } else {
+        format!("nothing was reserved: {detail}")
+    };
     Problem::new(
         StatusCode::CONFLICT,
         "insufficient-stock",
         "Insufficient stock",
     )
-    .with_detail(format!("nothing was reserved: {detail}"))
+    .with_detail(detail)
     .with_extension("short_lines", short)
 }
 

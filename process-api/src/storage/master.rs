@@ -311,3 +311,19 @@ where
         updated_at: micros_to_rfc3339(row.try_get("updated_at")?),
     })
 }
+
+impl Store {
+    /// Every location (paged through in id order).
+    pub async fn all_locations(&self) -> Result<Vec<Location>, sqlx::Error> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.locations(after.as_deref(), 1000).await?;
+            all.extend(page.items);
+            match page.next_cursor {
+                Some(cursor) => after = Some(cursor),
+                None => return Ok(all),
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! Order promising (`POST /v1/promise`): ranked ways to serve an order
+//! from the nodes that offer the fulfilment method, with an optional
+//! atomic reservation of the best one that still fits. The ranking rules
+//! are in [`retail_shared::promise`].
+
+use std::collections::HashMap;
+
+use axum::extract::State;
+use retail_shared::auth::{Authorized, scope};
+use retail_shared::correlation::Correlation;
+use retail_shared::problem::{ApiJson, FieldError, Problem, ProblemBody};
+use retail_shared::promise::{
+    Node, PromiseRequest, PromiseResponse, distance_km, rank,
+};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::Result;
+use crate::routes::reservations::insufficient_stock;
+use crate::storage::reservations::{NewReservation, ReservationLine, ReserveRefusal};
+
+/// Default number of options.
+const DEFAULT_OPTIONS: usize = 5;
+
+/// Routes of this area.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(promise))
+}
+
+/// Ranks the ways to serve an order: nodes offering the method (`ship`:
+/// warehouses and online nodes; `click_and_collect` and `ship_from_store`:
+/// stores with that capability) that are in the token's binding, a single
+/// node with every line before any split, nearest first; a split (never for
+/// click-and-collect) only when no single node can serve. With `reserve:
+/// true` (scope `reservations:write`), the best option that still fits is
+/// reserved in the same request; 409 `insufficient-stock` when none does.
+#[utoipa::path(post, path = "/v1/promise", tag = "promising",
+    request_body = PromiseRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ranked options (and the reservation when asked)", body = PromiseResponse),
+        (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope inventory:read missing, or reservations:write with reserve", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient-stock`: reserve asked and no option fits", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid request or unknown sku", body = ProblemBody, content_type = "application/problem+json")))]
+async fn promise(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryRead>,
+    correlation: Correlation,
+    ApiJson(request): ApiJson<PromiseRequest>,
+) -> Result<ApiJson<PromiseResponse>> {
+    request.check(&state.reservations)?;
+    if request.reserve {
+        auth.require_scope("reservations:write")?;
+    }
+    let skus: Vec<String> = request.lines.iter().map(|l| l.sku.clone()).collect();
+    let known = state.store.known_skus(&skus).await?;
+    let unknown: Vec<FieldError> = request
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| !known.contains(&l.sku))
+        .map(|(index, l)| FieldError {
+            pointer: format!("/lines/{index}/sku"),
+            detail: format!("unknown sku `{}`", l.sku),
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Problem::validation(unknown).into());
+    }
+    let customer = (request.customer.latitude, request.customer.longitude);
+    let nodes: Vec<Node> = state
+        .store
+        .all_locations()
+        .await?
+        .into_iter()
+        .filter(|l| auth.can_access(&l.location_id))
+        .filter(|l| {
+            let capabilities: Vec<&str> = l.capabilities.iter().map(|c| c.as_str()).collect();
+            request.method.admits(l.r#type.as_str(), &capabilities)
+        })
+        .map(|l| Node {
+            distance_km: l
+                .latitude
+                .zip(l.longitude)
+                .map(|at| (distance_km(customer, at) * 10.0).round() / 10.0),
+            location_id: l.location_id,
+        })
+        .collect();
+    let ids: Vec<String> = nodes.iter().map(|n| n.location_id.clone()).collect();
+    let available: HashMap<(String, String), i64> = state
+        .store
+        .positions_of(&skus, Some(&ids))
+        .await?
+        .into_iter()
+        .map(|p| ((p.location_id, p.sku), p.figures.available))
+        .collect();
+    let lines: Vec<(String, i64)> = request
+        .lines
+        .iter()
+        .map(|l| (l.sku.clone(), l.quantity))
+        .collect();
+    let options = rank(
+        &lines,
+        &nodes,
+        &available,
+        request.method.may_split(),
+        request.max_options.unwrap_or(DEFAULT_OPTIONS),
+    );
+    metrics::counter!("promises_total", "method" => format!("{:?}", request.method), "served" => if options.is_empty() { "no" } else { "yes" }).increment(1);
+    if !request.reserve {
+        return Ok(ApiJson(PromiseResponse {
+            options,
+            reservation: None,
+        }));
+    }
+    // Reserve the best option that still fits (stock may have moved since
+    // the read): each attempt is all-or-nothing.
+    let mut last_short = Vec::new();
+    for option in &options {
+        let new = NewReservation {
+            client_id: auth.actor().to_owned(),
+            channel: request.channel.clone().unwrap_or_default(),
+            order_ref: request.order_ref.clone().unwrap_or_default(),
+            lines: option
+                .nodes
+                .iter()
+                .flat_map(|node| {
+                    node.lines.iter().map(|a| ReservationLine {
+                        sku: a.sku.clone(),
+                        location_id: node.location_id.clone(),
+                        quantity: a.quantity,
+                    })
+                })
+                .collect(),
+            ttl_seconds: request
+                .ttl_seconds
+                .unwrap_or(state.reservations.default_ttl_seconds),
+            max_active_per_client: state.reservations.max_active_per_client,
+            request_id: correlation.request_id.clone(),
+        };
+        match state.store.reserve(&new).await? {
+            Ok(reservation) => {
+                metrics::counter!("reservations_total", "result" => "reserved").increment(1);
+                return Ok(ApiJson(PromiseResponse {
+                    options: options.clone(),
+                    reservation: Some(reservation),
+                }));
+            }
+            Err(ReserveRefusal::InsufficientStock(short)) => last_short = short,
+            Err(ReserveRefusal::TooManyActive(cap)) => {
+                return Err(Problem::conflict(
+                    "active-reservation-limit",
+                    format!("this client already holds {cap} active reservations"),
+                )
+                .into());
+            }
+            Err(ReserveRefusal::Unknown(_)) => {}
+        }
+    }
+    metrics::counter!("reservations_total", "result" => "insufficient_stock").increment(1);
+    Err(insufficient_stock(&last_short).into())
+}
