@@ -90,9 +90,11 @@ impl ProcessClient {
         &self,
         skus: &[String],
         locations: Option<&[String]>,
+        channel: Option<&str>,
         ctx: CallContext<'_>,
     ) -> Result<Vec<SkuAvailability>, ClientError> {
-        let body = serde_json::json!({ "skus": skus, "location_ids": locations });
+        let body =
+            serde_json::json!({ "skus": skus, "location_ids": locations, "channel": channel });
         let response: AvailabilityResponse = self
             .inner
             .post_read(
@@ -186,5 +188,39 @@ impl ProcessClient {
                 .post_read("/v1/promise", request, &["inventory:read"], ctx)
                 .await
         }
+    }
+}
+
+/// A page of one location's positions, as process-api answers it.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, utoipa::ToSchema)]
+pub struct PositionsPage {
+    /// Positions in sku order (the pinned position fields).
+    #[schema(value_type = Vec<Object>)]
+    pub positions: Vec<serde_json::Value>,
+    /// Cursor of the next page.
+    pub next_cursor: Option<String>,
+}
+
+impl ProcessClient {
+    /// A page of one location's positions.
+    pub async fn positions_at(
+        &self,
+        location_id: &str,
+        after: Option<&str>,
+        limit: u32,
+        ctx: CallContext<'_>,
+    ) -> Result<PositionsPage, ClientError> {
+        let mut query = vec![("limit", limit.to_string())];
+        if let Some(after) = after {
+            query.push(("after", after.to_owned()));
+        }
+        self.inner
+            .get(
+                &format!("/v1/inventory/locations/{location_id}/positions"),
+                &query,
+                &["inventory:read"],
+                ctx,
+            )
+            .await
     }
 }

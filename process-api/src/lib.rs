@@ -46,6 +46,8 @@ pub struct AppState {
     pub reservations: retail_shared::config::ReservationSettings,
     /// Transfer approval threshold.
     pub transfers: retail_shared::config::TransferSettings,
+    /// Which nodes each sales channel may sell from.
+    pub channels: std::collections::BTreeMap<String, retail_shared::config::ChannelRule>,
 }
 
 #[derive(OpenApi)]
@@ -184,6 +186,7 @@ impl Application {
             issuer,
             reservations: settings.reservations.clone(),
             transfers: settings.transfers.clone(),
+            channels: settings.channels.clone(),
         };
         // The audit log lives in the ledger's database.
         let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());

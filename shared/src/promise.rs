@@ -180,7 +180,10 @@ impl PromiseRequest {
         if let Some(max) = self.max_options
             && !(1..=MAX_OPTIONS).contains(&max)
         {
-            v.error("max_options", format!("must be between 1 and {MAX_OPTIONS}"));
+            v.error(
+                "max_options",
+                format!("must be between 1 and {MAX_OPTIONS}"),
+            );
         }
         if self.reserve {
             match &self.channel {
@@ -188,14 +191,18 @@ impl PromiseRequest {
                 None => v.error("channel", "is required with reserve: true"),
             }
             match &self.order_ref {
-                Some(r) if !r.is_empty() && r.chars().count() <= crate::model::MAX_REFERENCE_LEN => {}
+                Some(r)
+                    if !r.is_empty() && r.chars().count() <= crate::model::MAX_REFERENCE_LEN => {}
                 Some(_) => v.error("order_ref", "must be 1 to 128 characters"),
                 None => v.error("order_ref", "is required with reserve: true"),
             }
             if let Some(ttl) = self.ttl_seconds
                 && !(1..=limits.max_ttl_seconds).contains(&ttl)
             {
-                v.error("ttl_seconds", format!("must be between 1 and {}", limits.max_ttl_seconds));
+                v.error(
+                    "ttl_seconds",
+                    format!("must be between 1 and {}", limits.max_ttl_seconds),
+                );
             }
         }
         v.finish()
@@ -362,7 +369,13 @@ mod tests {
             ("N2", "B", 1),
             ("N3", "B", 5),
         ]);
-        let options = rank(&[("A".into(), 3), ("B".into(), 2)], &nodes, &available, true, 5);
+        let options = rank(
+            &[("A".into(), 3), ("B".into(), 2)],
+            &nodes,
+            &available,
+            true,
+            5,
+        );
         assert_eq!(options.len(), 1);
         let ids: Vec<&str> = options[0]
             .nodes
@@ -373,7 +386,16 @@ mod tests {
         assert!(options[0].split);
         // Not enough anywhere, or no splitting allowed: nothing.
         assert!(rank(&[("A".into(), 9)], &nodes, &available, true, 5).is_empty());
-        assert!(rank(&[("A".into(), 3), ("B".into(), 2)], &nodes, &available, false, 5).is_empty());
+        assert!(
+            rank(
+                &[("A".into(), 3), ("B".into(), 2)],
+                &nodes,
+                &available,
+                false,
+                5
+            )
+            .is_empty()
+        );
     }
 
     #[test]

@@ -11,3 +11,4 @@ mod jwks;
 mod promising;
 mod reservations;
 mod tokens;
+mod views;

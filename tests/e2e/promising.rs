@@ -83,15 +83,27 @@ async fn click_and_collect_picks_the_nearest_capable_store_with_stock() {
     let token = app.token(Layer::Experience, "availability:read reservations:write");
     let ask = json!({ "lines": [{ "sku": A, "quantity": 2 }], "method": "click_and_collect",
                       "customer": { "latitude": 52.0, "longitude": 4.0 } });
-    let body: Value = promise(&app, &token, ask.clone()).await.json().await.expect("json");
+    let body: Value = promise(&app, &token, ask.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
     let options = body["options"].as_array().expect("options");
     assert_eq!(options.len(), 1, "{body}");
     assert_eq!(nodes_of(&options[0]), ["C2"]);
-    assert!(options[0]["nodes"][0]["distance_km"].as_f64().is_some_and(|d| d > 10.0));
+    assert!(
+        options[0]["nodes"][0]["distance_km"]
+            .as_f64()
+            .is_some_and(|d| d > 10.0)
+    );
 
     // With stock, the nearer capable store ranks first.
     stock(&app, "c1-more", "C1", A, 2).await;
-    let body: Value = promise(&app, &token, ask.clone()).await.json().await.expect("json");
+    let body: Value = promise(&app, &token, ask.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
     let ranked: Vec<Vec<String>> = body["options"]
         .as_array()
         .expect("options")
@@ -105,11 +117,19 @@ async fn click_and_collect_picks_the_nearest_capable_store_with_stock() {
     reserve["reserve"] = json!(true);
     reserve["channel"] = json!("web");
     reserve["order_ref"] = json!("cart-cc");
-    let body: Value = promise(&app, &token, reserve.clone()).await.json().await.expect("json");
+    let body: Value = promise(&app, &token, reserve.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(body["reservation"]["status"], "active", "{body}");
     assert_eq!(body["reservation"]["lines"][0]["location_id"], "C1");
     // C1 now has 1 free; the next promise goes to C2.
-    let body: Value = promise(&app, &token, ask.clone()).await.json().await.expect("json");
+    let body: Value = promise(&app, &token, ask.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(nodes_of(&body["options"][0]), ["C2"]);
 
     // Click-and-collect is never split; nothing fits → no options, and
@@ -117,7 +137,11 @@ async fn click_and_collect_picks_the_nearest_capable_store_with_stock() {
     let mut big = reserve.clone();
     big["lines"][0]["quantity"] = json!(7);
     let refused = problem(promise(&app, &token, big.clone()).await, 409).await;
-    assert!(refused["type"].as_str().is_some_and(|t| t.ends_with("insufficient-stock")));
+    assert!(
+        refused["type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("insufficient-stock"))
+    );
     big["reserve"] = json!(false);
     let body: Value = promise(&app, &token, big).await.json().await.expect("json");
     assert_eq!(body["options"], json!([]));
@@ -144,13 +168,23 @@ async fn shipping_splits_only_when_no_single_node_can_serve() {
     let token = app.token(Layer::Experience, "availability:read");
     let ask = json!({ "lines": [{ "sku": A, "quantity": 3 }, { "sku": B, "quantity": 2 }],
                       "method": "ship", "customer": { "latitude": 52.0, "longitude": 4.0 } });
-    let body: Value = promise(&app, &token, ask.clone()).await.json().await.expect("json");
+    let body: Value = promise(&app, &token, ask.clone())
+        .await
+        .json()
+        .await
+        .expect("json");
     let options = body["options"].as_array().expect("options");
     assert_eq!(options.len(), 1, "{body}");
     assert_eq!(options[0]["split"], true);
     assert_eq!(nodes_of(&options[0]), ["W1", "W2"]);
-    assert_eq!(options[0]["nodes"][0]["lines"], json!([{ "sku": A, "quantity": 3 }]));
-    assert_eq!(options[0]["nodes"][1]["lines"], json!([{ "sku": B, "quantity": 2 }]));
+    assert_eq!(
+        options[0]["nodes"][0]["lines"],
+        json!([{ "sku": A, "quantity": 3 }])
+    );
+    assert_eq!(
+        options[0]["nodes"][1]["lines"],
+        json!([{ "sku": B, "quantity": 2 }])
+    );
 
     // Once one node has everything, no split is offered.
     stock(&app, "w2a-more", "W2", A, 2).await;

@@ -58,6 +58,9 @@ impl From<SkuAvailability> for Availability {
 pub struct LocationsFilter {
     /// Comma-separated location ids (at most 200), e.g. `S001,S002`.
     pub locations: Option<String>,
+    /// Only nodes that sell to this channel (`web`, `mobile`, `store`,
+    /// `partner`: configuration `[channels]`).
+    pub channel: Option<String>,
 }
 
 fn parse_locations(raw: Option<&str>) -> Result<Option<Vec<String>>, Problem> {
@@ -111,7 +114,12 @@ async fn availability_of_sku(
     };
     let item = state
         .process
-        .availability(std::slice::from_ref(&sku), locations.as_deref(), ctx)
+        .availability(
+            std::slice::from_ref(&sku),
+            locations.as_deref(),
+            filter.channel.as_deref(),
+            ctx,
+        )
         .await?
         .into_iter()
         .next()
@@ -131,6 +139,10 @@ pub struct AvailabilityQuery {
     #[serde(default)]
     #[schema(max_items = 200)]
     pub locations: Option<Vec<String>>,
+    /// Only nodes that sell to this channel (`web`, `mobile`, `store`,
+    /// `partner`: configuration `[channels]`).
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 impl Validate for AvailabilityQuery {
@@ -197,7 +209,12 @@ async fn query_availability(
     };
     let items = state
         .process
-        .availability(&query.skus, query.locations.as_deref(), ctx)
+        .availability(
+            &query.skus,
+            query.locations.as_deref(),
+            query.channel.as_deref(),
+            ctx,
+        )
         .await?
         .into_iter()
         .map(|item| BatchItem {

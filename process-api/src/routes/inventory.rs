@@ -25,6 +25,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_events))
         .routes(routes!(get_positions))
+        .routes(routes!(get_location_positions))
         .routes(routes!(post_availability))
         .routes(routes!(get_journal))
         .routes(routes!(put_safety_stock))
@@ -176,6 +177,50 @@ async fn get_positions(
         .filter(|p| auth.can_access(&p.location_id))
         .collect();
     Ok(ApiJson(PositionsResponse { positions }))
+}
+
+/// A page of one location's positions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LocationPositionsPage {
+    /// Positions in sku order.
+    pub positions: Vec<PositionRecord>,
+    /// Cursor of the next page (`after`), absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// One location's positions, in sku order, keyset-paged (the store
+/// associate's "my store" view).
+#[utoipa::path(get, path = "/v1/inventory/locations/{location_id}/positions", tag = "inventory",
+    params(("location_id" = String, Path, description = "Location id"), PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Positions", body = LocationPositionsPage),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope inventory:read missing, or the location outside the binding", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "Unknown location", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Bad page size", body = ProblemBody, content_type = "application/problem+json")))]
+async fn get_location_positions(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryRead>,
+    retail_shared::problem::ApiPath(location_id): retail_shared::problem::ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> Result<ApiJson<LocationPositionsPage>> {
+    auth.require_location(&location_id)?;
+    let limit = page.limit()?;
+    if state.store.location(&location_id).await?.is_none() {
+        return Err(Problem::not_found(format!("no location `{location_id}`")).into());
+    }
+    let positions = state
+        .store
+        .positions_at(&location_id, page.after.as_deref(), limit)
+        .await?;
+    let next_cursor = (positions.len() == limit as usize)
+        .then(|| positions.last().map(|p| p.sku.clone()))
+        .flatten();
+    Ok(ApiJson(LocationPositionsPage {
+        positions,
+        next_cursor,
+    }))
 }
 
 /// Query of `GET /v1/inventory/journal`.
@@ -426,6 +471,10 @@ pub struct AvailabilityQuery {
     #[serde(default)]
     #[schema(max_items = 1000)]
     pub location_ids: Option<Vec<String>>,
+    /// Only the nodes that may sell to this channel (configuration
+    /// `[channels.NAME]`: location types and capabilities), e.g. `web`.
+    #[serde(default)]
+    pub channel: Option<String>,
 }
 
 impl Validate for AvailabilityQuery {
@@ -476,6 +525,43 @@ pub struct AvailabilityResponse {
     pub items: Vec<SkuAvailability>,
 }
 
+/// The nodes a channel may sell from (None: no channel named, all).
+async fn channel_nodes(
+    state: &AppState,
+    channel: Option<&str>,
+) -> Result<Option<std::collections::HashSet<String>>> {
+    let Some(channel) = channel else {
+        return Ok(None);
+    };
+    let rule = state.channels.get(channel).ok_or_else(|| {
+        Problem::validation(vec![FieldError {
+            pointer: "/channel".into(),
+            detail: format!(
+                "unknown channel `{channel}` (configured: {})",
+                state
+                    .channels
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }])
+    })?;
+    Ok(Some(
+        state
+            .store
+            .all_locations()
+            .await?
+            .into_iter()
+            .filter(|l| {
+                let capabilities: Vec<&str> = l.capabilities.iter().map(|c| c.as_str()).collect();
+                rule.admits(l.r#type.as_str(), &capabilities)
+            })
+            .map(|l| l.location_id)
+            .collect(),
+    ))
+}
+
 /// Available-to-sell of up to 500 skus in one call (a read: safe to
 /// retry). Locations outside the token's binding are left out.
 #[utoipa::path(post, path = "/v1/inventory/availability", tag = "inventory",
@@ -493,6 +579,7 @@ async fn post_availability(
     for location in query.location_ids.iter().flatten() {
         auth.require_location(location)?;
     }
+    let admitted = channel_nodes(&state, query.channel.as_deref()).await?;
     let known: std::collections::HashSet<String> = state
         .store
         .known_skus(&query.skus)
@@ -506,7 +593,11 @@ async fn post_availability(
     let mut by_sku: std::collections::HashMap<String, Vec<LocationAvailability>> =
         std::collections::HashMap::new();
     for record in records {
-        if auth.can_access(&record.location_id) {
+        if auth.can_access(&record.location_id)
+            && admitted
+                .as_ref()
+                .is_none_or(|nodes| nodes.contains(&record.location_id))
+        {
             by_sku
                 .entry(record.sku)
                 .or_default()

@@ -9,9 +9,7 @@ use axum::extract::State;
 use retail_shared::auth::{Authorized, scope};
 use retail_shared::correlation::Correlation;
 use retail_shared::problem::{ApiJson, FieldError, Problem, ProblemBody};
-use retail_shared::promise::{
-    Node, PromiseRequest, PromiseResponse, distance_km, rank,
-};
+use retail_shared::promise::{Node, PromiseRequest, PromiseResponse, distance_km, rank};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 

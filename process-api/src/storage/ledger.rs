@@ -198,6 +198,21 @@ pub struct RebuildReport {
     pub written: bool,
 }
 
+/// Which positions a read wants.
+enum PositionFilter<'a> {
+    /// Some skus, optionally only at some locations.
+    Skus {
+        skus: &'a [String],
+        locations: Option<&'a [String]>,
+    },
+    /// A page of one location's positions.
+    Location {
+        location_id: &'a str,
+        after: &'a str,
+        limit: u32,
+    },
+}
+
 /// Rows per multi-row insert: keeps every statement under SQLite's 32,766
 /// and PostgreSQL's 65,535 bind parameters.
 const CHUNK: usize = 500;
@@ -1216,6 +1231,30 @@ impl Store {
         if skus.is_empty() || locations.is_some_and(<[String]>::is_empty) {
             return Ok(Vec::new());
         }
+        self.query_positions(PositionFilter::Skus { skus, locations })
+            .await
+    }
+
+    /// A page of one location's positions in sku order (skus after
+    /// `after`).
+    pub async fn positions_at(
+        &self,
+        location_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PositionRecord>, sqlx::Error> {
+        self.query_positions(PositionFilter::Location {
+            location_id,
+            after: after.unwrap_or(""),
+            limit,
+        })
+        .await
+    }
+
+    async fn query_positions(
+        &self,
+        filter: PositionFilter<'_>,
+    ) -> Result<Vec<PositionRecord>, sqlx::Error> {
         let now = self.now();
         crate::on_reader!(self.db(), |pool| {
             // `reserved`: the holds still active now (see `reservations`).
@@ -1231,22 +1270,39 @@ impl Store {
                  p.safety_stock AS position_safety, \
                  pr.safety_stock AS product_safety, l.safety_stock_default \
                  FROM positions p JOIN products pr ON pr.sku = p.sku \
-                 JOIN locations l ON l.location_id = p.location_id WHERE p.sku IN (",
+                 JOIN locations l ON l.location_id = p.location_id WHERE ",
             );
-            let mut list = qb.separated(", ");
-            for sku in skus {
-                list.push_bind(sku.as_str());
-            }
-            list.push_unseparated(")");
-            if let Some(locations) = locations {
-                qb.push(" AND p.location_id IN (");
-                let mut list = qb.separated(", ");
-                for location in locations {
-                    list.push_bind(location.as_str());
+            match &filter {
+                PositionFilter::Skus { skus, locations } => {
+                    qb.push("p.sku IN (");
+                    let mut list = qb.separated(", ");
+                    for sku in *skus {
+                        list.push_bind(sku.as_str());
+                    }
+                    list.push_unseparated(")");
+                    if let Some(locations) = locations {
+                        qb.push(" AND p.location_id IN (");
+                        let mut list = qb.separated(", ");
+                        for location in *locations {
+                            list.push_bind(location.as_str());
+                        }
+                        list.push_unseparated(")");
+                    }
+                    qb.push(" ORDER BY p.sku, p.location_id");
                 }
-                list.push_unseparated(")");
+                PositionFilter::Location {
+                    location_id,
+                    after,
+                    limit,
+                } => {
+                    qb.push("p.location_id = ");
+                    qb.push_bind(*location_id);
+                    qb.push(" AND p.sku > ");
+                    qb.push_bind(*after);
+                    qb.push(" ORDER BY p.sku LIMIT ");
+                    qb.push_bind(i64::from(*limit));
+                }
             }
-            qb.push(" ORDER BY p.sku, p.location_id");
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {

@@ -72,6 +72,15 @@ async fn a_transfer_moves_stock_once_on_every_backend() {
             .expect("received");
         assert_eq!(received.exceptions[0].difference, 1, "{}", t.name);
         assert_eq!(figures_full(store, "X", "B").await, (7, 0), "{}", t.name);
+        // Queued for the ERP once each: the receipt, the shipment (retried
+        // once above) and the receipt at B.
+        let (postings, _) = store.outbox_lengths().await.expect("outbox");
+        assert_eq!(postings, 3, "{}", t.name);
+        let ids = [
+            format!("transfer:{id}:out:0"),
+            format!("transfer:{id}:in:0"),
+        ];
+        assert_eq!(store.journalled_ids(&ids).await.expect("journal").len(), 2);
         let report = store.rebuild(false).await.expect("rebuild");
         assert_eq!(report.mismatches, 0, "{}: {report:?}", t.name);
     }
