@@ -122,6 +122,7 @@ pub struct PageParams {
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope inventory:read missing, or another store", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown store", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed query string", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Bad page size", body = ProblemBody, content_type = "application/problem+json")))]
 async fn store_positions(
     State(state): State<AppState>,
@@ -199,6 +200,7 @@ pub struct NearbyStores {
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope availability:read missing, or another store", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown store or sku", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed query string", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Bad sku or limit", body = ProblemBody, content_type = "application/problem+json")))]
 async fn nearby_stores(
     State(state): State<AppState>,

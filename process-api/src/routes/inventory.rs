@@ -198,6 +198,7 @@ pub struct LocationPositionsPage {
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope inventory:read missing, or the location outside the binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown location", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed query string", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Bad page size", body = ProblemBody, content_type = "application/problem+json")))]
 async fn get_location_positions(
     State(state): State<AppState>,

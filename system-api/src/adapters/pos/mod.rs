@@ -6,6 +6,8 @@
 //! forever, so a re-sent transaction changes nothing and answers the same
 //! event ids as `duplicate`.
 
+pub mod poslog;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
