@@ -41,6 +41,20 @@ impl ProcessClient {
             .await
     }
 
+    /// Every location, paged through in id order.
+    pub async fn all_locations(&self, ctx: CallContext<'_>) -> Result<Vec<Location>, ClientError> {
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.locations(after.as_deref(), ctx).await?;
+            all.extend(page.locations);
+            match page.next_cursor {
+                Some(cursor) => after = Some(cursor),
+                None => return Ok(all),
+            }
+        }
+    }
+
     /// One page of locations.
     pub async fn locations(
         &self,

@@ -63,27 +63,20 @@ async fn list_stores(
         principal: Some(&auth),
         correlation: &correlation,
     };
-    let mut stores = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = state.process.locations(after.as_deref(), ctx).await?;
-        stores.extend(
-            page.locations
-                .into_iter()
-                .filter(|l| l.r#type == LocationType::Store && auth.can_access(&l.location_id))
-                .map(|l| Store {
-                    location_id: l.location_id,
-                    name: l.name,
-                    latitude: l.latitude,
-                    longitude: l.longitude,
-                    capabilities: l.capabilities,
-                }),
-        );
-        match page.next_cursor {
-            Some(cursor) => after = Some(cursor),
-            None => break,
-        }
-    }
+    let stores = state
+        .process
+        .all_locations(ctx)
+        .await?
+        .into_iter()
+        .filter(|l| l.r#type == LocationType::Store && auth.can_access(&l.location_id))
+        .map(|l| Store {
+            location_id: l.location_id,
+            name: l.name,
+            latitude: l.latitude,
+            longitude: l.longitude,
+            capabilities: l.capabilities,
+        })
+        .collect();
     Ok(ApiJson(StoreList { stores }))
 }
 
@@ -222,20 +215,13 @@ async fn nearby_stores(
         principal: Some(&auth),
         correlation: &correlation,
     };
-    let mut stores = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = state.process.locations(after.as_deref(), ctx).await?;
-        stores.extend(
-            page.locations
-                .into_iter()
-                .filter(|l| l.r#type == LocationType::Store),
-        );
-        match page.next_cursor {
-            Some(cursor) => after = Some(cursor),
-            None => break,
-        }
-    }
+    let stores: Vec<_> = state
+        .process
+        .all_locations(ctx)
+        .await?
+        .into_iter()
+        .filter(|l| l.r#type == LocationType::Store)
+        .collect();
     let origin = stores
         .iter()
         .find(|s| s.location_id == store_id)

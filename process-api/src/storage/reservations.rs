@@ -630,6 +630,21 @@ impl Store {
     /// Moves every active reservation past its expiry to `expired`, in
     /// batches. Returns how many.
     pub async fn expire_due(&self) -> Result<usize, sqlx::Error> {
+        // Look first (a read): most sweeps find nothing and need not take
+        // the writer.
+        let now = self.now();
+        let due: Option<String> = crate::on_reader!(self.db(), |pool| {
+            sqlx::query_scalar(
+                "SELECT reservation_id FROM reservations WHERE status = 'active' \
+                 AND expires_at <= $1 LIMIT 1",
+            )
+            .bind(now)
+            .fetch_optional(pool)
+            .await?
+        });
+        if due.is_none() {
+            return Ok(0);
+        }
         let mut expired = 0;
         loop {
             let now = self.now();
