@@ -68,6 +68,7 @@ pub struct AppState {
     components(schemas(retail_shared::problem::ProblemBody)),
     tags(
         (name = "pos", description = "Point-of-sale adapter"),
+        (name = "wms", description = "Warehouse management adapter"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
 )]
@@ -76,6 +77,7 @@ struct ApiDoc;
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(retail_shared::ops::with_governance_notes(ApiDoc::openapi()))
         .merge(routes::pos::router())
+        .merge(routes::wms::router())
         .merge(routes::ops::router())
 }
 

@@ -13,3 +13,4 @@ mod promising;
 mod reservations;
 mod tokens;
 mod views;
+mod wms;

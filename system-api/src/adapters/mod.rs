@@ -4,3 +4,4 @@
 
 pub mod erp;
 pub mod pos;
+pub mod wms;
