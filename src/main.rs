@@ -6,6 +6,7 @@
 //! - `token`: prints a signed dev JWT.
 //! - `openapi`: writes (or `--check`s) the committed OpenAPI documents.
 //! - `seed`: upserts the demo master data into process-api's database.
+//! - `import pos FILE`: uploads a POS CSV batch to system-api.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,11 @@ enum Command {
         #[command(subcommand)]
         scenario: BenchScenario,
     },
+    /// Import files into the platform.
+    Import {
+        #[command(subcommand)]
+        what: ImportKind,
+    },
     /// Upsert the demo master data (sizes from [seed] unless given).
     Seed {
         /// Number of stores.
@@ -78,6 +84,28 @@ enum Command {
         /// Number of SKUs.
         #[arg(long)]
         skus: Option<u32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImportKind {
+    /// A nightly POS CSV batch (columns store_id, terminal_id,
+    /// transaction_id, occurred_at, sku, quantity, kind), uploaded to
+    /// system-api in pieces of whole transactions with a progress bar.
+    /// Exit code 1 when rows were rejected.
+    Pos {
+        /// The CSV file.
+        file: PathBuf,
+        /// system-api's base URL (default: from the configuration).
+        #[arg(long)]
+        url: Option<String>,
+        /// A token with `pos:write` for system-api (default: a dev token
+        /// minted from the configuration's signing key).
+        #[arg(long, env = "RETAIL_IMPORT_TOKEN")]
+        token: Option<String>,
+        /// Rows per upload.
+        #[arg(long, default_value_t = 5000)]
+        rows_per_upload: usize,
     },
 }
 
@@ -191,6 +219,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }),
+        Command::Import {
+            what:
+                ImportKind::Pos {
+                    file,
+                    url,
+                    token,
+                    rows_per_upload,
+                },
+        } => {
+            let url = url.unwrap_or_else(|| {
+                format!("http://{}:{}", settings.system.host, settings.system.port)
+            });
+            let token = match token {
+                Some(token) => token,
+                None => mint_token(
+                    &settings,
+                    &TokenRequest {
+                        audience: audience::SYSTEM.into(),
+                        subject: "pos-import".into(),
+                        scopes: vec!["pos:write".into()],
+                        locations: None,
+                        on_behalf_of: None,
+                        ttl_seconds: 3600,
+                    },
+                )?,
+            };
+            let clean = runtime()?.block_on(retail_platform::import::import_pos(
+                &file,
+                &url,
+                &token,
+                rows_per_upload,
+            ))?;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Seed { stores, skus } => runtime()?.block_on(async {
             telemetry::init_logging(&settings.telemetry);
             let store = process_api::storage::Store::connect(

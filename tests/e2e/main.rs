@@ -8,6 +8,7 @@ mod governance;
 mod helpers;
 mod inventory;
 mod jwks;
+mod pos_batch;
 mod poslog;
 mod promising;
 mod reservations;

@@ -20,6 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(post_transaction))
         .routes(routes!(post_poslog))
+        .routes(routes!(post_batch))
 }
 
 /// What became of one canonical event.
@@ -115,6 +116,46 @@ pub struct PosLogResult {
 /// Events per call to process-api (its batch limit).
 const EVENTS_PER_CALL: usize = 1000;
 
+/// Hands canonical events to process-api in calls of up to 1000, each with
+/// an idempotency key digested from this request's id and the events' ids:
+/// this client's retries of a call are safe, while a document sent again
+/// (a new request) is answered afresh, its events as `duplicate`. One
+/// result per event, in order.
+async fn send_events(
+    state: &AppState,
+    ctx: CallContext<'_>,
+    events: &[serde_json::Value],
+) -> Result<Vec<ProducedEvent>> {
+    use sha2::Digest as _;
+    let mut produced = Vec::with_capacity(events.len());
+    for chunk in events.chunks(EVENTS_PER_CALL) {
+        let mut digest = sha2::Sha256::new();
+        digest.update(ctx.correlation.request_id.as_bytes());
+        digest.update(b"\n");
+        for event in chunk {
+            digest.update(event["event_id"].as_str().unwrap_or_default().as_bytes());
+            digest.update(b"\n");
+        }
+        let key: String = digest
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let answer: IngestAnswer = state
+            .process
+            .post(
+                "/v1/inventory/events",
+                &serde_json::json!({ "events": chunk }),
+                &["inventory:write"],
+                ctx,
+                Some(&format!("events:{key}")),
+            )
+            .await?;
+        produced.extend(answer.results);
+    }
+    Ok(produced)
+}
+
 /// Accepts an ARTS POSLog XML document (`application/xml` or `text/xml`):
 /// every `RetailTransaction` with sale and return line items becomes
 /// canonical events, exactly as the JSON basket would (same event ids
@@ -208,33 +249,7 @@ async fn post_poslog(
         principal: Some(&auth),
         correlation: &correlation,
     };
-    let mut produced: Vec<ProducedEvent> = Vec::with_capacity(events.len());
-    for chunk in events.chunks(EVENTS_PER_CALL) {
-        // Derived event ids make a repeat harmless; the key (a digest of
-        // them) lets the call be retried.
-        use sha2::Digest as _;
-        let mut digest = sha2::Sha256::new();
-        for event in chunk {
-            digest.update(event["event_id"].as_str().unwrap_or_default().as_bytes());
-            digest.update(b"\n");
-        }
-        let key: String = digest
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let answer: IngestAnswer = state
-            .process
-            .post(
-                "/v1/inventory/events",
-                &serde_json::json!({ "events": chunk }),
-                &["inventory:write"],
-                ctx,
-                Some(&format!("poslog:{key}")),
-            )
-            .await?;
-        produced.extend(answer.results);
-    }
+    let produced = send_events(&state, ctx, &events).await?;
     let mut produced = produced.into_iter();
     let transactions = log
         .transactions
@@ -252,4 +267,230 @@ async fn post_poslog(
         skipped_transactions: log.skipped_transactions,
         skipped_lines: log.skipped_lines,
     }))
+}
+
+/// Largest CSV batch accepted.
+pub const MAX_CSV_BYTES: u64 = 256 * 1024 * 1024;
+/// Most failed rows listed in the answer (all are counted).
+const MAX_LISTED_FAILURES: usize = 1000;
+
+/// A row that did not apply.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RowFailure {
+    /// Row number in the file (the header is row 1).
+    pub row: u64,
+    /// `rejected` (invalid row or event), `parked` (unknown sku or store:
+    /// kept and applied when the master data arrives) or `forbidden`
+    /// (store outside the token's binding).
+    pub status: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Answer of `POST /v1/pos/batches`.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct BatchResult {
+    /// Data rows read.
+    pub rows: u64,
+    /// Rows applied now.
+    pub applied: u64,
+    /// Rows applied by an earlier upload (nothing changed).
+    pub duplicate: u64,
+    /// Rows parked until their master data arrives.
+    pub parked: u64,
+    /// Rows refused (invalid, or outside the token's binding).
+    pub rejected: u64,
+    /// The rows that did not apply, with why (at most 1000 listed).
+    pub failures: Vec<RowFailure>,
+    /// Whether more failures happened than are listed.
+    pub failures_truncated: bool,
+}
+
+impl BatchResult {
+    fn fail(&mut self, row: u64, status: &str, reason: String) {
+        if self.failures.len() < MAX_LISTED_FAILURES {
+            self.failures.push(RowFailure {
+                row,
+                status: status.into(),
+                reason,
+            });
+        } else {
+            self.failures_truncated = true;
+        }
+    }
+
+    /// Sends the pending rows' events and books their outcomes.
+    async fn flush(
+        &mut self,
+        state: &AppState,
+        ctx: CallContext<'_>,
+        pending: &mut Vec<(u64, serde_json::Value)>,
+    ) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let events: Vec<serde_json::Value> = pending.iter().map(|(_, e)| e.clone()).collect();
+        let produced = send_events(state, ctx, &events).await?;
+        for ((row, _), result) in pending.drain(..).zip(produced) {
+            match result.status.as_str() {
+                "applied" => self.applied += 1,
+                "duplicate" => self.duplicate += 1,
+                "parked" => {
+                    self.parked += 1;
+                    self.fail(row, "parked", result.reason.unwrap_or_default());
+                }
+                _ => {
+                    self.rejected += 1;
+                    self.fail(row, "rejected", result.reason.unwrap_or_default());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The nightly POS batch as CSV (`text/csv`), read as a stream and sent to
+/// process-api in batches of 1000 rows. A header row names the columns
+/// `store_id, terminal_id, transaction_id, occurred_at, sku, quantity,
+/// kind` (any order; other columns ignored); each further row is one
+/// basket line. The answer counts the rows applied, already applied,
+/// parked and refused, and lists the failed rows with why. Event ids derive
+/// from the file's content (`pos:<store>:<terminal>:<transaction>:<n>`, n
+/// counting that transaction's rows in file order), so uploading the same
+/// file again changes nothing. Do not send an `Idempotency-Key` with a
+/// large file (the key buffers the body within the 4 MiB request limit);
+/// the file is at most 256 MiB. A missing column is a 422 before anything
+/// is sent. For very large files, the CLI `retail-platform import pos FILE`
+/// uploads in pieces with a progress bar.
+#[utoipa::path(post, path = "/v1/pos/batches", tag = "pos",
+    request_body(content = String, content_type = "text/csv", description = "Header row, then one row per basket line"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Per-row outcome", body = BatchResult),
+        (status = 400, description = "The upload broke off", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope pos:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Over 256 MiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not text/csv", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "No header row, or a column missing from it", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "process-api did not answer; re-uploading is safe", body = ProblemBody, content_type = "application/problem+json")))]
+async fn post_batch(
+    State(state): State<AppState>,
+    auth: Authorized<scope::PosWrite>,
+    correlation: Correlation,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<ApiJson<BatchResult>> {
+    use futures::StreamExt as _;
+    use retail_shared::problem::Problem;
+
+    use crate::adapters::pos::csv::{BatchReader, RecordSplitter};
+    let header = |name: axum::http::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_ascii_lowercase()
+    };
+    if !header(axum::http::header::CONTENT_TYPE).starts_with("text/csv") {
+        return Err(Problem::new(
+            axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .with_detail("send the batch as text/csv")
+        .into());
+    }
+    let too_large = || {
+        Problem::from_status(axum::http::StatusCode::PAYLOAD_TOO_LARGE).with_detail(format!(
+            "a batch is at most {MAX_CSV_BYTES} bytes; split the file"
+        ))
+    };
+    if header(axum::http::header::CONTENT_LENGTH)
+        .parse::<u64>()
+        .is_ok_and(|length| length > MAX_CSV_BYTES)
+    {
+        return Err(too_large().into());
+    }
+    let ctx = CallContext {
+        principal: Some(&auth),
+        correlation: &correlation,
+    };
+    let mut splitter = RecordSplitter::default();
+    let mut reader = BatchReader::default();
+    let mut result = BatchResult::default();
+    let mut pending: Vec<(u64, serde_json::Value)> = Vec::new();
+    let mut row: u64 = 0;
+    let mut received: u64 = 0;
+    let mut stream = body.into_data_stream();
+    let mut finished = false;
+    while !finished {
+        let mut records = Vec::new();
+        match stream.next().await {
+            Some(Ok(chunk)) => {
+                received += chunk.len() as u64;
+                if received > MAX_CSV_BYTES {
+                    return Err(too_large().into());
+                }
+                splitter.feed(&chunk, |r| records.push(r));
+            }
+            Some(Err(error)) => {
+                return Err(Problem::bad_request(format!(
+                    "the upload broke off after {received} bytes ({error}); rows before it may \
+                     have been applied, and uploading the whole file again is safe"
+                ))
+                .into());
+            }
+            None => {
+                splitter.feed(&[], |r| records.push(r));
+                finished = true;
+            }
+        }
+        for fields in records {
+            row += 1;
+            if !reader.has_header() {
+                reader.header(&fields).map_err(|reason| {
+                    Problem::validation(vec![retail_shared::problem::FieldError {
+                        pointer: "/header".into(),
+                        detail: reason,
+                    }])
+                })?;
+                continue;
+            }
+            if fields.iter().all(|f| f.trim().is_empty()) {
+                continue;
+            }
+            result.rows += 1;
+            match reader.row(&fields) {
+                Err(reason) => {
+                    result.rejected += 1;
+                    result.fail(row, "rejected", reason);
+                }
+                Ok((store, _)) if !auth.can_access(&store) => {
+                    result.rejected += 1;
+                    result.fail(
+                        row,
+                        "forbidden",
+                        format!("the token is not bound to store `{store}`"),
+                    );
+                }
+                Ok((_, event)) => pending.push((row, event)),
+            }
+            if pending.len() >= EVENTS_PER_CALL {
+                result.flush(&state, ctx, &mut pending).await?;
+            }
+        }
+    }
+    if !reader.has_header() {
+        return Err(
+            Problem::validation(vec![retail_shared::problem::FieldError {
+                pointer: "/header".into(),
+                detail: "the file is empty: a header row is required".into(),
+            }])
+            .into(),
+        );
+    }
+    result.flush(&state, ctx, &mut pending).await?;
+    metrics::counter!("pos_batch_rows_total").increment(result.rows);
+    Ok(ApiJson(result))
 }

@@ -6,6 +6,7 @@
 //! forever, so a re-sent transaction changes nothing and answers the same
 //! event ids as `duplicate`.
 
+pub mod csv;
 pub mod poslog;
 
 use serde::{Deserialize, Serialize};
