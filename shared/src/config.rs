@@ -171,6 +171,10 @@ pub struct AuthSettings {
 pub struct HttpSettings {
     /// Whole-request deadline in milliseconds.
     pub request_timeout_ms: u64,
+    /// Deadline of the streamed bulk uploads in `upload_paths`.
+    pub upload_timeout_ms: u64,
+    /// Paths (exact) that stream large bodies and get `upload_timeout_ms`.
+    pub upload_paths: Vec<String>,
     /// Largest accepted request body in bytes.
     pub body_limit_bytes: usize,
     /// CORS allowed origins; empty disables CORS.

@@ -17,7 +17,8 @@
 //! 8. [`problem_bodies`]: any error response without a JSON body (404
 //!    fallback, 405, timeout, limits) becomes problem+json.
 //! 9. Catch-panic: a panicking handler answers a generic 500 problem.
-//! 10. Timeout: the request deadline (503 problem when exceeded).
+//! 10. Timeout: the request deadline (503 problem when exceeded); the
+//!     streamed bulk uploads of `[http] upload_paths` get `upload_timeout_ms`.
 //! 11. [`authenticate`]: a valid bearer token becomes the request's
 //!     [`Principal`](crate::auth::Principal) (an invalid one is answered 401
 //!     by the route's extractor).
@@ -46,7 +47,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -56,6 +56,35 @@ use crate::correlation::{Correlation, REQUEST_ID, correlate};
 use crate::problem::Problem;
 use crate::ratelimit::{RateLimits, authenticate, limit};
 use crate::telemetry::{ServiceName, track_metrics};
+
+/// Request deadlines: one for everything, a longer one for the streamed
+/// bulk uploads.
+#[derive(Debug)]
+struct Deadlines {
+    default: Duration,
+    upload: Duration,
+    upload_paths: Vec<String>,
+}
+
+/// Ends a request that outlives its deadline with an empty 503 (made a
+/// problem by `problem_bodies`).
+async fn deadline(
+    axum::extract::State(deadlines): axum::extract::State<Arc<Deadlines>>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let path = request.uri().path();
+    let limit = if deadlines.upload_paths.iter().any(|p| p == path) {
+        deadlines.upload
+    } else {
+        deadlines.default
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
+}
 
 /// Applies the common stack to a service's router.
 pub fn apply(
@@ -97,9 +126,13 @@ pub fn apply(
             crate::audit::audit,
         ))
         .layer(from_fn(authenticate))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Duration::from_millis(http.request_timeout_ms),
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(Deadlines {
+                default: Duration::from_millis(http.request_timeout_ms),
+                upload: Duration::from_millis(http.upload_timeout_ms),
+                upload_paths: http.upload_paths.clone(),
+            }),
+            deadline,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(from_fn(problem_bodies))
