@@ -6,6 +6,7 @@
 //! storage in [`storage`]; nothing outside `routes` knows about axum.
 
 pub mod config;
+pub mod erp;
 pub mod error;
 pub mod inventory;
 pub mod routes;
@@ -48,6 +49,23 @@ pub struct AppState {
     pub transfers: retail_shared::config::TransferSettings,
     /// Which nodes each sales channel may sell from.
     pub channels: std::collections::BTreeMap<String, retail_shared::config::ChannelRule>,
+    /// This replica's link to the ERP (breaker, last call).
+    pub sync: Arc<erp::SyncStatus>,
+    /// Reconciliation settings.
+    pub reconciliation: retail_shared::config::ReconciliationSettings,
+    /// `[process] stale_after_seconds`.
+    pub stale_after_seconds: u64,
+}
+
+impl AppState {
+    /// A reconciler over this state's store and system-api client.
+    pub fn reconciler(&self) -> erp::reconcile::Reconciler {
+        erp::reconcile::Reconciler::new(
+            self.store.clone(),
+            self.system.clone(),
+            self.reconciliation.clone(),
+        )
+    }
 }
 
 #[derive(OpenApi)]
@@ -142,6 +160,13 @@ pub struct Application {
     store: Store,
     audit_writer: tokio::task::JoinHandle<()>,
     sweep_interval: std::time::Duration,
+    background: Background,
+}
+
+/// What the ERP workers need.
+struct Background {
+    state: AppState,
+    posting: retail_shared::config::ErpPostingSettings,
 }
 
 impl Application {
@@ -187,6 +212,13 @@ impl Application {
             reservations: settings.reservations.clone(),
             transfers: settings.transfers.clone(),
             channels: settings.channels.clone(),
+            sync: Arc::new(erp::SyncStatus::default()),
+            reconciliation: settings.reconciliation.clone(),
+            stale_after_seconds: settings.process.stale_after_seconds,
+        };
+        let background = Background {
+            state: state.clone(),
+            posting: settings.erp_posting.clone(),
         };
         // The audit log lives in the ledger's database.
         let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());
@@ -199,6 +231,7 @@ impl Application {
             port,
             store,
             audit_writer,
+            background,
             sweep_interval: std::time::Duration::from_millis(
                 settings.reservations.sweep_interval_ms,
             ),
@@ -237,6 +270,20 @@ impl Application {
             self.sweep_interval,
             stop.subscribe(),
         ));
+        let mut erp_workers = Vec::new();
+        if self.background.posting.enabled {
+            let poster = erp::poster::Poster::new(
+                self.store.clone(),
+                self.background.state.system.clone(),
+                self.background.posting.clone(),
+                self.background.state.sync.clone(),
+            );
+            erp_workers.push(tokio::spawn(poster.run(stop.subscribe())));
+        }
+        erp_workers.push(tokio::spawn(workers::erp_schedules(
+            self.background.state.clone(),
+            stop.subscribe(),
+        )));
         let result = server::serve(self.listener, self.router, signal).await;
         // The router (holding the last `Auditor`) is gone: let the audit
         // writer store what is queued.
@@ -247,6 +294,11 @@ impl Application {
         }
         if let Err(error) = reservations.await {
             tracing::error!(%error, "reservation sweeper ended abnormally");
+        }
+        for worker in erp_workers {
+            if let Err(error) = worker.await {
+                tracing::error!(%error, "ERP worker ended abnormally");
+            }
         }
         self.store.close().await;
         result

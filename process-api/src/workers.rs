@@ -57,3 +57,81 @@ pub async fn reservation_sweeper(
         }
     }
 }
+
+/// The ERP schedules: master data pulled on start and every
+/// `master_sync_interval_seconds`, reconciliation every
+/// `interval_seconds` (a replica skips its turn when another one ran a
+/// reconciliation within the last half interval).
+pub async fn erp_schedules(state: crate::AppState, mut stop: watch::Receiver<bool>) {
+    let master_every = state.reconciliation.master_sync_interval_seconds;
+    let reconcile_every = state.reconciliation.interval_seconds;
+    let now = tokio::time::Instant::now();
+    let mut next_master = Some(now);
+    let mut next_reconcile =
+        (reconcile_every > 0).then(|| now + Duration::from_secs(reconcile_every));
+    loop {
+        let next = [next_master, next_reconcile].into_iter().flatten().min();
+        let Some(next) = next else {
+            let _ = stop.wait_for(|stop| *stop).await;
+            return;
+        };
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            () = tokio::time::sleep_until(next) => {}
+        }
+        let correlation = retail_shared::correlation::Correlation::new_root();
+        let now = tokio::time::Instant::now();
+        if next_master.is_some_and(|at| at <= now) {
+            let ctx = crate::storage::master::ChangeContext {
+                actor: "erp-master-sync".into(),
+                request_id: correlation.request_id.clone(),
+            };
+            match crate::erp::master_sync::pull(&state.store, &state.system, &ctx, &correlation)
+                .await
+            {
+                Ok(report) => {
+                    tracing::info!(?report, "ERP master data pulled");
+                    if report.products_changed > 0 || report.locations_added > 0 {
+                        let _ = state.store.replay_parked().await;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "pulling ERP master data failed"),
+            }
+            next_master = (master_every > 0).then(|| now + Duration::from_secs(master_every));
+        }
+        if next_reconcile.is_some_and(|at| at <= now) {
+            next_reconcile = Some(now + Duration::from_secs(reconcile_every));
+            let half = i64::try_from(reconcile_every).unwrap_or(i64::MAX / 2_000_000) * 500_000;
+            let recent = state
+                .store
+                .reconciliation_runs(1)
+                .await
+                .ok()
+                .and_then(|runs| runs.into_iter().next())
+                .and_then(|run| time::OffsetDateTime::parse(
+                    &run.started_at,
+                    &time::format_description::well_known::Rfc3339,
+                ).ok())
+                .is_some_and(|started| {
+                    let started = i64::try_from(started.unix_timestamp_nanos() / 1000).unwrap_or(0);
+                    state.store.now() - started < half
+                });
+            if recent {
+                continue;
+            }
+            let ctx = crate::storage::ledger::IngestContext {
+                actor: "reconciliation".into(),
+                request_id: correlation.request_id.clone(),
+                trace_id: correlation.trace_id.clone(),
+            };
+            match state.reconciler().run("schedule", &ctx, &correlation).await {
+                Ok(report) => tracing::info!(
+                    mismatches = report.run.mismatches,
+                    compared = report.run.compared,
+                    "reconciliation finished"
+                ),
+                Err(error) => tracing::warn!(%error, "reconciliation failed"),
+            }
+        }
+    }
+}

@@ -37,8 +37,10 @@ pub mod audience {
     pub const ALL: [&str; 3] = [EXPERIENCE, PROCESS, SYSTEM];
 }
 
-/// The pinned scope names (DESIGN.md §4).
-pub const SCOPES: [&str; 12] = [
+/// The scope names: the pinned ones (DESIGN.md §4), then `erp:read` and
+/// `erp:write`, which only process-api's service tokens carry (ERP
+/// balances and master data; ERP postings) when it calls system-api.
+pub const SCOPES: [&str; 14] = [
     "availability:read",
     "reservations:write",
     "inventory:read",
@@ -51,6 +53,8 @@ pub const SCOPES: [&str; 12] = [
     "wms:write",
     "ops:read",
     "ops:write",
+    "erp:read",
+    "erp:write",
 ];
 
 /// The claims this platform reads and writes.
@@ -411,6 +415,8 @@ pub mod scope {
         WmsWrite => "wms:write",
         OpsRead => "ops:read",
         OpsWrite => "ops:write",
+        ErpRead => "erp:read",
+        ErpWrite => "erp:write",
     }
 }
 

@@ -109,6 +109,10 @@ pub struct Settings {
     pub transfers: TransferSettings,
     /// Which nodes count for which sales channel.
     pub channels: std::collections::BTreeMap<String, ChannelRule>,
+    /// Delivery of the ERP outbox (process-api → system-api → ERP).
+    pub erp_posting: ErpPostingSettings,
+    /// ERP balances against platform on_hand.
+    pub reconciliation: ReconciliationSettings,
     /// Deprecated versions or routes.
     #[serde(default)]
     pub deprecations: Vec<Deprecation>,
@@ -288,6 +292,9 @@ pub struct ProcessSettings {
     pub max_connections: u32,
     /// Base URL of system-api.
     pub system_url: String,
+    /// A location with no event for this long is reported `stale` by
+    /// `GET /v1/ops/sync-health`.
+    pub stale_after_seconds: u64,
 }
 
 /// Reservation lifetimes and anti-hoarding caps (OWASP API6: unrestricted
@@ -321,6 +328,53 @@ pub struct TransferSettings {
     /// string, in the products' currency) are approved automatically;
     /// others wait for a `transfers:approve` principal.
     pub auto_approve_below: rust_decimal::Decimal,
+}
+
+/// How process-api delivers its ERP outbox. Postings of one (location,
+/// sku) go strictly in journal order; different keys go in parallel.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErpPostingSettings {
+    /// Run the delivery workers (off: postings wait in the outbox).
+    pub enabled: bool,
+    /// Postings per call to system-api.
+    pub batch_size: u32,
+    /// Calls in flight at once (each carries different keys).
+    pub concurrency: u32,
+    /// Attempts a posting gets when the ERP rejects it transiently, before
+    /// it goes `dead` (an ERP that does not answer at all does not use up
+    /// attempts: the circuit breaker waits for it instead).
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay.
+    pub backoff_max_ms: u64,
+    /// How long a claimed posting stays with its worker before another
+    /// replica may take it over (a crashed worker's claim runs out).
+    pub lease_ms: u64,
+    /// Consecutive failed calls (ERP or system-api not answering) that open
+    /// the circuit breaker.
+    pub breaker_threshold: u32,
+    /// First open period of the breaker; doubles while probes fail.
+    pub breaker_cooldown_ms: u64,
+    /// Longest open period.
+    pub breaker_max_cooldown_ms: u64,
+    /// How often an idle worker looks for due postings.
+    pub poll_interval_ms: u64,
+}
+
+/// Reconciliation of ERP balances against platform on_hand.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationSettings {
+    /// Seconds between scheduled runs; 0 runs only on demand.
+    pub interval_seconds: u64,
+    /// Mismatches worth more than this at cost (decimal string) wait for
+    /// review; smaller ones are corrected at once.
+    pub review_above: rust_decimal::Decimal,
+    /// Seconds between pulls of ERP master data (products, warehouses);
+    /// 0 pulls only on start and on demand.
+    pub master_sync_interval_seconds: u64,
 }
 
 /// The nodes whose stock a sales channel may sell: every node of one of

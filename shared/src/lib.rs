@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod correlation;
 pub mod deprecation;
+pub mod erp;
 pub mod idempotency;
 pub mod middleware;
 pub mod model;

@@ -42,6 +42,8 @@ pub struct AppState {
     pub pool: SqlitePool,
     /// The configured ERP backend.
     pub erp: Arc<dyn Erp>,
+    /// The sandbox's controls, when the sandbox is the backend.
+    pub sandbox: Option<SandboxErp>,
     /// Client of process-api (adapters hand canonical events to it).
     pub process: LayerClient,
     /// Where `Idempotency-Key` records live: Redis when configured (shared
@@ -69,6 +71,7 @@ pub struct AppState {
     tags(
         (name = "pos", description = "Point-of-sale adapter"),
         (name = "wms", description = "Warehouse management adapter"),
+        (name = "erp", description = "ERP adapter (sandbox or Tryton) and the sandbox's controls"),
         (name = "operations", description = "Health, readiness, diagnostics"),
     )
 )]
@@ -78,6 +81,7 @@ fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(retail_shared::ops::with_governance_notes(ApiDoc::openapi()))
         .merge(routes::pos::router())
         .merge(routes::wms::router())
+        .merge(routes::erp::router())
         .merge(routes::ops::router())
 }
 
@@ -193,10 +197,14 @@ impl Application {
         let config = Config::from(&settings);
         let idempotency = idempotency_store(&settings);
         let pool = open_pool(&config.database_url).await?;
-        let erp: Arc<dyn Erp> = match config.erp_backend {
-            ErpBackend::Sandbox => Arc::new(SandboxErp::new(pool.clone())),
-            ErpBackend::Tryton => anyhow::bail!(
-                "erp.backend = \"tryton\" is not available in this build yet; use \"sandbox\""
+        let (erp, sandbox): (Arc<dyn Erp>, _) = match config.erp_backend {
+            ErpBackend::Sandbox => {
+                let sandbox = SandboxErp::new(pool.clone());
+                (Arc::new(sandbox.clone()), Some(sandbox))
+            }
+            ErpBackend::Tryton => (
+                Arc::new(adapters::erp::tryton::TrytonErp::new(&settings.erp.tryton)?),
+                None,
             ),
         };
         let process = LayerClient::new(
@@ -214,6 +222,7 @@ impl Application {
             AppState {
                 pool: pool.clone(),
                 erp,
+                sandbox,
                 process,
                 idempotency,
             },

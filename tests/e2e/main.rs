@@ -2,6 +2,7 @@
 //! each other, driven over HTTP.
 
 mod channels;
+mod erp;
 mod flows;
 mod foundation;
 mod governance;

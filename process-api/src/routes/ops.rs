@@ -1,21 +1,529 @@
 //! Operator diagnostics.
 
 use axum::extract::State;
-use retail_shared::auth::{Authorized, scope};
+use retail_shared::Problem;
+use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::client::CallContext;
 use retail_shared::correlation::Correlation;
 use retail_shared::ops::DependencyReport;
-use retail_shared::problem::{ApiJson, ProblemBody};
+use retail_shared::problem::{ApiJson, ApiPath, ApiQuery, ProblemBody, ValidJson};
+use retail_shared::validate::{Validate, Validator};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::erp::ErpLinkView;
+use crate::erp::master_sync::MasterSyncReport;
+use crate::erp::reconcile::ReconciliationReport;
 use crate::error::Result;
+use crate::storage::ledger::IngestContext;
+use crate::storage::master::ChangeContext;
+use crate::storage::micros_to_rfc3339;
+use crate::storage::postings::{PostingActionRefusal, PostingFilter, PostingView};
+use crate::storage::reconciliation::{
+    ExceptionRefusal, ReconciliationException, ReconciliationRun,
+};
 use crate::{AppState, SERVICE};
 
 /// Routes of this area.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(dependencies))
+    OpenApiRouter::new()
+        .routes(routes!(dependencies))
+        .routes(routes!(sync_health))
+        .routes(routes!(list_postings))
+        .routes(routes!(replay_posting))
+        .routes(routes!(discard_posting))
+        .routes(routes!(run_reconciliation, list_reconciliation_runs))
+        .routes(routes!(list_exceptions))
+        .routes(routes!(approve_exception))
+        .routes(routes!(reject_exception))
+        .routes(routes!(master_sync))
+}
+
+fn ingest_context(principal: &Principal, correlation: &Correlation) -> IngestContext {
+    IngestContext {
+        actor: principal.actor().to_owned(),
+        request_id: correlation.request_id.clone(),
+        trace_id: correlation.trace_id.clone(),
+    }
+}
+
+/// Outbox figures of `GET /v1/ops/sync-health` (pinned names first).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostingHealth {
+    /// Not yet delivered and not claimed (due or backing off).
+    pub pending: i64,
+    /// Claimed by a delivery worker.
+    pub in_flight: i64,
+    /// Gave up after the retry budget or a permanent refusal.
+    pub dead: i64,
+    /// Age of the oldest undelivered posting.
+    pub oldest_pending_age_seconds: f64,
+    /// Pending postings held back by a dead posting of their key.
+    pub blocked_by_dead: i64,
+    /// Delivered.
+    pub posted: i64,
+    /// Discarded by operators.
+    pub discarded: i64,
+}
+
+/// Event figures of `GET /v1/ops/sync-health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EventHealth {
+    /// Parked events (unknown sku or location), waiting for master data.
+    pub parked: i64,
+}
+
+/// One location's freshness.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LocationHealth {
+    /// Location.
+    pub location_id: String,
+    /// Newest event time seen there.
+    pub last_event_at: Option<String>,
+    /// No event for longer than `[process] stale_after_seconds`.
+    pub stale: bool,
+}
+
+/// Reconciliation figures of `GET /v1/ops/sync-health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReconciliationHealth {
+    /// Exceptions waiting for review.
+    pub open_exceptions: i64,
+    /// The latest run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<ReconciliationRun>,
+}
+
+/// The pinned sync health report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SyncHealth {
+    /// ERP outbox.
+    pub postings: PostingHealth,
+    /// Ingest.
+    pub events: EventHealth,
+    /// Per location, oldest activity first.
+    pub locations: Vec<LocationHealth>,
+    /// This replica's link to the ERP.
+    pub erp: ErpLinkView,
+    /// Reconciliation.
+    pub reconciliation: ReconciliationHealth,
+}
+
+/// How inventory is flowing: ERP outbox, parked events, location
+/// freshness, the ERP link and reconciliation.
+#[utoipa::path(get, path = "/v1/ops/sync-health", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Sync health", body = SyncHealth),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn sync_health(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+) -> Result<ApiJson<SyncHealth>> {
+    let now = state.store.now();
+    let counts = state.store.posting_counts().await?;
+    let parked = state.store.parked_count().await?;
+    let last_events = state.store.last_event_per_location().await?;
+    let stale_after = i64::try_from(state.stale_after_seconds)
+        .unwrap_or(i64::MAX / 2_000_000)
+        .saturating_mul(1_000_000);
+    let mut locations: Vec<LocationHealth> = state
+        .store
+        .all_locations()
+        .await?
+        .into_iter()
+        .map(|location| {
+            let last = last_events.get(&location.location_id).copied().flatten();
+            LocationHealth {
+                stale: last.is_none_or(|at| now - at > stale_after),
+                last_event_at: last.map(micros_to_rfc3339),
+                location_id: location.location_id,
+            }
+        })
+        .collect();
+    locations.sort_by(|a, b| {
+        a.last_event_at
+            .cmp(&b.last_event_at)
+            .then_with(|| a.location_id.cmp(&b.location_id))
+    });
+    let last_run = state.store.reconciliation_runs(1).await?.into_iter().next();
+    Ok(ApiJson(SyncHealth {
+        postings: PostingHealth {
+            pending: counts.pending,
+            in_flight: counts.in_flight,
+            dead: counts.dead,
+            oldest_pending_age_seconds: counts.oldest_pending_age_seconds,
+            blocked_by_dead: counts.blocked_by_dead,
+            posted: counts.posted,
+            discarded: counts.discarded,
+        },
+        events: EventHealth { parked },
+        locations,
+        erp: state.sync.view(now),
+        reconciliation: ReconciliationHealth {
+            open_exceptions: state.store.open_exception_count().await?,
+            last_run,
+        },
+    }))
+}
+
+/// Query of `GET /v1/ops/postings`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PostingQuery {
+    /// `pending`, `in_flight`, `posted`, `dead` or `discarded`.
+    pub status: Option<String>,
+    /// Only this location.
+    pub location_id: Option<String>,
+    /// Only this sku.
+    pub sku: Option<String>,
+    /// Postings after this id (the previous page's `next_after`).
+    pub after: Option<i64>,
+    /// Page size, 1 to 1000 (default 100).
+    pub limit: Option<i64>,
+}
+
+/// A page of postings.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostingPage {
+    /// Postings in posting order.
+    pub postings: Vec<PostingView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<i64>,
+}
+
+const POSTING_STATUSES: [&str; 5] = ["pending", "in_flight", "posted", "dead", "discarded"];
+
+/// ERP postings (the outbox), filtered; `status=dead` lists the dead
+/// letters, each with the number of postings waiting behind it.
+#[utoipa::path(get, path = "/v1/ops/postings", tag = "operations",
+    params(PostingQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Postings", body = PostingPage),
+        (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn list_postings(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+    ApiQuery(query): ApiQuery<PostingQuery>,
+) -> Result<ApiJson<PostingPage>> {
+    let mut v = Validator::default();
+    if let Some(status) = &query.status
+        && !POSTING_STATUSES.contains(&status.as_str())
+    {
+        v.error("status", format!("must be one of {}", POSTING_STATUSES.join(", ")));
+    }
+    let limit = query.limit.unwrap_or(100);
+    v.range("limit", limit, 1, 1000);
+    v.range("after", query.after.unwrap_or(0), 0, i64::MAX);
+    v.finish()?;
+    let postings = state
+        .store
+        .list_postings(&PostingFilter {
+            status: query.status,
+            location_id: query.location_id,
+            sku: query.sku,
+            after: query.after.unwrap_or(0),
+            limit,
+        })
+        .await?;
+    let next_after = (postings.len() == usize::try_from(limit).unwrap_or(usize::MAX))
+        .then(|| postings.last().map(|p| p.posting_id))
+        .flatten();
+    Ok(ApiJson(PostingPage {
+        postings,
+        next_after,
+    }))
+}
+
+/// An operator's note.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoteBody {
+    /// Why (1 to 1000 characters).
+    #[schema(min_length = 1, max_length = 1000)]
+    pub note: String,
+}
+
+impl Validate for NoteBody {
+    fn validate(&self, v: &mut Validator) {
+        if self.note.trim().is_empty() {
+            v.error("note", "must not be blank");
+        }
+        v.text("note", &self.note, 1000);
+    }
+}
+
+fn posting_refusal(refusal: PostingActionRefusal, posting_id: i64) -> Problem {
+    match refusal {
+        PostingActionRefusal::NotFound => Problem::not_found(format!("no posting {posting_id}")),
+        PostingActionRefusal::NotDead(status) => Problem::conflict(
+            "posting-not-dead",
+            format!("posting {posting_id} is {status}; only dead postings can be replayed or discarded"),
+        ),
+    }
+}
+
+/// Puts a dead posting back in the queue with a fresh retry budget; the
+/// postings of its key that waited behind it follow in order.
+#[utoipa::path(post, path = "/v1/ops/postings/{posting_id}/replay", tag = "operations",
+    params(("posting_id" = i64, Path, description = "Posting id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Queued again", body = PostingView),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such posting", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`posting-not-dead`", body = ProblemBody, content_type = "application/problem+json")))]
+async fn replay_posting(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    ApiPath(posting_id): ApiPath<i64>,
+) -> Result<ApiJson<PostingView>> {
+    state
+        .store
+        .replay_posting(posting_id, auth.actor(), None)
+        .await?
+        .map_err(|r| posting_refusal(r, posting_id))?;
+    metrics::counter!("erp_dead_letters_resolved_total", "action" => "replay").increment(1);
+    Ok(ApiJson(one_posting(&state, posting_id).await?))
+}
+
+/// Gives up on a dead posting: the ERP never gets it (the next
+/// reconciliation shows the difference) and its key moves on.
+#[utoipa::path(post, path = "/v1/ops/postings/{posting_id}/discard", tag = "operations",
+    params(("posting_id" = i64, Path, description = "Posting id")),
+    request_body = NoteBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Discarded", body = PostingView),
+        (status = 400, description = "Invalid note", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such posting", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`posting-not-dead`", body = ProblemBody, content_type = "application/problem+json")))]
+async fn discard_posting(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    ApiPath(posting_id): ApiPath<i64>,
+    ValidJson(body): ValidJson<NoteBody>,
+) -> Result<ApiJson<PostingView>> {
+    state
+        .store
+        .discard_posting(posting_id, auth.actor(), Some(&body.note))
+        .await?
+        .map_err(|r| posting_refusal(r, posting_id))?;
+    metrics::counter!("erp_dead_letters_resolved_total", "action" => "discard").increment(1);
+    Ok(ApiJson(one_posting(&state, posting_id).await?))
+}
+
+async fn one_posting(state: &AppState, posting_id: i64) -> Result<PostingView> {
+    state
+        .store
+        .list_postings(&PostingFilter {
+            after: posting_id - 1,
+            limit: 1,
+            ..PostingFilter::default()
+        })
+        .await?
+        .into_iter()
+        .find(|p| p.posting_id == posting_id)
+        .ok_or_else(|| Problem::not_found(format!("no posting {posting_id}")).into())
+}
+
+/// Runs a reconciliation now (every location of the registry against the
+/// ERP) and answers what it found. Small differences are corrected at
+/// once; those above `[reconciliation] review_above` wait for review.
+#[utoipa::path(post, path = "/v1/ops/reconciliation/runs", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The run and its exceptions", body = ReconciliationReport),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn run_reconciliation(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    correlation: Correlation,
+) -> Result<ApiJson<ReconciliationReport>> {
+    let report = state
+        .reconciler()
+        .run("on_demand", &ingest_context(&auth, &correlation), &correlation)
+        .await?;
+    Ok(ApiJson(report))
+}
+
+/// Recent runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunList {
+    /// Newest first (at most 50).
+    pub runs: Vec<ReconciliationRun>,
+}
+
+/// The latest reconciliation runs.
+#[utoipa::path(get, path = "/v1/ops/reconciliation/runs", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Runs", body = RunList),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn list_reconciliation_runs(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+) -> Result<ApiJson<RunList>> {
+    Ok(ApiJson(RunList {
+        runs: state.store.reconciliation_runs(50).await?,
+    }))
+}
+
+/// Query of `GET /v1/ops/reconciliation/exceptions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionQuery {
+    /// `open`, `corrected` or `rejected`.
+    pub status: Option<String>,
+}
+
+/// Exceptions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExceptionList {
+    /// Newest first (at most 1000).
+    pub exceptions: Vec<ReconciliationException>,
+}
+
+/// Reconciliation exceptions; `status=open` is the review queue.
+#[utoipa::path(get, path = "/v1/ops/reconciliation/exceptions", tag = "operations",
+    params(ExceptionQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Exceptions", body = ExceptionList),
+        (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn list_exceptions(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+    ApiQuery(query): ApiQuery<ExceptionQuery>,
+) -> Result<ApiJson<ExceptionList>> {
+    if let Some(status) = &query.status
+        && !["open", "corrected", "rejected"].contains(&status.as_str())
+    {
+        let mut v = Validator::default();
+        v.error("status", "must be one of open, corrected, rejected");
+        v.finish()?;
+    }
+    Ok(ApiJson(ExceptionList {
+        exceptions: state
+            .store
+            .reconciliation_exceptions(query.status.as_deref(), 1000)
+            .await?,
+    }))
+}
+
+fn exception_refusal(refusal: ExceptionRefusal, exception_id: i64) -> Problem {
+    match refusal {
+        ExceptionRefusal::NotFound => Problem::not_found(format!("no exception {exception_id}")),
+        ExceptionRefusal::NotOpen(status) => Problem::conflict(
+            "exception-not-open",
+            format!("exception {exception_id} is already {status}"),
+        ),
+        ExceptionRefusal::NotApplied(reason) => Problem::conflict(
+            "adjustment-not-applied",
+            format!("the correcting adjustment was not applied: {reason}"),
+        ),
+    }
+}
+
+/// Approves an open exception: an `adjustment` is journalled that brings
+/// the platform to the ERP's figure (not posted again: the ERP holds it).
+#[utoipa::path(post, path = "/v1/ops/reconciliation/exceptions/{exception_id}/approve", tag = "operations",
+    params(("exception_id" = i64, Path, description = "Exception id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Corrected", body = ReconciliationException),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such exception", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`exception-not-open` or `adjustment-not-applied`", body = ProblemBody, content_type = "application/problem+json")))]
+async fn approve_exception(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    correlation: Correlation,
+    ApiPath(exception_id): ApiPath<i64>,
+) -> Result<ApiJson<ReconciliationException>> {
+    let exception = state
+        .store
+        .settle_exception(exception_id, true, &ingest_context(&auth, &correlation), None)
+        .await?
+        .map_err(|r| exception_refusal(r, exception_id))?;
+    Ok(ApiJson(exception))
+}
+
+/// Rejects an open exception with a note (nothing changes on the platform).
+#[utoipa::path(post, path = "/v1/ops/reconciliation/exceptions/{exception_id}/reject", tag = "operations",
+    params(("exception_id" = i64, Path, description = "Exception id")),
+    request_body = NoteBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rejected", body = ReconciliationException),
+        (status = 400, description = "Invalid note", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such exception", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`exception-not-open`", body = ProblemBody, content_type = "application/problem+json")))]
+async fn reject_exception(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    correlation: Correlation,
+    ApiPath(exception_id): ApiPath<i64>,
+    ValidJson(body): ValidJson<NoteBody>,
+) -> Result<ApiJson<ReconciliationException>> {
+    let exception = state
+        .store
+        .settle_exception(
+            exception_id,
+            false,
+            &ingest_context(&auth, &correlation),
+            Some(&body.note),
+        )
+        .await?
+        .map_err(|r| exception_refusal(r, exception_id))?;
+    Ok(ApiJson(exception))
+}
+
+/// Pulls master data from the ERP now (products with cost, warehouses).
+#[utoipa::path(post, path = "/v1/ops/erp/master-sync", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "What the pull did", body = MasterSyncReport),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "The ERP did not answer", body = ProblemBody, content_type = "application/problem+json")))]
+async fn master_sync(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    correlation: Correlation,
+) -> Result<ApiJson<MasterSyncReport>> {
+    let ctx = ChangeContext {
+        actor: auth.actor().to_owned(),
+        request_id: correlation.request_id.clone(),
+    };
+    let report = crate::erp::master_sync::pull(&state.store, &state.system, &ctx, &correlation)
+        .await
+        .map_err(|error| match error.downcast::<retail_shared::client::ClientError>() {
+            Ok(client) => crate::error::Error::Downstream(client),
+            Err(other) => crate::error::Error::Internal(other),
+        })?;
+    if report.products_changed > 0 || report.locations_added > 0 {
+        state.store.replay_parked().await?;
+    }
+    Ok(ApiJson(report))
 }
 
 /// Checks the database and asks system-api for its own report, so one call

@@ -588,13 +588,15 @@ macro_rules! ledger_backend {
                 }
                 for chunk in rows.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new(
-                        "INSERT INTO outbox_postings (event_id, location_id, sku, next_attempt_at) ",
+                        "INSERT INTO outbox_postings (event_id, location_id, sku, next_attempt_at, \
+                         created_at) ",
                     );
                     qb.push_values(chunk, |mut row, entry| {
                         let event = &entry.candidate.event;
                         row.push_bind(event.event_id.as_str())
                             .push_bind(event.location_id.as_str())
                             .push_bind(event.sku.as_str())
+                            .push_bind(now)
                             .push_bind(now);
                     });
                     qb.build().execute(&mut **tx).await?;

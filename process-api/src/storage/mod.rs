@@ -18,6 +18,8 @@ pub mod cache;
 pub mod idempotency;
 pub mod ledger;
 pub mod master;
+pub mod postings;
+pub mod reconciliation;
 pub mod reservations;
 pub mod transfers;
 
