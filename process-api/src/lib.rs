@@ -167,6 +167,8 @@ pub struct Application {
 struct Background {
     state: AppState,
     posting: retail_shared::config::ErpPostingSettings,
+    /// system-api client with the posting call's own deadline.
+    erp_client: LayerClient,
 }
 
 impl Application {
@@ -216,9 +218,18 @@ impl Application {
             reconciliation: settings.reconciliation.clone(),
             stale_after_seconds: settings.process.stale_after_seconds,
         };
+        let mut erp_call = settings.client.clone();
+        erp_call.timeout_ms = settings.erp_posting.call_timeout_ms;
         let background = Background {
             state: state.clone(),
             posting: settings.erp_posting.clone(),
+            erp_client: LayerClient::new(
+                SERVICE,
+                audience::SYSTEM,
+                &config.system_url,
+                &erp_call,
+                TokenIssuer::new(&settings.auth),
+            )?,
         };
         // The audit log lives in the ledger's database.
         let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());
@@ -274,7 +285,7 @@ impl Application {
         if self.background.posting.enabled {
             let poster = erp::poster::Poster::new(
                 self.store.clone(),
-                self.background.state.system.clone(),
+                self.background.erp_client.clone(),
                 self.background.posting.clone(),
                 self.background.state.sync.clone(),
             );

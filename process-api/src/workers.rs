@@ -108,10 +108,13 @@ pub async fn erp_schedules(state: crate::AppState, mut stop: watch::Receiver<boo
                 .await
                 .ok()
                 .and_then(|runs| runs.into_iter().next())
-                .and_then(|run| time::OffsetDateTime::parse(
-                    &run.started_at,
-                    &time::format_description::well_known::Rfc3339,
-                ).ok())
+                .and_then(|run| {
+                    time::OffsetDateTime::parse(
+                        &run.started_at,
+                        &time::format_description::well_known::Rfc3339,
+                    )
+                    .ok()
+                })
                 .is_some_and(|started| {
                     let started = i64::try_from(started.unix_timestamp_nanos() / 1000).unwrap_or(0);
                     state.store.now() - started < half

@@ -361,6 +361,9 @@ pub struct ErpPostingSettings {
     pub breaker_max_cooldown_ms: u64,
     /// How often an idle worker looks for due postings.
     pub poll_interval_ms: u64,
+    /// Deadline of one posting call to system-api (an ERP such as Tryton
+    /// takes seconds per batch); shorter than `lease_ms`.
+    pub call_timeout_ms: u64,
 }
 
 /// Reconciliation of ERP balances against platform on_hand.

@@ -274,7 +274,10 @@ async fn erp_balances(app: &TestApp, stores: &[String]) -> BTreeMap<(String, Str
         let body: Value = response.json().await.expect("json");
         for b in body["balances"].as_array().cloned().unwrap_or_default() {
             balances.insert(
-                (store.clone(), b["sku"].as_str().unwrap_or_default().to_owned()),
+                (
+                    store.clone(),
+                    b["sku"].as_str().unwrap_or_default().to_owned(),
+                ),
                 b["quantity"].as_i64().unwrap_or(0),
             );
         }
@@ -292,7 +295,10 @@ pub fn assert_ordered_once(records: &[(String, String, String, i64)]) {
     let mut seen = std::collections::HashSet::new();
     let mut last: HashMap<(String, String), i64> = HashMap::new();
     for (location, sku, event_id, posting_id) in records {
-        assert!(seen.insert(event_id.clone()), "{event_id} reached the ERP twice");
+        assert!(
+            seen.insert(event_id.clone()),
+            "{event_id} reached the ERP twice"
+        );
         let key = (location.clone(), sku.clone());
         if let Some(previous) = last.get(&key) {
             assert!(
@@ -344,12 +350,17 @@ async fn postings_converge_through_sandbox_faults_in_order_and_once() {
 
     // Everything but the refused product's keys drains; its first posting
     // per key is dead and the later ones wait behind it, visibly.
-    let health = wait_for(&app, Duration::from_secs(180), "all but dead letters", |h| {
-        let p = &h["postings"];
-        p["in_flight"] == 0
-            && p["dead"].as_i64().unwrap_or(0) > 0
-            && p["pending"] == p["blocked_by_dead"]
-    })
+    let health = wait_for(
+        &app,
+        Duration::from_secs(180),
+        "all but dead letters",
+        |h| {
+            let p = &h["postings"];
+            p["in_flight"] == 0
+                && p["dead"].as_i64().unwrap_or(0) > 0
+                && p["pending"] == p["blocked_by_dead"]
+        },
+    )
     .await;
     assert_eq!(health["erp"]["breaker"]["state"], "closed");
     let token = app.token(Layer::Process, "ops:read");
@@ -366,7 +377,11 @@ async fn postings_converge_through_sandbox_faults_in_order_and_once() {
     let dead = dead["postings"].as_array().cloned().unwrap_or_default();
     assert!(!dead.is_empty());
     for letter in &dead {
-        assert_eq!(letter["sku"], rejected.as_str(), "only the refused product dies");
+        assert_eq!(
+            letter["sku"],
+            rejected.as_str(),
+            "only the refused product dies"
+        );
         assert!(
             letter["last_error"]
                 .as_str()
@@ -412,7 +427,13 @@ async fn postings_converge_through_sandbox_faults_in_order_and_once() {
         )
         .await;
     assert!(matches!(response.status().as_u16(), 409), "replayed twice");
-    wait_for(&app, Duration::from_secs(120), "the outbox to drain", drained).await;
+    wait_for(
+        &app,
+        Duration::from_secs(120),
+        "the outbox to drain",
+        drained,
+    )
+    .await;
 
     // The ERP equals the platform, got every posting once, in order.
     let platform = non_zero(workload.platform_on_hand(&app).await);
@@ -504,13 +525,24 @@ async fn reconciliation_corrects_small_differences_and_routes_big_ones_to_review
     assert_eq!(big_exception["value_at_cost"], "250.00");
     let after = workload.platform_on_hand(&app).await;
     let key = |sku: &str| (store.clone(), sku.to_owned());
-    assert_eq!(after.get(&key(small)).copied().unwrap_or(0), before.get(&key(small)).copied().unwrap_or(0) - 2);
-    assert_eq!(after.get(&key(big)), before.get(&key(big)), "waits for review");
+    assert_eq!(
+        after.get(&key(small)).copied().unwrap_or(0),
+        before.get(&key(small)).copied().unwrap_or(0) - 2
+    );
+    assert_eq!(
+        after.get(&key(big)),
+        before.get(&key(big)),
+        "waits for review"
+    );
 
     // The review queue holds it; approving corrects the platform.
     let token = app.token(Layer::Process, "ops:read");
     let queue: Value = app
-        .get(Layer::Process, "/v1/ops/reconciliation/exceptions?status=open", Some(&token))
+        .get(
+            Layer::Process,
+            "/v1/ops/reconciliation/exceptions?status=open",
+            Some(&token),
+        )
         .await
         .json()
         .await
@@ -531,7 +563,10 @@ async fn reconciliation_corrects_small_differences_and_routes_big_ones_to_review
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
     let approved: Value = response.json().await.expect("json");
     assert_eq!(approved["status"], "corrected");
-    assert_eq!(approved["adjustment_event_id"], format!("reconciliation:{id}"));
+    assert_eq!(
+        approved["adjustment_event_id"],
+        format!("reconciliation:{id}")
+    );
     let response = app
         .send_json(
             Method::POST,
@@ -543,7 +578,10 @@ async fn reconciliation_corrects_small_differences_and_routes_big_ones_to_review
         .await;
     problem(response, 409).await;
     let after = workload.platform_on_hand(&app).await;
-    assert_eq!(after.get(&key(big)).copied().unwrap_or(0), before.get(&key(big)).copied().unwrap_or(0) + 100);
+    assert_eq!(
+        after.get(&key(big)).copied().unwrap_or(0),
+        before.get(&key(big)).copied().unwrap_or(0) + 100
+    );
     // The correction is not sent to the ERP again: the next run is clean.
     wait_for(&app, Duration::from_secs(30), "delivery", drained).await;
     let report = run(&app).await;
@@ -561,7 +599,9 @@ async fn reconciliation_corrects_small_differences_and_routes_big_ones_to_review
         .await;
     assert_eq!(response.status(), 200);
     let report = run(&app).await;
-    let id = report["exceptions"][0]["exception_id"].as_i64().expect("id");
+    let id = report["exceptions"][0]["exception_id"]
+        .as_i64()
+        .expect("id");
     let response = app
         .send_json(
             Method::POST,
@@ -575,7 +615,12 @@ async fn reconciliation_corrects_small_differences_and_routes_big_ones_to_review
     let rejected: Value = response.json().await.expect("json");
     assert_eq!(rejected["status"], "rejected");
     assert_eq!(
-        workload.platform_on_hand(&app).await.get(&key(big)).copied().unwrap_or(0),
+        workload
+            .platform_on_hand(&app)
+            .await
+            .get(&key(big))
+            .copied()
+            .unwrap_or(0),
         before.get(&key(big)).copied().unwrap_or(0) + 100
     );
 }

@@ -14,5 +14,6 @@ mod poslog;
 mod promising;
 mod reservations;
 mod tokens;
+mod tryton;
 mod views;
 mod wms;

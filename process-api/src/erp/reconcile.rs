@@ -68,8 +68,7 @@ impl Reconciler {
             .store
             .finish_reconciliation(run_id, totals.0, totals.1, totals.2, error.as_deref())
             .await?;
-        metrics::counter!("reconciliation_runs_total", "status" => run.status.clone())
-            .increment(1);
+        metrics::counter!("reconciliation_runs_total", "status" => run.status.clone()).increment(1);
         metrics::counter!("reconciliation_mismatches_total")
             .increment(u64::try_from(totals.2).unwrap_or(0));
         Ok(ReconciliationReport { run, exceptions })
@@ -102,7 +101,9 @@ impl Reconciler {
                 Ok(erp) => erp,
                 // The ERP has no such warehouse: nothing to compare.
                 Err(ClientError::Problem { status, .. }) if status.as_u16() == 404 => continue,
-                Err(error) => anyhow::bail!("reading ERP balances of {}: {error}", location.location_id),
+                Err(error) => {
+                    anyhow::bail!("reading ERP balances of {}: {error}", location.location_id)
+                }
             };
             let erp: BTreeMap<String, i64> = erp
                 .balances

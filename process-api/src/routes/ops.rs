@@ -218,7 +218,10 @@ async fn list_postings(
     if let Some(status) = &query.status
         && !POSTING_STATUSES.contains(&status.as_str())
     {
-        v.error("status", format!("must be one of {}", POSTING_STATUSES.join(", ")));
+        v.error(
+            "status",
+            format!("must be one of {}", POSTING_STATUSES.join(", ")),
+        );
     }
     let limit = query.limit.unwrap_or(100);
     v.range("limit", limit, 1, 1000);
@@ -266,7 +269,9 @@ fn posting_refusal(refusal: PostingActionRefusal, posting_id: i64) -> Problem {
         PostingActionRefusal::NotFound => Problem::not_found(format!("no posting {posting_id}")),
         PostingActionRefusal::NotDead(status) => Problem::conflict(
             "posting-not-dead",
-            format!("posting {posting_id} is {status}; only dead postings can be replayed or discarded"),
+            format!(
+                "posting {posting_id} is {status}; only dead postings can be replayed or discarded"
+            ),
         ),
     }
 }
@@ -354,7 +359,11 @@ async fn run_reconciliation(
 ) -> Result<ApiJson<ReconciliationReport>> {
     let report = state
         .reconciler()
-        .run("on_demand", &ingest_context(&auth, &correlation), &correlation)
+        .run(
+            "on_demand",
+            &ingest_context(&auth, &correlation),
+            &correlation,
+        )
         .await?;
     Ok(ApiJson(report))
 }
@@ -459,7 +468,12 @@ async fn approve_exception(
 ) -> Result<ApiJson<ReconciliationException>> {
     let exception = state
         .store
-        .settle_exception(exception_id, true, &ingest_context(&auth, &correlation), None)
+        .settle_exception(
+            exception_id,
+            true,
+            &ingest_context(&auth, &correlation),
+            None,
+        )
         .await?
         .map_err(|r| exception_refusal(r, exception_id))?;
     Ok(ApiJson(exception))
@@ -516,10 +530,12 @@ async fn master_sync(
     };
     let report = crate::erp::master_sync::pull(&state.store, &state.system, &ctx, &correlation)
         .await
-        .map_err(|error| match error.downcast::<retail_shared::client::ClientError>() {
-            Ok(client) => crate::error::Error::Downstream(client),
-            Err(other) => crate::error::Error::Internal(other),
-        })?;
+        .map_err(
+            |error| match error.downcast::<retail_shared::client::ClientError>() {
+                Ok(client) => crate::error::Error::Downstream(client),
+                Err(other) => crate::error::Error::Internal(other),
+            },
+        )?;
     if report.products_changed > 0 || report.locations_added > 0 {
         state.store.replay_parked().await?;
     }

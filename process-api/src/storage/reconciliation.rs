@@ -235,8 +235,9 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<ReconciliationRun>, sqlx::Error> {
         on_reader!(self.db(), |pool| {
-            let sql =
-                format!("SELECT {RUN_COLUMNS} FROM reconciliation_runs ORDER BY run_id DESC LIMIT $1");
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM reconciliation_runs ORDER BY run_id DESC LIMIT $1"
+            );
             let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(limit)
                 .fetch_all(pool)

@@ -5,6 +5,7 @@ mod backends;
 mod idempotency;
 mod ledger_props;
 mod master;
+mod postings;
 mod replicas;
 mod reservations;
 mod transfers;

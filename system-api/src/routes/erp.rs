@@ -137,16 +137,19 @@ async fn get_balances(
     let mut v = Validator::default();
     v.id("location_id", &query.location_id);
     v.finish()?;
-    match state.erp.balances(&query.location_id).await.map_err(erp_problem)? {
+    match state
+        .erp
+        .balances(&query.location_id)
+        .await
+        .map_err(erp_problem)?
+    {
         Some(balances) => Ok(ApiJson(ErpBalances {
             location_id: query.location_id,
             balances,
         })),
-        None => Err(Problem::not_found(format!(
-            "the ERP has no warehouse {}",
-            query.location_id
-        ))
-        .into()),
+        None => Err(
+            Problem::not_found(format!("the ERP has no warehouse {}", query.location_id)).into(),
+        ),
     }
 }
 
@@ -195,7 +198,12 @@ async fn get_faults(
 
 impl Validate for Faults {
     fn validate(&self, v: &mut Validator) {
-        v.range("latency_ms", i64::try_from(self.latency_ms).unwrap_or(i64::MAX), 0, 60_000);
+        v.range(
+            "latency_ms",
+            i64::try_from(self.latency_ms).unwrap_or(i64::MAX),
+            0,
+            60_000,
+        );
         v.range("fail_percent", i64::from(self.fail_percent), 0, 100);
         v.count("reject_skus", self.reject_skus.len(), 0, 1000);
         v.at("reject_skus", |v| {
@@ -334,7 +342,11 @@ async fn post_stock_correction(
     ValidJson(correction): ValidJson<StockCorrection>,
 ) -> Result<ApiJson<StockAfter>> {
     let quantity = sandbox(&state)?
-        .correct_stock(&correction.location_id, &correction.sku, correction.quantity)
+        .correct_stock(
+            &correction.location_id,
+            &correction.sku,
+            correction.quantity,
+        )
         .await?;
     Ok(ApiJson(StockAfter {
         location_id: correction.location_id,

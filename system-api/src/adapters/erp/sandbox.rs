@@ -102,7 +102,9 @@ impl SandboxErp {
             tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
         }
         if faults.down {
-            return Err(ErpError::Unavailable("the sandbox ERP is down (fault injected)".into()));
+            return Err(ErpError::Unavailable(
+                "the sandbox ERP is down (fault injected)".into(),
+            ));
         }
         Ok(faults)
     }
@@ -133,7 +135,9 @@ impl SandboxErp {
         sqlx::query("DELETE FROM erp_warehouses")
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM erp_products").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM erp_products")
+            .execute(&mut *tx)
+            .await?;
         for location in &master.locations {
             sqlx::query("INSERT INTO erp_warehouses (location_id, name) VALUES ($1, $2)")
                 .bind(&location.location_id)
@@ -301,13 +305,12 @@ impl Erp for SandboxErp {
         if known.is_none() {
             return Ok(None);
         }
-        let rows = sqlx::query(
-            "SELECT sku, quantity FROM erp_stock WHERE location_id = $1 ORDER BY sku",
-        )
-        .bind(location_id)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(storage)?;
+        let rows =
+            sqlx::query("SELECT sku, quantity FROM erp_stock WHERE location_id = $1 ORDER BY sku")
+                .bind(location_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(storage)?;
         rows.iter()
             .map(|row| {
                 Ok(ErpBalance {
