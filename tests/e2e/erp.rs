@@ -624,3 +624,117 @@ async fn reconciliation_corrects_small_differences_and_routes_big_ones_to_review
         before.get(&key(big)).copied().unwrap_or(0) + 100
     );
 }
+
+/// A transfer (short received) and a return with every disposition reach
+/// the ERP as the expected postings, once each.
+#[tokio::test]
+async fn transfer_and_return_postings_reach_the_erp() {
+    let app = TestApp::spawn_with(quick_pipeline).await;
+    let writer = app.token(Layer::Process, "inventory:write");
+    let body = json!({ "events": [{
+        "event_id": "rcv-1", "type": "receipt", "location_id": "S001", "sku": "SKU-000001",
+        "quantity": 10, "occurred_at": "2026-11-20T08:00:00Z", "source": "e2e"
+    }]});
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            "/v1/inventory/events",
+            &writer,
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let clerk = app.token_for(
+        Layer::Process,
+        "clerk",
+        "transfers:write returns:write",
+        None,
+    );
+    let created: Value = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            "/v1/transfers",
+            &clerk,
+            &json!({"source_location_id": "S001", "destination_location_id": "S002",
+                    "lines": [{"sku": "SKU-000001", "quantity": 5}]})
+            .to_string(),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        created["status"], "approved",
+        "small transfers approve themselves"
+    );
+    let id = created["transfer_id"].as_str().expect("id").to_owned();
+    for (step, body) in [
+        ("ship", String::new()),
+        (
+            "receive",
+            json!({"lines": [{"sku": "SKU-000001", "quantity": 4}]}).to_string(),
+        ),
+    ] {
+        let response = app
+            .send_json(
+                Method::POST,
+                Layer::Process,
+                &format!("/v1/transfers/{id}/{step}"),
+                &clerk,
+                &body,
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{step}");
+    }
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            "/v1/returns",
+            &clerk,
+            &json!({"return_id": "RMA-7", "location_id": "S003", "channel": "store",
+                    "lines": [
+                        {"sku": "SKU-000002", "quantity": 2},
+                        {"sku": "SKU-000003", "quantity": 1, "disposition": "damaged"},
+                        {"sku": "SKU-000004", "quantity": 1, "disposition": "return_to_vendor"}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    wait_for(&app, Duration::from_secs(30), "delivery", drained).await;
+
+    let mut records: Vec<(String, String, String, i64)> = sandbox_records(&app)
+        .await
+        .into_iter()
+        .map(|r| {
+            (
+                r["kind"].as_str().unwrap_or_default().to_owned(),
+                r["location_id"].as_str().unwrap_or_default().to_owned(),
+                r["sku"].as_str().unwrap_or_default().to_owned(),
+                r["quantity"].as_i64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    records.sort();
+    let expected = |kind: &str, location: &str, sku: &str, quantity: i64| {
+        (
+            kind.to_owned(),
+            location.to_owned(),
+            sku.to_owned(),
+            quantity,
+        )
+    };
+    let mut want = vec![
+        expected("receipt", "S001", "SKU-000001", 10),
+        expected("transfer_out", "S001", "SKU-000001", -5),
+        expected("transfer_in", "S002", "SKU-000001", 4),
+        expected("return", "S003", "SKU-000002", 2),
+        expected("return", "S003", "SKU-000003", 1),
+        expected("return", "S003", "SKU-000004", 1),
+        expected("write_off", "S003", "SKU-000004", -1),
+    ];
+    want.sort();
+    assert_eq!(records, want);
+}

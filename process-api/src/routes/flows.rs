@@ -547,10 +547,9 @@ async fn post_return(
                 event_id: format!("return:{}:{index}:rtv", request.return_id),
                 r#type: "write_off".into(),
                 disposition: None,
-                reason: Some(format!(
-                    "return {} sent back to the vendor",
-                    request.return_id
-                )),
+                // A reason code the ERP adapters map (Tryton: a supplier
+                // return shipment).
+                reason: Some("return_to_vendor".into()),
                 ..base.clone()
             });
         events.push(base);

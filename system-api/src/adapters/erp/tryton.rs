@@ -144,32 +144,42 @@ impl Model {
 
     /// Workflow steps after `create`, each with the states it moves on
     /// from. A step whose shipments are all past it is skipped.
-    fn steps(self, warehouse_is_single_zone: bool) -> Vec<(&'static str, &'static [&'static str])> {
+    fn steps(self, single_zone: bool) -> Vec<Step> {
         match self {
             Model::In | Model::OutReturn => {
-                let mut steps = vec![("receive", &["draft"][..])];
-                if !warehouse_is_single_zone {
-                    steps.push(("do", &["received"][..]));
+                if single_zone {
+                    vec![("receive", &["draft"][..], "done")]
+                } else {
+                    vec![
+                        ("receive", &["draft"][..], "received"),
+                        ("do", &["received"][..], "done"),
+                    ]
                 }
-                steps
             }
             Model::Internal | Model::InReturn => vec![
-                ("wait", &["draft"][..]),
-                ("assign_force", &["waiting"][..]),
-                ("do", &["assigned"][..]),
+                ("wait", &["draft"][..], "waiting"),
+                ("assign_force", &["waiting"][..], "assigned"),
+                ("do", &["assigned"][..], "done"),
             ],
             Model::Out => {
-                let mut steps = vec![("wait", &["draft"][..]), ("assign_force", &["waiting"][..])];
-                if !warehouse_is_single_zone {
-                    steps.push(("pick", &["assigned"][..]));
+                let mut steps = vec![
+                    ("wait", &["draft"][..], "waiting"),
+                    ("assign_force", &["waiting"][..], "assigned"),
+                ];
+                if !single_zone {
+                    steps.push(("pick", &["assigned"][..], "picked"));
                 }
-                steps.push(("pack", &["assigned", "picked"][..]));
-                steps.push(("do", &["packed"][..]));
+                steps.push(("pack", &["assigned", "picked"][..], "packed"));
+                steps.push(("do", &["packed"][..], "done"));
                 steps
             }
         }
     }
 }
+
+/// A workflow step: its button, the states it moves on from, the state it
+/// leads to.
+type Step = (&'static str, &'static [&'static str], &'static str);
 
 fn decimal(value: &str) -> Value {
     json!({"__class__": "Decimal", "decimal": value})
@@ -823,6 +833,31 @@ impl TrytonErp {
         shipment
     }
 
+    /// Reads the state of shipments `ids` into `state` (by reference).
+    async fn refresh(
+        &self,
+        model: Model,
+        ids: &[i64],
+        state: &mut HashMap<String, (i64, String)>,
+        company: i64,
+    ) -> Result<(), CallError> {
+        let rows = self
+            .model(
+                model.name(),
+                "read",
+                vec![json!(ids), json!(["reference", "state"])],
+                Some(company),
+            )
+            .await?;
+        for row in rows.as_array().cloned().unwrap_or_default() {
+            if let (Some(reference), Some(id)) = (row["reference"].as_str(), row["id"].as_i64()) {
+                let status = row["state"].as_str().unwrap_or_default().to_owned();
+                state.insert(reference.to_owned(), (id, status));
+            }
+        }
+        Ok(())
+    }
+
     /// Creates (or finds) and completes the shipments of one group (one
     /// model, distinct keys). Returns the shipment id per event id.
     async fn post_group(
@@ -886,42 +921,44 @@ impl TrytonErp {
                 );
             }
         }
-        // Single- and multi-zone warehouses take different steps.
-        for single_zone in [true, false] {
-            let members: Vec<&String> = references
-                .iter()
-                .zip(group)
-                .filter(|(_, (_, _, single))| *single == single_zone)
-                .map(|(r, _)| r)
-                .collect();
-            for (step, from_states) in model.steps(single_zone) {
-                let ids: Vec<i64> = members
+        // Single- and multi-zone warehouses take different steps. The
+        // first pass trusts each successful step to move its shipments on
+        // (one call per step, no reads); one read checks the outcome, and
+        // a second pass reads after every step should anything lag.
+        for pass in 0..2 {
+            for single_zone in [true, false] {
+                let members: Vec<&String> = references
                     .iter()
-                    .filter_map(|r| state.get(*r))
-                    .filter(|(_, s)| from_states.contains(&s.as_str()))
-                    .map(|(id, _)| *id)
+                    .zip(group)
+                    .filter(|(_, (_, _, single))| *single == single_zone)
+                    .map(|(r, _)| r)
                     .collect();
-                if ids.is_empty() {
-                    continue;
-                }
-                self.model(model.name(), step, vec![json!(ids)], Some(company))
-                    .await?;
-                let next = self
-                    .model(
-                        model.name(),
-                        "read",
-                        vec![json!(ids), json!(["reference", "state"])],
-                        Some(company),
-                    )
-                    .await?;
-                for row in next.as_array().cloned().unwrap_or_default() {
-                    if let (Some(reference), Some(id)) =
-                        (row["reference"].as_str(), row["id"].as_i64())
-                    {
-                        let status = row["state"].as_str().unwrap_or_default().to_owned();
-                        state.insert(reference.to_owned(), (id, status));
+                for (step, from_states, next_state) in model.steps(single_zone) {
+                    let chosen: Vec<(&String, i64)> = members
+                        .iter()
+                        .filter_map(|r| state.get(*r).map(|entry| (*r, entry)))
+                        .filter(|(_, (_, s))| from_states.contains(&s.as_str()))
+                        .map(|(r, (id, _))| (r, *id))
+                        .collect();
+                    if chosen.is_empty() {
+                        continue;
+                    }
+                    let ids: Vec<i64> = chosen.iter().map(|(_, id)| *id).collect();
+                    self.model(model.name(), step, vec![json!(ids)], Some(company))
+                        .await?;
+                    if pass == 0 {
+                        for (reference, id) in chosen {
+                            state.insert(reference.clone(), (id, next_state.to_owned()));
+                        }
+                    } else {
+                        self.refresh(model, &ids, &mut state, company).await?;
                     }
                 }
+            }
+            let ids: Vec<i64> = state.values().map(|(id, _)| *id).collect();
+            self.refresh(model, &ids, &mut state, company).await?;
+            if state.values().all(|(_, s)| s == "done") {
+                break;
             }
         }
         let mut out = HashMap::new();
