@@ -51,6 +51,9 @@ pub struct AppState {
     pub channels: std::collections::BTreeMap<String, retail_shared::config::ChannelRule>,
     /// This replica's link to the ERP (breaker, last call).
     pub sync: Arc<erp::SyncStatus>,
+    /// system-api client for ERP work (postings, balances, master data),
+    /// with `[erp_posting] call_timeout_ms` as its deadline.
+    pub erp: LayerClient,
     /// Reconciliation settings.
     pub reconciliation: retail_shared::config::ReconciliationSettings,
     /// `[process] stale_after_seconds`.
@@ -62,7 +65,7 @@ impl AppState {
     pub fn reconciler(&self) -> erp::reconcile::Reconciler {
         erp::reconcile::Reconciler::new(
             self.store.clone(),
-            self.system.clone(),
+            self.erp.clone(),
             self.reconciliation.clone(),
         )
     }
@@ -167,8 +170,6 @@ pub struct Application {
 struct Background {
     state: AppState,
     posting: retail_shared::config::ErpPostingSettings,
-    /// system-api client with the posting call's own deadline.
-    erp_client: LayerClient,
 }
 
 impl Application {
@@ -207,6 +208,15 @@ impl Application {
             &settings.client,
             issuer.clone(),
         )?;
+        let mut erp_call = settings.client.clone();
+        erp_call.timeout_ms = settings.erp_posting.call_timeout_ms;
+        let erp_client = LayerClient::new(
+            SERVICE,
+            audience::SYSTEM,
+            &config.system_url,
+            &erp_call,
+            issuer.clone(),
+        )?;
         let state = AppState {
             store: store.clone(),
             system,
@@ -215,21 +225,13 @@ impl Application {
             transfers: settings.transfers.clone(),
             channels: settings.channels.clone(),
             sync: Arc::new(erp::SyncStatus::default()),
+            erp: erp_client,
             reconciliation: settings.reconciliation.clone(),
             stale_after_seconds: settings.process.stale_after_seconds,
         };
-        let mut erp_call = settings.client.clone();
-        erp_call.timeout_ms = settings.erp_posting.call_timeout_ms;
         let background = Background {
             state: state.clone(),
             posting: settings.erp_posting.clone(),
-            erp_client: LayerClient::new(
-                SERVICE,
-                audience::SYSTEM,
-                &config.system_url,
-                &erp_call,
-                TokenIssuer::new(&settings.auth),
-            )?,
         };
         // The audit log lives in the ledger's database.
         let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());
@@ -285,7 +287,7 @@ impl Application {
         if self.background.posting.enabled {
             let poster = erp::poster::Poster::new(
                 self.store.clone(),
-                self.background.erp_client.clone(),
+                self.background.state.erp.clone(),
                 self.background.posting.clone(),
                 self.background.state.sync.clone(),
             );

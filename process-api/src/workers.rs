@@ -86,8 +86,7 @@ pub async fn erp_schedules(state: crate::AppState, mut stop: watch::Receiver<boo
                 actor: "erp-master-sync".into(),
                 request_id: correlation.request_id.clone(),
             };
-            match crate::erp::master_sync::pull(&state.store, &state.system, &ctx, &correlation)
-                .await
+            match crate::erp::master_sync::pull(&state.store, &state.erp, &ctx, &correlation).await
             {
                 Ok(report) => {
                     tracing::info!(?report, "ERP master data pulled");

@@ -218,7 +218,10 @@ impl Poster {
                     settlements.push(settlement);
                 }
             }
-            Err(ClientError::Problem { status, body }) if postings.len() > 1 => {
+            // Refused for what was sent (400, 413, 422): about the postings.
+            Err(ClientError::Problem { status, body })
+                if is_about_the_postings(status) && postings.len() > 1 =>
+            {
                 // The batch as a whole was refused (a contract problem with
                 // one of them): give them back to go one at a time.
                 tracing::warn!(%status, %body, "ERP posting batch refused; retrying singly");
@@ -232,7 +235,7 @@ impl Poster {
                 }
                 self.status.single_file();
             }
-            Err(ClientError::Problem { status, body }) => {
+            Err(ClientError::Problem { status, body }) if is_about_the_postings(status) => {
                 self.status.breaker.release_probe();
                 let detail = body["detail"].as_str().unwrap_or_default().to_owned();
                 for posting in &postings {
@@ -265,6 +268,13 @@ impl Poster {
         }
         settlements
     }
+}
+
+/// A refusal caused by the batch's content (as opposed to 401/403/404: a
+/// deployment problem that no posting should die of; those open the
+/// breaker like an outage until someone fixes the configuration).
+fn is_about_the_postings(status: axum::http::StatusCode) -> bool {
+    matches!(status.as_u16(), 400 | 413 | 422)
 }
 
 fn to_posting(claimed: &ClaimedPosting) -> Posting {

@@ -528,7 +528,7 @@ async fn master_sync(
         actor: auth.actor().to_owned(),
         request_id: correlation.request_id.clone(),
     };
-    let report = crate::erp::master_sync::pull(&state.store, &state.system, &ctx, &correlation)
+    let report = crate::erp::master_sync::pull(&state.store, &state.erp, &ctx, &correlation)
         .await
         .map_err(
             |error| match error.downcast::<retail_shared::client::ClientError>() {

@@ -686,6 +686,38 @@ impl TrytonErp {
         Ok(missing.len())
     }
 
+    /// Changes Tryton's stock by hand, as an ERP user would (a
+    /// lost-and-found shipment the platform never sent, reference
+    /// `retail:erp-manual:…`): what reconciliation is there to find.
+    pub async fn correct_stock(
+        &self,
+        location_id: &str,
+        sku: &str,
+        delta: i64,
+    ) -> Result<(), ErpError> {
+        let posting = Posting {
+            posting_id: 0,
+            event_id: format!("erp-manual:{}", uuid::Uuid::new_v4()),
+            kind: "adjustment".into(),
+            location_id: location_id.into(),
+            sku: sku.into(),
+            quantity: delta,
+            unit_cost: None,
+            currency: None,
+            occurred_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            counterparty_location_id: None,
+            reason: Some("manual correction".into()),
+        };
+        match self.post(std::slice::from_ref(&posting)).await?.first() {
+            Some(result) if result.status == PostingStatus::Posted => Ok(()),
+            other => Err(ErpError::Refused(format!(
+                "correction not posted: {other:?}"
+            ))),
+        }
+    }
+
     /// The platform's moves at a warehouse in creation order: (move id,
     /// product code, shipment reference, signed quantity). For checks of
     /// order and uniqueness.
