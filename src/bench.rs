@@ -153,6 +153,11 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     let mut settings = Settings::defaults();
     settings.process.port = 0;
     settings.seed.enabled = false;
+    // Only process-api runs: no ERP to deliver to or reconcile with.
+    settings.erp_posting.enabled = false;
+    settings.reconciliation.interval_seconds = 0;
+    settings.reconciliation.master_sync_interval_seconds = 0;
+    settings.reconciliation.master_sync_on_start = false;
     settings.telemetry.log_level = "warn".into();
     let backend = match &options.database_url {
         Some(base) => {

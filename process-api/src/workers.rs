@@ -66,7 +66,11 @@ pub async fn erp_schedules(state: crate::AppState, mut stop: watch::Receiver<boo
     let master_every = state.reconciliation.master_sync_interval_seconds;
     let reconcile_every = state.reconciliation.interval_seconds;
     let now = tokio::time::Instant::now();
-    let mut next_master = Some(now);
+    let mut next_master = if state.reconciliation.master_sync_on_start {
+        Some(now)
+    } else {
+        (master_every > 0).then(|| now + Duration::from_secs(master_every))
+    };
     let mut next_reconcile =
         (reconcile_every > 0).then(|| now + Duration::from_secs(reconcile_every));
     loop {

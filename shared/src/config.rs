@@ -376,8 +376,10 @@ pub struct ReconciliationSettings {
     /// review; smaller ones are corrected at once.
     pub review_above: rust_decimal::Decimal,
     /// Seconds between pulls of ERP master data (products, warehouses);
-    /// 0 pulls only on start and on demand.
+    /// 0 pulls only on start (if `master_sync_on_start`) and on demand.
     pub master_sync_interval_seconds: u64,
+    /// Pull ERP master data when process-api starts.
+    pub master_sync_on_start: bool,
 }
 
 /// The nodes whose stock a sales channel may sell: every node of one of

@@ -11,10 +11,8 @@ ALTER TABLE outbox_postings ADD COLUMN resolved_by TEXT;
 ALTER TABLE outbox_postings ADD COLUMN note TEXT;
 UPDATE outbox_postings SET created_at = next_attempt_at;
 
--- The postings still to deliver (or dead) per key, in order: the claim
--- looks for an earlier open posting of the same key here.
-CREATE INDEX outbox_postings_open ON outbox_postings (location_id, sku, posting_id)
-    WHERE status IN ('pending', 'in_flight', 'dead');
+-- No per-key index: ingest would pay for it on every event. The claim
+-- finds blocking postings among the open rows through the status index.
 -- Reconciliation skips keys posted to while it read the ERP.
 CREATE INDEX outbox_postings_posted_at ON outbox_postings (posted_at)
     WHERE posted_at IS NOT NULL;

@@ -215,13 +215,19 @@ pub struct OpenPostings {
     pub in_flight: bool,
 }
 
-const CLAIM: &str = "SELECT p.posting_id FROM outbox_postings p \
+/// The due postings that no earlier posting of their key blocks (dead, in
+/// flight on its lease, or backing off), in posting order. Blockers are
+/// found from the open rows alone (the status index), so ingest pays for
+/// no per-key index on the outbox.
+const CLAIM: &str = "WITH blockers AS ( \
+         SELECT location_id, sku, MIN(posting_id) AS first_block FROM outbox_postings \
+         WHERE status IN ('pending', 'in_flight', 'dead') \
+           AND (status = 'dead' OR next_attempt_at > $1) \
+         GROUP BY location_id, sku) \
+     SELECT p.posting_id FROM outbox_postings p \
+     LEFT JOIN blockers b ON b.location_id = p.location_id AND b.sku = p.sku \
      WHERE p.status IN ('pending', 'in_flight') AND p.next_attempt_at <= $1 \
-       AND NOT EXISTS (SELECT 1 FROM outbox_postings q \
-           WHERE q.location_id = p.location_id AND q.sku = p.sku \
-             AND q.posting_id < p.posting_id \
-             AND q.status IN ('pending', 'in_flight', 'dead') \
-             AND (q.status = 'dead' OR q.next_attempt_at > $1)) \
+       AND (b.first_block IS NULL OR p.posting_id < b.first_block) \
      ORDER BY p.posting_id LIMIT $2";
 
 const CLAIMED_DETAILS: &str = "SELECT p.posting_id, p.event_id, p.attempts, j.type, j.location_id, \
@@ -523,10 +529,11 @@ impl Store {
                 }
             }
             counts.blocked_by_dead = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM outbox_postings p WHERE p.status = 'pending' \
-                 AND EXISTS (SELECT 1 FROM outbox_postings d WHERE d.status = 'dead' \
-                     AND d.location_id = p.location_id AND d.sku = p.sku \
-                     AND d.posting_id < p.posting_id)",
+                "WITH dead AS (SELECT location_id, sku, MIN(posting_id) AS first_dead \
+                     FROM outbox_postings WHERE status = 'dead' GROUP BY location_id, sku) \
+                 SELECT COUNT(*) FROM outbox_postings p JOIN dead d \
+                     ON d.location_id = p.location_id AND d.sku = p.sku \
+                 WHERE p.status = 'pending' AND p.posting_id > d.first_dead",
             )
             .fetch_one(pool)
             .await?;
