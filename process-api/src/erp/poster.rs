@@ -143,21 +143,24 @@ impl Poster {
         let mut settlements = Vec::with_capacity(claimed.len());
         // An entry that did not change on_hand (a late event before a
         // count, a return straight to unsellable) has nothing to post.
-        let postings: Vec<Posting> = claimed
-            .iter()
-            .filter(|c| {
-                if c.quantity == 0 {
-                    settlements.push(Settlement::Posted {
-                        posting_id: c.posting_id,
-                        erp_ref: None,
-                    });
-                    false
-                } else {
-                    true
-                }
-            })
-            .map(to_posting)
-            .collect();
+        let batch = PostingBatch {
+            postings: claimed
+                .iter()
+                .filter(|c| {
+                    if c.quantity == 0 {
+                        settlements.push(Settlement::Posted {
+                            posting_id: c.posting_id,
+                            erp_ref: None,
+                        });
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .map(to_posting)
+                .collect(),
+        };
+        let postings = &batch.postings;
         if postings.is_empty() {
             self.status.breaker.release_probe();
             return settlements;
@@ -169,15 +172,7 @@ impl Poster {
         };
         let answer = self
             .system
-            .post::<_, PostingResults>(
-                "/v1/erp/postings",
-                &PostingBatch {
-                    postings: postings.clone(),
-                },
-                &["erp:write"],
-                ctx,
-                None,
-            )
+            .post::<_, PostingResults>("/v1/erp/postings", &batch, &["erp:write"], ctx, None)
             .await;
         let now = now_micros();
         match answer {
@@ -189,7 +184,7 @@ impl Poster {
                     .into_iter()
                     .map(|r| (r.posting_id, r))
                     .collect();
-                for posting in &postings {
+                for posting in postings {
                     let settlement = match by_id.remove(&posting.posting_id) {
                         Some(result) => match result.status {
                             PostingStatus::Posted | PostingStatus::Duplicate => {
@@ -226,7 +221,7 @@ impl Poster {
                 // one of them): give them back to go one at a time.
                 tracing::warn!(%status, %body, "ERP posting batch refused; retrying singly");
                 self.status.breaker.release_probe();
-                for posting in &postings {
+                for posting in postings {
                     settlements.push(Settlement::NotAttempted {
                         posting_id: posting.posting_id,
                         error: Some(format!("batch refused: {status}")),
@@ -238,7 +233,7 @@ impl Poster {
             Err(ClientError::Problem { status, body }) if is_about_the_postings(status) => {
                 self.status.breaker.release_probe();
                 let detail = body["detail"].as_str().unwrap_or_default().to_owned();
-                for posting in &postings {
+                for posting in postings {
                     settlements.push(Settlement::Failed {
                         posting_id: posting.posting_id,
                         error: format!("refused by system-api ({status}): {detail}"),
@@ -257,7 +252,7 @@ impl Poster {
                 self.status.record_failure(now, &error);
                 tracing::warn!(%error, "ERP posting call failed");
                 let jitter = rand::rng().random_range(0..=wait.max(1) / 2);
-                for posting in &postings {
+                for posting in postings {
                     settlements.push(Settlement::NotAttempted {
                         posting_id: posting.posting_id,
                         error: Some(error.clone()),

@@ -1007,6 +1007,24 @@ impl TrytonErp {
     }
 }
 
+/// A posting's result from its group's shipments (by event id).
+fn outcome(model: Model, posting: &Posting, done: &HashMap<String, (i64, bool)>) -> PostingResult {
+    match done.get(&posting.event_id) {
+        Some((id, duplicate)) => PostingResult {
+            erp_ref: Some(format!("{}:{id}", model.name())),
+            ..PostingResult::new(
+                posting.posting_id,
+                if *duplicate {
+                    PostingStatus::Duplicate
+                } else {
+                    PostingStatus::Posted
+                },
+            )
+        },
+        None => PostingResult::failed(posting.posting_id, true, "not found after posting"),
+    }
+}
+
 #[async_trait]
 impl Erp for TrytonErp {
     fn backend(&self) -> &'static str {
@@ -1050,21 +1068,15 @@ impl Erp for TrytonErp {
                     results.insert(posting.posting_id, skipped);
                     continue;
                 }
-                let refused =
-                    |reason: String| PostingResult::failed(posting.posting_id, false, reason);
-                let Some(warehouse) = self.warehouse(&posting.location_id, refs.company).await?
+                let warehouse = self.warehouse(&posting.location_id, refs.company).await?;
+                let (Some(warehouse), Some(product)) = (warehouse, products.get(&posting.sku))
                 else {
-                    let result = refused(format!(
-                        "Tryton has no warehouse with code {}",
-                        posting.location_id
-                    ));
-                    gate.note(posting, &result);
-                    results.insert(posting.posting_id, result);
-                    continue;
-                };
-                let Some(product) = products.get(&posting.sku) else {
-                    let result =
-                        refused(format!("Tryton has no product with code {}", posting.sku));
+                    let missing = if warehouse.is_none() {
+                        format!("Tryton has no warehouse with code {}", posting.location_id)
+                    } else {
+                        format!("Tryton has no product with code {}", posting.sku)
+                    };
+                    let result = PostingResult::failed(posting.posting_id, false, missing);
                     gate.note(posting, &result);
                     results.insert(posting.posting_id, result);
                     continue;
@@ -1080,77 +1092,44 @@ impl Erp for TrytonErp {
                     .push((posting, values, single_zone));
             }
             for (model, group) in groups {
-                match self.post_group(model, &group, refs.company).await {
+                let singly = match self.post_group(model, &group, refs.company).await {
                     Ok(done) => {
                         for (posting, _, _) in &group {
-                            let result = match done.get(&posting.event_id) {
-                                Some((id, duplicate)) => PostingResult {
-                                    erp_ref: Some(format!("{}:{id}", model.name())),
-                                    ..PostingResult::new(
-                                        posting.posting_id,
-                                        if *duplicate {
-                                            PostingStatus::Duplicate
-                                        } else {
-                                            PostingStatus::Posted
-                                        },
-                                    )
-                                },
-                                None => PostingResult::failed(
-                                    posting.posting_id,
-                                    true,
-                                    "not found after posting",
-                                ),
-                            };
+                            let result = outcome(model, posting, &done);
                             gate.note(posting, &result);
                             results.insert(posting.posting_id, result);
                         }
+                        continue;
                     }
                     Err(CallError::Unavailable(detail)) => {
                         return Err(ErpError::Unavailable(detail));
                     }
-                    Err(CallError::Refused(detail)) if group.len() == 1 => {
-                        let (posting, _, _) = &group[0];
-                        let result = PostingResult::failed(posting.posting_id, false, detail);
-                        gate.note(posting, &result);
-                        results.insert(posting.posting_id, result);
-                    }
-                    Err(CallError::Refused(detail)) => {
-                        // Find the posting at fault: one at a time.
-                        tracing::warn!(%detail, model = model.name(), "Tryton refused a group; posting singly");
-                        for entry in &group {
-                            let result = match self
-                                .post_group(model, std::slice::from_ref(entry), refs.company)
-                                .await
-                            {
-                                Ok(done) => match done.get(&entry.0.event_id) {
-                                    Some((id, duplicate)) => PostingResult {
-                                        erp_ref: Some(format!("{}:{id}", model.name())),
-                                        ..PostingResult::new(
-                                            entry.0.posting_id,
-                                            if *duplicate {
-                                                PostingStatus::Duplicate
-                                            } else {
-                                                PostingStatus::Posted
-                                            },
-                                        )
-                                    },
-                                    None => PostingResult::failed(
-                                        entry.0.posting_id,
-                                        true,
-                                        "not found after posting",
-                                    ),
-                                },
-                                Err(CallError::Unavailable(detail)) => {
-                                    return Err(ErpError::Unavailable(detail));
-                                }
-                                Err(CallError::Refused(detail)) => {
-                                    PostingResult::failed(entry.0.posting_id, false, detail)
-                                }
-                            };
-                            gate.note(entry.0, &result);
-                            results.insert(entry.0.posting_id, result);
+                    Err(CallError::Refused(detail)) => detail,
+                };
+                if group.len() > 1 {
+                    // Find the posting at fault: one at a time.
+                    tracing::warn!(detail = %singly, model = model.name(), "Tryton refused a group; posting singly");
+                }
+                for entry in &group {
+                    let posting = entry.0;
+                    let result = if group.len() == 1 {
+                        PostingResult::failed(posting.posting_id, false, singly.clone())
+                    } else {
+                        match self
+                            .post_group(model, std::slice::from_ref(entry), refs.company)
+                            .await
+                        {
+                            Ok(done) => outcome(model, posting, &done),
+                            Err(CallError::Unavailable(detail)) => {
+                                return Err(ErpError::Unavailable(detail));
+                            }
+                            Err(CallError::Refused(detail)) => {
+                                PostingResult::failed(posting.posting_id, false, detail)
+                            }
                         }
-                    }
+                    };
+                    gate.note(posting, &result);
+                    results.insert(posting.posting_id, result);
                 }
             }
         }
