@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod process_client;
+pub mod relay;
 pub mod routes;
 
 use std::future::Future;
@@ -36,6 +37,10 @@ pub struct AppState {
     pub idempotency: Arc<dyn retail_shared::idempotency::IdempotencyStore>,
     /// Reservation caps, checked here before a request travels inward.
     pub reservations: retail_shared::config::ReservationSettings,
+    /// The change feed, followed from process-api.
+    pub relay: Arc<relay::Relay>,
+    /// `[feed] keep_alive_seconds` of SSE streams.
+    pub feed_keep_alive_seconds: u64,
 }
 
 #[derive(OpenApi)]
@@ -68,6 +73,7 @@ struct ApiDoc;
 fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(retail_shared::ops::with_governance_notes(ApiDoc::openapi()))
         .merge(routes::availability::router())
+        .merge(routes::changes::router())
         .merge(routes::stores::router())
         .merge(routes::reservations::router())
         .merge(routes::ops::router())
@@ -125,6 +131,14 @@ pub struct Application {
     router: Router,
     port: u16,
     audit_writer: tokio::task::JoinHandle<()>,
+    follower: Follower,
+}
+
+/// What the change-feed relay task needs.
+struct Follower {
+    relay: Arc<relay::Relay>,
+    process: ProcessClient,
+    keep_alive: std::time::Duration,
 }
 
 impl Application {
@@ -155,11 +169,19 @@ impl Application {
         let audit_log: Arc<dyn AuditSink> =
             Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
         let (auditor, audit_writer) = Auditor::start(SERVICE, audit_log.clone());
+        let relay = relay::Relay::new(settings.feed.relay_buffer);
+        let follower = Follower {
+            relay: relay.clone(),
+            process: process.clone(),
+            keep_alive: std::time::Duration::from_secs(settings.feed.keep_alive_seconds.max(1)),
+        };
         let router = router(
             AppState {
                 process,
                 idempotency,
                 reservations: settings.reservations.clone(),
+                relay,
+                feed_keep_alive_seconds: settings.feed.keep_alive_seconds,
             },
             &settings,
             auditor,
@@ -171,6 +193,7 @@ impl Application {
             router,
             port,
             audit_writer,
+            follower,
         })
     }
 
@@ -189,7 +212,18 @@ impl Application {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let relay = tokio::spawn(relay::follow(
+            self.follower.relay,
+            self.follower.process,
+            self.follower.keep_alive,
+            stopped,
+        ));
         let result = server::serve(self.listener, self.router, signal).await;
+        let _ = stop.send(true);
+        if let Err(error) = relay.await {
+            tracing::error!(%error, "the change feed relay ended abnormally");
+        }
         // The router (holding the last `Auditor`) is gone: let the audit
         // writer store what is queued.
         Auditor::drain(self.audit_writer, std::time::Duration::from_secs(5)).await;

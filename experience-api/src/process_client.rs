@@ -99,6 +99,31 @@ struct AvailabilityResponse {
 }
 
 impl ProcessClient {
+    /// A page of the change feed (`after`, filters as comma lists).
+    pub async fn changes(
+        &self,
+        after: i64,
+        skus: &[String],
+        locations: &[String],
+        ctx: CallContext<'_>,
+    ) -> Result<crate::relay::FeedPage, ClientError> {
+        let mut query = vec![("after", after.to_string()), ("limit", "1000".to_owned())];
+        if !skus.is_empty() {
+            query.push(("sku", skus.join(",")));
+        }
+        if !locations.is_empty() {
+            query.push(("location_id", locations.join(",")));
+        }
+        self.inner
+            .get("/v1/inventory/changes", &query, &["inventory:read"], ctx)
+            .await
+    }
+
+    /// The underlying client (the relay opens streams with it).
+    pub fn layer(&self) -> &LayerClient {
+        &self.inner
+    }
+
     /// Availability of up to 500 skus (optionally at some locations).
     pub async fn availability(
         &self,

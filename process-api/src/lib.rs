@@ -6,12 +6,15 @@
 //! storage in [`storage`]; nothing outside `routes` knows about axum.
 
 pub mod config;
+pub mod console;
 pub mod erp;
 pub mod error;
+pub mod feed;
 pub mod inventory;
 pub mod routes;
 pub mod seed;
 pub mod storage;
+pub mod webhooks;
 pub mod workers;
 
 use std::future::Future;
@@ -58,6 +61,15 @@ pub struct AppState {
     pub reconciliation: retail_shared::config::ReconciliationSettings,
     /// `[process] stale_after_seconds`.
     pub stale_after_seconds: u64,
+    /// The change feed's live side on this replica.
+    pub feed: Arc<feed::FeedHub>,
+    /// `[feed] keep_alive_seconds` of SSE streams.
+    pub feed_keep_alive_seconds: u64,
+    /// Webhook delivery (its HTTP client serves dead-letter replays).
+    pub webhooks: webhooks::Deliverer,
+    /// The sync-health report, computed at most once a second however
+    /// many consoles watch it.
+    pub health: Arc<routes::ops::HealthCache>,
 }
 
 impl AppState {
@@ -109,6 +121,7 @@ fn api() -> OpenApiRouter<AppState> {
         .merge(routes::flows::router())
         .merge(routes::promise::router())
         .merge(routes::ops::router())
+        .merge(routes::feed::router())
 }
 
 /// The published OpenAPI document.
@@ -141,8 +154,14 @@ pub fn router(
             async move { system.probe("/healthz").await }
         }),
     ];
+    let hub = state.feed.clone();
     let app = api
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            hub,
+            feed::wake_after_writes,
+        ))
+        .merge(console::router())
         .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
     middleware::apply(
         app,
@@ -170,6 +189,8 @@ pub struct Application {
 struct Background {
     state: AppState,
     posting: retail_shared::config::ErpPostingSettings,
+    feed: retail_shared::config::FeedSettings,
+    webhooks: bool,
 }
 
 impl Application {
@@ -217,6 +238,7 @@ impl Application {
             &erp_call,
             issuer.clone(),
         )?;
+        let feed_hub = Arc::new(feed::FeedHub::default());
         let state = AppState {
             store: store.clone(),
             system,
@@ -228,10 +250,20 @@ impl Application {
             erp: erp_client,
             reconciliation: settings.reconciliation.clone(),
             stale_after_seconds: settings.process.stale_after_seconds,
+            feed: feed_hub.clone(),
+            feed_keep_alive_seconds: settings.feed.keep_alive_seconds,
+            webhooks: webhooks::Deliverer::new(
+                store.clone(),
+                feed_hub.clone(),
+                settings.webhooks.clone(),
+            )?,
+            health: Arc::default(),
         };
         let background = Background {
             state: state.clone(),
             posting: settings.erp_posting.clone(),
+            feed: settings.feed.clone(),
+            webhooks: settings.webhooks.enabled,
         };
         // The audit log lives in the ledger's database.
         let audit_log: Arc<dyn AuditSink> = Arc::new(store.clone());
@@ -283,7 +315,11 @@ impl Application {
             self.sweep_interval,
             stop.subscribe(),
         ));
-        let mut erp_workers = Vec::new();
+        let mut erp_workers = vec![tokio::spawn(workers::backlog_gauges(
+            self.store.clone(),
+            workers::GAUGE_INTERVAL,
+            stop.subscribe(),
+        ))];
         if self.background.posting.enabled {
             let poster = erp::poster::Poster::new(
                 self.store.clone(),
@@ -292,6 +328,19 @@ impl Application {
                 self.background.state.sync.clone(),
             );
             erp_workers.push(tokio::spawn(poster.run(stop.subscribe())));
+        }
+        if self.background.feed.enabled {
+            erp_workers.push(tokio::spawn(feed::publisher(
+                self.store.clone(),
+                self.background.state.feed.clone(),
+                self.background.feed.clone(),
+                stop.subscribe(),
+            )));
+        }
+        if self.background.webhooks {
+            erp_workers.push(tokio::spawn(
+                self.background.state.webhooks.clone().run(stop.subscribe()),
+            ));
         }
         erp_workers.push(tokio::spawn(workers::erp_schedules(
             self.background.state.clone(),
@@ -310,7 +359,7 @@ impl Application {
         }
         for worker in erp_workers {
             if let Err(error) = worker.await {
-                tracing::error!(%error, "ERP worker ended abnormally");
+                tracing::error!(%error, "a background worker ended abnormally");
             }
         }
         self.store.close().await;

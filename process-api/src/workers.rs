@@ -141,3 +141,51 @@ pub async fn erp_schedules(state: crate::AppState, mut stop: watch::Receiver<boo
         }
     }
 }
+
+/// How often the backlog gauges are refreshed.
+pub const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Refreshes the gauges of queues that live in the database (ERP outbox
+/// by status and its oldest age, change feed backlog, parked events,
+/// webhook dead letters): every replica reports the same shared figures.
+pub async fn backlog_gauges(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = refresh_gauges(&store).await {
+            tracing::debug!(%error, "refreshing backlog gauges failed");
+        }
+    }
+}
+
+async fn refresh_gauges(store: &Store) -> Result<(), sqlx::Error> {
+    let counts = store.posting_counts().await?;
+    for (status, n) in [
+        ("pending", counts.pending),
+        ("in_flight", counts.in_flight),
+        ("dead", counts.dead),
+        ("posted", counts.posted),
+        ("discarded", counts.discarded),
+    ] {
+        metrics::gauge!("erp_postings", "status" => status).set(n as f64);
+    }
+    metrics::gauge!("erp_postings_blocked_by_dead").set(counts.blocked_by_dead as f64);
+    metrics::gauge!("erp_postings_oldest_pending_age_seconds")
+        .set(counts.oldest_pending_age_seconds);
+    let backlog = store.feed_backlog().await?;
+    let now = store.now();
+    metrics::gauge!("feed_backlog").set(backlog.rows as f64);
+    metrics::gauge!("feed_backlog_oldest_age_seconds").set(
+        backlog
+            .oldest
+            .map_or(0.0, |at| (now - at).max(0) as f64 / 1e6),
+    );
+    metrics::gauge!("feed_head").set(store.feed_head().await? as f64);
+    metrics::gauge!("parked_events").set(store.parked_count().await? as f64);
+    metrics::gauge!("webhook_dead_letters").set(store.webhook_dead_letter_count().await? as f64);
+    Ok(())
+}

@@ -195,6 +195,52 @@ impl LayerClient {
         .await
     }
 
+    /// Opens a long-lived GET (a Server-Sent Events stream): one attempt,
+    /// no overall deadline (the caller watches for silence), `Last-Event-ID`
+    /// when resuming. The caller reads the body as it arrives.
+    pub async fn open_stream(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+        scopes: &[&str],
+        last_event_id: Option<i64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let token = self
+            .issuer
+            .service_token(self.service, self.audience, scopes, None)
+            .map_err(|e| ClientError::Internal(e.to_string()))?;
+        let url = format!("{}{}", self.base_url, path);
+        let mut request = self
+            .http
+            .get(&url)
+            .bearer_auth(&token)
+            .header("accept", "text/event-stream")
+            // Replaces the client's per-call deadline for this request.
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("{url}: {e}")))?;
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        if status.is_success() {
+            Ok(response)
+        } else if status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS {
+            let body = response.json::<Value>().await.unwrap_or(Value::Null);
+            Err(ClientError::Problem { status, body })
+        } else {
+            Err(ClientError::Unavailable(format!(
+                "{url}: answered {status}"
+            )))
+        }
+    }
+
     #[expect(
         clippy::too_many_arguments,
         reason = "one private funnel for all verbs"

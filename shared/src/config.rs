@@ -113,6 +113,11 @@ pub struct Settings {
     pub erp_posting: ErpPostingSettings,
     /// ERP balances against platform on_hand.
     pub reconciliation: ReconciliationSettings,
+    /// The availability change feed (process-api publishes, experience-api
+    /// relays).
+    pub feed: FeedSettings,
+    /// Signed webhook delivery of the change feed.
+    pub webhooks: WebhookSettings,
     /// Deprecated versions or routes.
     #[serde(default)]
     pub deprecations: Vec<Deprecation>,
@@ -364,6 +369,48 @@ pub struct ErpPostingSettings {
     /// Deadline of one posting call to system-api (an ERP such as Tryton
     /// takes seconds per batch); shorter than `lease_ms`.
     pub call_timeout_ms: u64,
+}
+
+/// The availability change feed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    /// Run the publisher (off: changes wait in the outbox).
+    pub enabled: bool,
+    /// How often the publisher looks for changes committed by other
+    /// replicas (writes of this replica wake it at once).
+    pub poll_interval_ms: u64,
+    /// Entries older than this are pruned once every active webhook
+    /// subscriber has them.
+    pub retention_seconds: u64,
+    /// Entries older than this are pruned whoever still lacks them.
+    pub max_retention_seconds: u64,
+    /// experience-api: changes kept in memory for clients resuming with
+    /// `Last-Event-ID` (older ones are read from process-api).
+    pub relay_buffer: usize,
+    /// experience-api: SSE keep-alive comment interval.
+    pub keep_alive_seconds: u64,
+}
+
+/// Webhook delivery (process-api).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Run the delivery worker.
+    pub enabled: bool,
+    /// Attempts of one delivery before it becomes the subscriber's dead
+    /// letter and the subscriber moves on.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Longest retry delay.
+    pub backoff_max_ms: u64,
+    /// Deadline of one delivery.
+    pub timeout_ms: u64,
+    /// How long a replica holds a subscriber before another may take over.
+    pub lease_ms: u64,
+    /// How often the worker looks for subscribers with undelivered changes.
+    pub poll_interval_ms: u64,
 }
 
 /// Reconciliation of ERP balances against platform on_hand.

@@ -265,23 +265,35 @@ pub async fn idempotency(
             )
             .into_response()
         }
-        Ok(Begin::Mismatch) => Problem::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency-key-reused",
-            "Idempotency-Key reused",
-        )
-        .with_detail("this Idempotency-Key was used for a different request")
-        .into_response(),
-        Ok(Begin::InFlight) => Problem::new(
-            StatusCode::CONFLICT,
-            "idempotency-key-in-flight",
-            "Request in progress",
-        )
-        .with_detail("a request with this Idempotency-Key is still being processed; retry shortly")
-        .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-        .into_response(),
-        Ok(Begin::Replay(stored)) => replay(stored),
+        Ok(Begin::Mismatch) => {
+            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "mismatch").increment(1);
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+            )
+            .with_detail("this Idempotency-Key was used for a different request")
+            .into_response()
+        }
+        Ok(Begin::InFlight) => {
+            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "in_flight").increment(1);
+            Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request in progress",
+            )
+            .with_detail(
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .into_response()
+        }
+        Ok(Begin::Replay(stored)) => {
+            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "replayed").increment(1);
+            replay(stored)
+        }
         Ok(Begin::Started) => {
+            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "first").increment(1);
             let request = Request::from_parts(parts, Body::from(bytes));
             let response = next.run(request).await;
             let (parts, body) = response.into_parts();

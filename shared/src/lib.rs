@@ -31,6 +31,7 @@ pub mod problem;
 pub mod promise;
 pub mod ratelimit;
 pub mod server;
+pub mod sse;
 pub mod telemetry;
 pub mod validate;
 

@@ -28,10 +28,39 @@ pub async fn serve(
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let (draining, watcher) = tokio::sync::watch::channel(false);
+    let router = router.layer(axum::Extension(Draining(watcher)));
+    let signal = async move {
+        shutdown.await;
+        let _ = draining.send(true);
+    };
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(signal)
         .await
         .context("server failed")
+}
+
+/// Resolves when the server serving the request starts shutting down.
+/// Endless responses (event streams) end with it, so a graceful shutdown
+/// does not wait for them forever. Handlers take it as
+/// `Option<Extension<Draining>>` (absent when a router is driven without
+/// [`serve`], as in tests).
+#[derive(Debug, Clone)]
+pub struct Draining(tokio::sync::watch::Receiver<bool>);
+
+impl Draining {
+    /// Waits for the shutdown.
+    pub async fn wait(mut self) {
+        let _ = self.0.wait_for(|draining| *draining).await;
+    }
+
+    /// `wait` for an optional extension (never resolves when absent).
+    pub async fn of(draining: Option<axum::Extension<Self>>) {
+        match draining {
+            Some(axum::Extension(draining)) => draining.wait().await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -3,6 +3,7 @@
 
 mod channels;
 mod erp;
+mod feed;
 mod flows;
 mod foundation;
 mod governance;

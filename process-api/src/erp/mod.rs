@@ -161,6 +161,12 @@ impl SyncStatus {
         self.last_success.store(now, Ordering::Relaxed);
     }
 
+    /// When the last successful call was (unix microseconds).
+    pub fn last_success_micros(&self) -> Option<i64> {
+        let at = self.last_success.load(Ordering::Relaxed);
+        (at > 0).then_some(at)
+    }
+
     /// Records a failed call.
     pub fn record_failure(&self, now: i64, error: &str) {
         self.last_failure.store(now, Ordering::Relaxed);

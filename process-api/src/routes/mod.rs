@@ -1,5 +1,6 @@
 //! Thin HTTP handlers, one module per area; each exports `router()`.
 
+pub mod feed;
 pub mod flows;
 pub mod inventory;
 pub mod master;

@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(dependencies))
         .routes(routes!(sync_health))
+        .routes(routes!(sync_health_stream))
         .routes(routes!(list_postings))
         .routes(routes!(replay_posting))
         .routes(routes!(discard_posting))
@@ -51,7 +52,7 @@ fn ingest_context(principal: &Principal, correlation: &Correlation) -> IngestCon
 }
 
 /// Outbox figures of `GET /v1/ops/sync-health` (pinned names first).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PostingHealth {
     /// Not yet delivered and not claimed (due or backing off).
     pub pending: i64,
@@ -70,14 +71,14 @@ pub struct PostingHealth {
 }
 
 /// Event figures of `GET /v1/ops/sync-health`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EventHealth {
     /// Parked events (unknown sku or location), waiting for master data.
     pub parked: i64,
 }
 
 /// One location's freshness.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct LocationHealth {
     /// Location.
     pub location_id: String,
@@ -88,7 +89,7 @@ pub struct LocationHealth {
 }
 
 /// Reconciliation figures of `GET /v1/ops/sync-health`.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ReconciliationHealth {
     /// Exceptions waiting for review.
     pub open_exceptions: i64,
@@ -97,8 +98,78 @@ pub struct ReconciliationHealth {
     pub last_run: Option<ReconciliationRun>,
 }
 
+/// Ingest figures of this replica over the last minute.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct IngestHealth {
+    /// Events applied per second.
+    pub events_per_second: f64,
+    /// Events applied.
+    pub events_last_minute: u64,
+    /// Median time from an event accepted to its change in the feed (ms).
+    pub propagation_p50_ms: Option<f64>,
+    /// 99th percentile of the same (ms).
+    pub propagation_p99_ms: Option<f64>,
+}
+
+/// The change feed's figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FeedHealth {
+    /// The newest seq published.
+    pub head: i64,
+    /// Committed changes not yet published.
+    pub backlog: i64,
+    /// Age of the oldest of them.
+    pub oldest_backlog_age_seconds: f64,
+}
+
+/// Webhook figures.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct WebhookHealth {
+    /// Registered subscribers.
+    pub subscriptions: i64,
+    /// Active subscribers more than a minute behind (or failing).
+    pub lagging: i64,
+    /// Dead letters waiting for an operator.
+    pub dead_letters: i64,
+}
+
+/// One flow as the business sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct FlowImpact {
+    /// `erp_posting`, `store_feeds`, `change_feed`, `master_data` or
+    /// `webhooks`.
+    pub flow: String,
+    /// Human name.
+    pub label: String,
+    /// `ok`, `degraded` or `down`.
+    pub status: String,
+    /// Since when it is not ok.
+    pub since: Option<String>,
+    /// One sentence.
+    pub headline: String,
+    /// Items waiting (postings, changes, parked events, dead letters).
+    pub waiting: i64,
+    /// Locations whose data it holds back.
+    pub locations_affected: i64,
+    /// Skus whose data it holds back.
+    pub skus_affected: i64,
+    /// Sales channels whose availability is affected.
+    pub channels_affected: Vec<String>,
+    /// The most affected locations.
+    pub top_locations: Vec<String>,
+}
+
+/// What degraded flows mean for stores, skus and channels.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Impact {
+    /// One sentence per flow that is not ok, worst first (empty: all ok).
+    pub summary: Vec<String>,
+    /// Every flow.
+    pub flows: Vec<FlowImpact>,
+}
+
 /// The pinned sync health report.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SyncHealth {
     /// ERP outbox.
     pub postings: PostingHealth,
@@ -110,20 +181,104 @@ pub struct SyncHealth {
     pub erp: ErpLinkView,
     /// Reconciliation.
     pub reconciliation: ReconciliationHealth,
+    /// Ingest rate and propagation latency (this replica, last minute).
+    pub ingest: IngestHealth,
+    /// The availability change feed.
+    pub feed: FeedHealth,
+    /// Webhook subscribers.
+    pub webhooks: WebhookHealth,
+    /// Business impact of degraded flows.
+    pub impact: Impact,
+    /// When this report was computed.
+    pub generated_at: String,
 }
 
-/// How inventory is flowing: ERP outbox, parked events, location
-/// freshness, the ERP link and reconciliation.
-#[utoipa::path(get, path = "/v1/ops/sync-health", tag = "operations",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Sync health", body = SyncHealth),
-        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
-async fn sync_health(
-    State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
-) -> Result<ApiJson<SyncHealth>> {
+/// The last report and when it was made (reports are shared for a
+/// second: every console's stream reads the same one).
+#[derive(Debug, Default)]
+pub struct HealthCache(
+    tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<SyncHealth>)>>,
+);
+
+impl HealthCache {
+    /// A report at most `max_age` old.
+    pub async fn get(
+        &self,
+        state: &AppState,
+        max_age: std::time::Duration,
+    ) -> Result<std::sync::Arc<SyncHealth>> {
+        let mut slot = self.0.lock().await;
+        if let Some((at, report)) = slot.as_ref()
+            && at.elapsed() < max_age
+        {
+            return Ok(report.clone());
+        }
+        let report = std::sync::Arc::new(health_report(state).await?);
+        *slot = Some((std::time::Instant::now(), report.clone()));
+        Ok(report)
+    }
+}
+
+fn minutes(micros: i64) -> String {
+    let minutes = micros / 60_000_000;
+    if minutes < 1 {
+        format!("{} s", (micros / 1_000_000).max(0))
+    } else if minutes < 120 {
+        format!("{minutes} min")
+    } else {
+        format!("{} h", minutes / 60)
+    }
+}
+
+fn thousands(n: i64) -> String {
+    let digits = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn plural(n: i64, one: &str, many: &str) -> String {
+    format!("{} {}", thousands(n), if n == 1 { one } else { many })
+}
+
+/// Channels that sell from any of `locations` (per `[channels]`).
+fn channels_selling_from(
+    state: &AppState,
+    locations: &[&retail_shared::model::Location],
+) -> Vec<String> {
+    state
+        .channels
+        .iter()
+        .filter(|(_, rule)| {
+            locations.iter().any(|location| {
+                rule.location_types
+                    .iter()
+                    .any(|t| t == location.r#type.as_str())
+                    || location
+                        .capabilities
+                        .iter()
+                        .any(|c| rule.capabilities.iter().any(|r| r == c.as_str()))
+            })
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+fn status_rank(status: &str) -> u8 {
+    match status {
+        "down" => 0,
+        "degraded" => 1,
+        _ => 2,
+    }
+}
+
+/// Computes the sync-health report.
+pub async fn health_report(state: &AppState) -> Result<SyncHealth> {
     let now = state.store.now();
     let counts = state.store.posting_counts().await?;
     let parked = state.store.parked_count().await?;
@@ -131,17 +286,15 @@ async fn sync_health(
     let stale_after = i64::try_from(state.stale_after_seconds)
         .unwrap_or(i64::MAX / 2_000_000)
         .saturating_mul(1_000_000);
-    let mut locations: Vec<LocationHealth> = state
-        .store
-        .all_locations()
-        .await?
-        .into_iter()
+    let registry = state.store.all_locations().await?;
+    let mut locations: Vec<LocationHealth> = registry
+        .iter()
         .map(|location| {
             let last = last_events.get(&location.location_id).copied().flatten();
             LocationHealth {
                 stale: last.is_none_or(|at| now - at > stale_after),
                 last_event_at: last.map(micros_to_rfc3339),
-                location_id: location.location_id,
+                location_id: location.location_id.clone(),
             }
         })
         .collect();
@@ -151,7 +304,236 @@ async fn sync_health(
             .then_with(|| a.location_id.cmp(&b.location_id))
     });
     let last_run = state.store.reconciliation_runs(1).await?.into_iter().next();
-    Ok(ApiJson(SyncHealth {
+    let rolling = state.feed.rolling();
+    let backlog = state.store.feed_backlog().await?;
+    let head = state.store.feed_head().await?;
+    let subscriptions = state.store.subscriptions().await?;
+    let webhook_dead = subscriptions.iter().map(|s| s.dead_letters).sum::<i64>();
+    let lagging = subscriptions
+        .iter()
+        .filter(|s| s.status == "active" && s.cursor < head && s.attempts > 0)
+        .count() as i64;
+    let erp = state.sync.view(now);
+    let open_exceptions = state.store.open_exception_count().await?;
+
+    let mut flows = Vec::new();
+    // ERP posting: the books lag the shelves; channels are unaffected.
+    {
+        let waiting = counts.pending + counts.in_flight + counts.dead;
+        let spread = if waiting > 0 {
+            state.store.open_posting_spread().await?
+        } else {
+            Default::default()
+        };
+        let oldest_micros = (counts.oldest_pending_age_seconds * 1e6) as i64;
+        let breaker_open = erp.breaker.state != "closed";
+        let status = if breaker_open {
+            "down"
+        } else if counts.dead > 0 || counts.oldest_pending_age_seconds > 300.0 {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let last_success = state.sync.last_success_micros();
+        let since = (status != "ok").then(|| {
+            let oldest_at = now - oldest_micros;
+            last_success.map_or(oldest_at, |s| s.max(oldest_at))
+        });
+        let stores = plural(spread.locations, "location", "locations");
+        let headline = match status {
+            "down" => format!(
+                "ERP down {}: {} postings waiting, {stores} affected",
+                minutes(now - since.unwrap_or(now)),
+                thousands(waiting)
+            ),
+            "degraded" if counts.dead > 0 => format!(
+                "{} ERP postings dead ({} held behind them), {stores} affected",
+                thousands(counts.dead),
+                thousands(counts.blocked_by_dead)
+            ),
+            "degraded" => format!(
+                "ERP postings {} behind: {} waiting, {stores} affected",
+                minutes(oldest_micros),
+                thousands(waiting)
+            ),
+            _ => format!("ERP in step: {} postings in flight", thousands(waiting)),
+        };
+        flows.push(FlowImpact {
+            flow: "erp_posting".into(),
+            label: "ERP posting".into(),
+            status: status.into(),
+            since: since.map(micros_to_rfc3339),
+            headline,
+            waiting,
+            locations_affected: spread.locations,
+            skus_affected: spread.skus,
+            channels_affected: Vec::new(),
+            top_locations: spread.top_locations.into_iter().map(|(l, _)| l).collect(),
+        });
+    }
+    // Store feeds: silent locations sell on old figures.
+    {
+        let stale: Vec<&retail_shared::model::Location> = registry
+            .iter()
+            .filter(|l| {
+                last_events
+                    .get(&l.location_id)
+                    .copied()
+                    .flatten()
+                    .is_none_or(|at| now - at > stale_after)
+            })
+            .collect();
+        let count = stale.len() as i64;
+        let status = if count == 0 { "ok" } else { "degraded" };
+        let channels = channels_selling_from(state, &stale);
+        let headline = if count == 0 {
+            "Every location reported within the staleness window".to_owned()
+        } else {
+            format!(
+                "{} silent for over {}{}",
+                plural(count, "location", "locations"),
+                minutes(stale_after),
+                if channels.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {} availability may be off", channels.join(", "))
+                }
+            )
+        };
+        flows.push(FlowImpact {
+            flow: "store_feeds".into(),
+            label: "Store and warehouse feeds".into(),
+            status: status.into(),
+            since: None,
+            headline,
+            waiting: 0,
+            locations_affected: count,
+            skus_affected: 0,
+            channels_affected: channels,
+            top_locations: stale
+                .iter()
+                .take(5)
+                .map(|l| l.location_id.clone())
+                .collect(),
+        });
+    }
+    // Change feed: every channel's availability lags.
+    {
+        let age = backlog.oldest.map_or(0, |at| (now - at).max(0));
+        let status = if age > 60_000_000 {
+            "down"
+        } else if age > 5_000_000 {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let channels: Vec<String> = if status == "ok" {
+            Vec::new()
+        } else {
+            state.channels.keys().cloned().collect()
+        };
+        let headline = if status == "ok" {
+            format!(
+                "Availability current: p99 {} from event to feed",
+                rolling
+                    .propagation_p99_ms
+                    .map_or("n/a".to_owned(), |ms| format!("{ms:.0} ms"))
+            )
+        } else {
+            format!(
+                "Availability {} behind: {} changes unpublished, every channel affected",
+                minutes(age),
+                thousands(backlog.rows)
+            )
+        };
+        flows.push(FlowImpact {
+            flow: "change_feed".into(),
+            label: "Availability change feed".into(),
+            status: status.into(),
+            since: backlog
+                .oldest
+                .filter(|_| status != "ok")
+                .map(micros_to_rfc3339),
+            headline,
+            waiting: backlog.rows,
+            locations_affected: 0,
+            skus_affected: 0,
+            channels_affected: channels,
+            top_locations: Vec::new(),
+        });
+    }
+    // Master data: parked events are stock nobody can sell yet.
+    {
+        let spread = if parked > 0 {
+            state.store.parked_spread().await?
+        } else {
+            Default::default()
+        };
+        let status = if parked > 0 { "degraded" } else { "ok" };
+        let headline = if parked == 0 {
+            "No events waiting for master data".to_owned()
+        } else {
+            format!(
+                "{} waiting for master data: {} at {}",
+                plural(parked, "event", "events"),
+                plural(spread.skus, "sku", "skus"),
+                plural(spread.locations, "location", "locations")
+            )
+        };
+        flows.push(FlowImpact {
+            flow: "master_data".into(),
+            label: "Master data".into(),
+            status: status.into(),
+            since: None,
+            headline,
+            waiting: parked,
+            locations_affected: spread.locations,
+            skus_affected: spread.skus,
+            channels_affected: Vec::new(),
+            top_locations: spread.top_locations.into_iter().map(|(l, _)| l).collect(),
+        });
+    }
+    // Webhooks: partners miss changes.
+    {
+        let status = if webhook_dead > 0 || lagging > 0 {
+            "degraded"
+        } else {
+            "ok"
+        };
+        let headline = if status == "ok" {
+            format!(
+                "{} in step",
+                plural(subscriptions.len() as i64, "subscriber", "subscribers")
+            )
+        } else {
+            format!(
+                "{} failing, {} undelivered",
+                plural(lagging, "subscriber", "subscribers"),
+                plural(webhook_dead, "dead letter", "dead letters")
+            )
+        };
+        flows.push(FlowImpact {
+            flow: "webhooks".into(),
+            label: "Webhook subscribers".into(),
+            status: status.into(),
+            since: None,
+            headline,
+            waiting: webhook_dead,
+            locations_affected: 0,
+            skus_affected: 0,
+            channels_affected: if status == "ok" {
+                Vec::new()
+            } else {
+                vec!["partner".into()]
+            },
+            top_locations: Vec::new(),
+        });
+    }
+    let mut ranked: Vec<&FlowImpact> = flows.iter().filter(|f| f.status != "ok").collect();
+    ranked.sort_by_key(|f| status_rank(&f.status));
+    let summary = ranked.iter().map(|f| f.headline.clone()).collect();
+
+    Ok(SyncHealth {
         postings: PostingHealth {
             pending: counts.pending,
             in_flight: counts.in_flight,
@@ -163,12 +545,88 @@ async fn sync_health(
         },
         events: EventHealth { parked },
         locations,
-        erp: state.sync.view(now),
+        erp,
         reconciliation: ReconciliationHealth {
-            open_exceptions: state.store.open_exception_count().await?,
+            open_exceptions,
             last_run,
         },
-    }))
+        ingest: IngestHealth {
+            events_per_second: rolling.events_per_second,
+            events_last_minute: rolling.events_last_minute,
+            propagation_p50_ms: rolling.propagation_p50_ms,
+            propagation_p99_ms: rolling.propagation_p99_ms,
+        },
+        feed: FeedHealth {
+            head,
+            backlog: backlog.rows,
+            oldest_backlog_age_seconds: backlog
+                .oldest
+                .map_or(0.0, |at| (now - at).max(0) as f64 / 1e6),
+        },
+        webhooks: WebhookHealth {
+            subscriptions: subscriptions.len() as i64,
+            lagging,
+            dead_letters: webhook_dead,
+        },
+        impact: Impact { summary, flows },
+        generated_at: micros_to_rfc3339(now),
+    })
+}
+
+/// How inventory is flowing: ERP outbox, parked events, location
+/// freshness, the ERP link, reconciliation, ingest rate and propagation,
+/// the change feed, webhooks, and the business impact of whatever is
+/// degraded (which stores, skus and channels).
+#[utoipa::path(get, path = "/v1/ops/sync-health", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Sync health", body = SyncHealth),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn sync_health(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+) -> Result<ApiJson<SyncHealth>> {
+    Ok(ApiJson(health_report(&state).await?))
+}
+
+/// The sync-health report as Server-Sent Events (`event: health`), about
+/// once a second, for live dashboards.
+#[utoipa::path(get, path = "/v1/ops/sync-health/stream", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An endless event stream", body = SyncHealth, content_type = "text/event-stream"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn sync_health_stream(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+    draining: Option<axum::Extension<retail_shared::server::Draining>>,
+) -> axum::response::sse::Sse<
+    impl futures::Stream<
+        Item = std::result::Result<axum::response::sse::Event, std::convert::Infallible>,
+    >,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let period = std::time::Duration::from_secs(1);
+    let stream = futures::stream::unfold((state, true), move |(state, first)| async move {
+        if !first {
+            tokio::time::sleep(period).await;
+        }
+        let event = match state.health.get(&state, period).await {
+            Ok(report) => Event::default()
+                .event("health")
+                .data(serde_json::to_string(&*report).unwrap_or_default()),
+            Err(error) => {
+                tracing::warn!(?error, "computing sync health for a stream failed");
+                Event::default().comment("sync health unavailable; retrying")
+            }
+        };
+        Some((Ok(event), (state, false)))
+    });
+    let stream =
+        futures::StreamExt::take_until(stream, retail_shared::server::Draining::of(draining));
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 /// Query of `GET /v1/ops/postings`.

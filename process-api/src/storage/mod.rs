@@ -15,6 +15,7 @@
 
 pub mod audit;
 pub mod cache;
+pub mod feed;
 pub mod idempotency;
 pub mod ledger;
 pub mod master;
@@ -22,6 +23,7 @@ pub mod postings;
 pub mod reconciliation;
 pub mod reservations;
 pub mod transfers;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::time::Duration;

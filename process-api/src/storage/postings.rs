@@ -627,6 +627,25 @@ impl Store {
         })
     }
 
+    /// Where undelivered postings (pending, in flight, dead) sit: distinct
+    /// locations and skus, and the five locations with the most.
+    pub async fn open_posting_spread(&self) -> Result<Spread, sqlx::Error> {
+        on_reader!(self.db(), |pool| {
+            spread(
+                pool,
+                "FROM outbox_postings WHERE status IN ('pending', 'in_flight', 'dead')",
+            )
+            .await
+        })
+    }
+
+    /// Where parked events sit (see [`Store::open_posting_spread`]).
+    pub async fn parked_spread(&self) -> Result<Spread, sqlx::Error> {
+        on_reader!(self.db(), |pool| {
+            spread(pool, "FROM parked_events WHERE dead = 0").await
+        })
+    }
+
     /// Undelivered postings per sku at one location, and the skus posted
     /// to at or after `posted_since` (reconciliation leaves those alone:
     /// the ERP figure it read may or may not include them).
@@ -696,4 +715,44 @@ mod tests {
         assert_eq!(policy.delay_micros(9, 1.0), 10_000);
         assert_eq!(policy.delay_micros(60, 0.5), 7_500);
     }
+}
+
+/// How widely a set of rows (postings, parked events) is spread.
+#[derive(Debug, Clone, Default)]
+pub struct Spread {
+    /// Distinct locations.
+    pub locations: i64,
+    /// Distinct skus.
+    pub skus: i64,
+    /// The locations with the most rows, most first.
+    pub top_locations: Vec<(String, i64)>,
+}
+
+async fn spread<'e, E>(executor: E, from: &'static str) -> Result<Spread, sqlx::Error>
+where
+    E: sqlx::Executor<'e> + Copy,
+    for<'r> (i64, i64): sqlx::FromRow<'r, <E::Database as sqlx::Database>::Row>,
+    for<'r> (String, i64): sqlx::FromRow<'r, <E::Database as sqlx::Database>::Row>,
+    for<'q> <E::Database as sqlx::Database>::Arguments: sqlx::IntoArguments<E::Database>,
+{
+    let (locations, skus): (i64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(DISTINCT location_id), COUNT(DISTINCT sku) {from}"
+    )))
+    .fetch_one(executor)
+    .await?;
+    let top_locations = if locations == 0 {
+        Vec::new()
+    } else {
+        sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT location_id, COUNT(*) {from} GROUP BY location_id \
+             ORDER BY COUNT(*) DESC, location_id LIMIT 5"
+        )))
+        .fetch_all(executor)
+        .await?
+    };
+    Ok(Spread {
+        locations,
+        skus,
+        top_locations,
+    })
 }

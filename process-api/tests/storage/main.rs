@@ -2,6 +2,7 @@
 //! PostgreSQL when `TEST_POSTGRES_URL` is set (CI sets it).
 
 mod backends;
+mod feed;
 mod idempotency;
 mod ledger_props;
 mod master;

@@ -1,0 +1,567 @@
+//! The availability change feed over HTTP (pages and Server-Sent Events)
+//! and its webhook subscribers.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use retail_shared::auth::{Authorized, Principal, scope};
+use retail_shared::problem::{ApiJson, ApiPath, ApiQuery, Problem, ProblemBody, ValidJson};
+use retail_shared::validate::{Validate, Validator};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::ops::NoteBody;
+use crate::AppState;
+use crate::error::Result;
+use crate::storage::Store;
+use crate::storage::feed::{Change, FeedFilter};
+use crate::storage::webhooks::{DeadLetter, NewSubscription, Subscription};
+
+/// Skus or locations one filter may name.
+const MAX_FILTER_VALUES: usize = 100;
+/// Changes per page or per stream read.
+const STREAM_READ: i64 = 500;
+
+/// Routes of this area.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_changes))
+        .routes(routes!(stream_changes))
+        .routes(routes!(create_webhook, list_webhooks))
+        .routes(routes!(get_webhook, delete_webhook))
+        .routes(routes!(resume_webhook))
+        .routes(routes!(list_dead_letters))
+        .routes(routes!(replay_dead_letter))
+        .routes(routes!(discard_dead_letter))
+}
+
+/// Filters of the feed.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeQuery {
+    /// Changes after this seq (default: 0 for pages; for streams the
+    /// `Last-Event-ID` header, else the current head).
+    pub after: Option<i64>,
+    /// Only these skus (comma-separated, at most 100).
+    pub sku: Option<String>,
+    /// Only these locations (comma-separated, at most 100).
+    pub location_id: Option<String>,
+    /// Page size, 1 to 1000 (default 500; pages only).
+    pub limit: Option<i64>,
+}
+
+/// A page of the feed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChangePage {
+    /// Changes in seq order.
+    pub changes: Vec<Change>,
+    /// The newest seq published.
+    pub head: i64,
+    /// The oldest seq still kept; asking for `after` below `tail - 1`
+    /// misses pruned changes (read positions afresh instead).
+    pub tail: i64,
+}
+
+fn split(field: &str, value: Option<&str>, v: &mut Validator) -> Vec<String> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let values: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    v.count(field, values.len(), 1, MAX_FILTER_VALUES);
+    for item in &values {
+        v.id(field, item);
+    }
+    values
+}
+
+/// Checks the filters and narrows them to the token's locations.
+fn filter_for(principal: &Principal, query: &ChangeQuery, after: i64) -> Result<FeedFilter> {
+    let mut v = Validator::default();
+    let skus = split("sku", query.sku.as_deref(), &mut v);
+    let mut location_ids = split("location_id", query.location_id.as_deref(), &mut v);
+    let limit = query.limit.unwrap_or(STREAM_READ);
+    v.range("limit", limit, 1, 1000);
+    v.range("after", after, 0, i64::MAX);
+    v.finish()?;
+    if let Some(bound) = &principal.locations {
+        if location_ids.is_empty() {
+            location_ids = bound.iter().cloned().collect();
+        } else {
+            for location in &location_ids {
+                principal.require_location(location)?;
+            }
+        }
+    }
+    Ok(FeedFilter {
+        after,
+        skus,
+        location_ids,
+        limit,
+    })
+}
+
+/// A page of availability changes after `after` (each the position's
+/// figures right after the change; the newest entry per position is its
+/// current state).
+#[utoipa::path(get, path = "/v1/inventory/changes", tag = "inventory",
+    params(ChangeQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Changes", body = ChangePage),
+        (status = 400, description = "Malformed query", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope inventory:read missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json")))]
+async fn list_changes(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryRead>,
+    ApiQuery(query): ApiQuery<ChangeQuery>,
+) -> Result<ApiJson<ChangePage>> {
+    let filter = filter_for(&auth, &query, query.after.unwrap_or(0))?;
+    let head = state.store.feed_head().await?;
+    let tail = state.store.feed_tail().await?;
+    let changes = state.store.changes(&filter).await?;
+    Ok(ApiJson(ChangePage {
+        changes,
+        head,
+        tail,
+    }))
+}
+
+/// The `Last-Event-ID` header, if any.
+pub fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|v| *v >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::bad_request("Last-Event-ID must be a change seq (a non-negative integer)")
+                .into()
+        })
+}
+
+struct Reader {
+    store: Store,
+    heads: tokio::sync::watch::Receiver<i64>,
+    filter: FeedFilter,
+    buffer: VecDeque<Change>,
+    reset: Option<i64>,
+}
+
+/// Streams `filter`'s changes from `filter.after` on: whatever is already
+/// in the feed first, then live as the publisher appends.
+fn change_stream(reader: Reader) -> impl Stream<Item = std::result::Result<Event, Infallible>> {
+    futures::stream::unfold(reader, |mut reader| async move {
+        loop {
+            if let Some(tail) = reader.reset.take() {
+                let event = Event::default()
+                    .event("reset")
+                    .data(format!("{{\"tail\":{tail}}}"));
+                return Some((Ok(event), reader));
+            }
+            if let Some(change) = reader.buffer.pop_front() {
+                reader.filter.after = change.seq;
+                let data = serde_json::to_string(&change).unwrap_or_default();
+                let event = Event::default()
+                    .id(change.seq.to_string())
+                    .event("change")
+                    .data(data);
+                return Some((Ok(event), reader));
+            }
+            let head = *reader.heads.borrow_and_update();
+            match reader.store.changes(&reader.filter).await {
+                Ok(changes) if !changes.is_empty() => reader.buffer.extend(changes),
+                Ok(_) => {
+                    // Nothing matched up to `head`: skip the scanned range.
+                    reader.filter.after = reader.filter.after.max(head);
+                    // Woken by this replica's publisher; the timeout
+                    // covers heads that only the database knows yet.
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), reader.heads.changed()).await;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reading the change feed for a stream failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+}
+
+/// Availability changes as Server-Sent Events: `event: change`, `id:` the
+/// seq, `data:` the change as JSON. Resumes after `Last-Event-ID` (or
+/// `?after=`) with nothing missed; without either, starts at the current
+/// head (only new changes). When the resume point was pruned, the first
+/// event is `event: reset` (`{"tail": oldest seq kept}`) and the stream
+/// goes on from the oldest kept change: read positions afresh. Comments
+/// keep the connection alive.
+#[utoipa::path(get, path = "/v1/inventory/changes/stream", tag = "inventory",
+    params(ChangeQuery,
+        ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this seq")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An endless event stream", body = Change, content_type = "text/event-stream"),
+        (status = 400, description = "Malformed query or Last-Event-ID", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope inventory:read missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json")))]
+async fn stream_changes(
+    State(state): State<AppState>,
+    auth: Authorized<scope::InventoryRead>,
+    draining: Option<axum::Extension<retail_shared::server::Draining>>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<ChangeQuery>,
+) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let start = match (last_event_id(&headers)?, query.after) {
+        (Some(id), _) | (None, Some(id)) => id,
+        (None, None) => state.store.feed_head().await?,
+    };
+    let mut filter = filter_for(&auth, &query, start)?;
+    filter.limit = STREAM_READ;
+    let tail = state.store.feed_tail().await?;
+    let reset = (filter.after < tail - 1).then(|| {
+        filter.after = tail - 1;
+        tail
+    });
+    let reader = Reader {
+        store: state.store.clone(),
+        heads: state.feed.subscribe(),
+        filter,
+        buffer: VecDeque::new(),
+        reset,
+    };
+    let stream = futures::StreamExt::take_until(
+        change_stream(reader),
+        retail_shared::server::Draining::of(draining),
+    );
+    metrics::counter!("feed_streams_opened_total").increment(1);
+    Ok(Sse::new(stream).keep_alive(
+        KeepAlive::new().interval(Duration::from_secs(state.feed_keep_alive_seconds.max(1))),
+    ))
+}
+
+/// A webhook registration.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookInput {
+    /// `http://` or `https://` URL the changes are POSTed to.
+    pub url: String,
+    /// The HMAC-SHA256 key (16 to 256 characters); generated when absent.
+    pub secret: Option<String>,
+    /// Only changes of these skus (1 to 100).
+    pub skus: Option<Vec<String>>,
+    /// Only changes at these locations (1 to 100).
+    pub location_ids: Option<Vec<String>>,
+    /// Changes per request, 1 to 500 (default 1: one CloudEvent per
+    /// request; above 1: CloudEvents batches).
+    pub max_batch: Option<i64>,
+    /// Deliver the changes after this seq (default: the current head, so
+    /// only changes from now on).
+    pub start_after: Option<i64>,
+}
+
+impl Validate for WebhookInput {
+    fn validate(&self, v: &mut Validator) {
+        v.text("url", &self.url, 2000);
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => v.error("url", "must be an absolute http:// or https:// URL"),
+        }
+        if let Some(secret) = &self.secret
+            && !(16..=256).contains(&secret.len())
+        {
+            v.error("secret", "must be 16 to 256 characters");
+        }
+        for (field, values) in [("skus", &self.skus), ("location_ids", &self.location_ids)] {
+            if let Some(values) = values {
+                v.count(field, values.len(), 1, MAX_FILTER_VALUES);
+                for (i, value) in values.iter().enumerate() {
+                    v.at(field, |v| v.id(&i.to_string(), value));
+                }
+            }
+        }
+        v.range("max_batch", self.max_batch.unwrap_or(1), 1, 500);
+        v.range("start_after", self.start_after.unwrap_or(0), 0, i64::MAX);
+    }
+}
+
+/// Registers a webhook subscriber of the change feed. The answer carries
+/// the signing `secret`, shown this once.
+#[utoipa::path(post, path = "/v1/ops/webhooks", tag = "operations",
+    request_body = WebhookInput,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Registered", body = Subscription),
+        (status = 400, description = "Malformed body or unknown field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid registration", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn create_webhook(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    ValidJson(input): ValidJson<WebhookInput>,
+) -> Result<(StatusCode, ApiJson<Subscription>)> {
+    let start_after = match input.start_after {
+        Some(seq) => seq,
+        None => state.store.feed_head().await?,
+    };
+    let subscription = state
+        .store
+        .create_subscription(&NewSubscription {
+            url: input.url,
+            secret: input.secret.unwrap_or_else(crate::webhooks::new_secret),
+            skus: input.skus,
+            location_ids: input.location_ids,
+            max_batch: input.max_batch.unwrap_or(1),
+            start_after,
+            actor: auth.actor().to_owned(),
+        })
+        .await?;
+    tracing::info!(
+        subscription = subscription.subscription_id,
+        url = %subscription.url,
+        "webhook subscriber registered"
+    );
+    Ok((StatusCode::CREATED, ApiJson(subscription)))
+}
+
+/// Webhook subscribers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    /// By id.
+    pub subscriptions: Vec<Subscription>,
+}
+
+/// Every webhook subscriber with its progress (`cursor` against the feed
+/// head), failures and dead letters.
+#[utoipa::path(get, path = "/v1/ops/webhooks", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Subscribers", body = WebhookList),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn list_webhooks(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+) -> Result<ApiJson<WebhookList>> {
+    Ok(ApiJson(WebhookList {
+        subscriptions: state.store.subscriptions().await?,
+    }))
+}
+
+async fn found(state: &AppState, id: i64) -> Result<Subscription> {
+    state
+        .store
+        .subscription(id)
+        .await?
+        .ok_or_else(|| Problem::not_found(format!("no webhook subscription {id}")).into())
+}
+
+/// One webhook subscriber.
+#[utoipa::path(get, path = "/v1/ops/webhooks/{subscription_id}", tag = "operations",
+    params(("subscription_id" = i64, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The subscriber", body = Subscription),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
+async fn get_webhook(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<ApiJson<Subscription>> {
+    Ok(ApiJson(found(&state, id).await?))
+}
+
+/// Removes a subscriber and its dead letters.
+#[utoipa::path(delete, path = "/v1/ops/webhooks/{subscription_id}", tag = "operations",
+    params(("subscription_id" = i64, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
+async fn delete_webhook(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsWrite>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode> {
+    if state.store.delete_subscription(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(Problem::not_found(format!("no webhook subscription {id}")).into())
+    }
+}
+
+/// Puts a paused subscriber (it answered 410 Gone) back to work, from
+/// where it stopped.
+#[utoipa::path(post, path = "/v1/ops/webhooks/{subscription_id}/resume", tag = "operations",
+    params(("subscription_id" = i64, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Active again", body = Subscription),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
+async fn resume_webhook(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsWrite>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<ApiJson<Subscription>> {
+    if !state.store.resume_subscription(id).await? {
+        return Err(Problem::not_found(format!("no webhook subscription {id}")).into());
+    }
+    Ok(ApiJson(found(&state, id).await?))
+}
+
+/// A subscriber's dead letters.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    /// Oldest first (at most 1000).
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// Deliveries given up on for one subscriber.
+#[utoipa::path(get, path = "/v1/ops/webhooks/{subscription_id}/dead-letters", tag = "operations",
+    params(("subscription_id" = i64, Path, description = "Subscription id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Dead letters", body = DeadLetterList),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
+async fn list_dead_letters(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<ApiJson<DeadLetterList>> {
+    found(&state, id).await?;
+    Ok(ApiJson(DeadLetterList {
+        dead_letters: state.store.dead_letters(id).await?,
+    }))
+}
+
+/// What became of a dead letter.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterAction {
+    /// `delivered` or `discarded`.
+    pub status: String,
+    /// The dead letter.
+    pub dead_letter: DeadLetter,
+}
+
+async fn dead_letter(state: &AppState, id: i64, letter: i64) -> Result<DeadLetter> {
+    state.store.dead_letter(id, letter).await?.ok_or_else(|| {
+        Problem::not_found(format!(
+            "no dead letter {letter} of webhook subscription {id}"
+        ))
+        .into()
+    })
+}
+
+/// Sends a dead letter again, now, with its original body and a fresh
+/// signature; it is removed when the subscriber acknowledges it.
+#[utoipa::path(post, path = "/v1/ops/webhooks/{subscription_id}/dead-letters/{dead_letter_id}/replay", tag = "operations",
+    params(("subscription_id" = i64, Path, description = "Subscription id"),
+        ("dead_letter_id" = i64, Path, description = "Dead letter id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Delivered", body = DeadLetterAction),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 502, description = "`webhook-delivery-failed`: the subscriber did not acknowledge it", body = ProblemBody, content_type = "application/problem+json")))]
+async fn replay_dead_letter(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsWrite>,
+    ApiPath((id, letter)): ApiPath<(i64, i64)>,
+) -> Result<ApiJson<DeadLetterAction>> {
+    let subscription = found(&state, id).await?;
+    let dead_letter = dead_letter(&state, id, letter).await?;
+    let webhook_id = format!("{id}-{}-{}", dead_letter.first_seq, dead_letter.last_seq);
+    crate::webhooks::send(
+        state.webhooks.client(),
+        &subscription.url,
+        &subscription.secret_value,
+        &webhook_id,
+        dead_letter.body.clone(),
+        &dead_letter.content_type,
+    )
+    .await
+    .map_err(|error| {
+        let detail = match error {
+            crate::webhooks::SendError::Gone => "the subscriber answered 410 Gone".to_owned(),
+            crate::webhooks::SendError::Failed(detail) => detail,
+        };
+        Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "webhook-delivery-failed",
+            "Webhook delivery failed",
+        )
+        .with_detail(format!(
+            "dead letter {letter} was not acknowledged: {detail}; it stays"
+        ))
+    })?;
+    state.store.remove_dead_letter(id, letter).await?;
+    metrics::counter!("webhook_dead_letters_resolved_total", "action" => "replay").increment(1);
+    Ok(ApiJson(DeadLetterAction {
+        status: "delivered".into(),
+        dead_letter,
+    }))
+}
+
+/// Gives up on a dead letter for good (the note says why).
+#[utoipa::path(post, path = "/v1/ops/webhooks/{subscription_id}/dead-letters/{dead_letter_id}/discard", tag = "operations",
+    params(("subscription_id" = i64, Path, description = "Subscription id"),
+        ("dead_letter_id" = i64, Path, description = "Dead letter id")),
+    request_body = NoteBody,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Discarded", body = DeadLetterAction),
+        (status = 400, description = "Malformed body", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such dead letter", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Missing or blank note", body = ProblemBody, content_type = "application/problem+json")))]
+async fn discard_dead_letter(
+    State(state): State<AppState>,
+    auth: Authorized<scope::OpsWrite>,
+    ApiPath((id, letter)): ApiPath<(i64, i64)>,
+    ValidJson(body): ValidJson<NoteBody>,
+) -> Result<ApiJson<DeadLetterAction>> {
+    let dead_letter = dead_letter(&state, id, letter).await?;
+    if !state.store.remove_dead_letter(id, letter).await? {
+        return Err(Problem::not_found(format!("no dead letter {letter}")).into());
+    }
+    tracing::info!(
+        subscription = id,
+        dead_letter = letter,
+        actor = auth.actor(),
+        note = %body.note,
+        "webhook dead letter discarded"
+    );
+    metrics::counter!("webhook_dead_letters_resolved_total", "action" => "discard").increment(1);
+    Ok(ApiJson(DeadLetterAction {
+        status: "discarded".into(),
+        dead_letter,
+    }))
+}

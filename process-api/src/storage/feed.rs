@@ -1,0 +1,426 @@
+//! The availability change feed.
+//!
+//! Every write that moves a position commits an `outbox_changes` row in its
+//! own transaction (an ingest batch, a reservation, a safety stock change).
+//! [`Store::publish_changes`] turns committed rows into `change_feed`
+//! entries: it takes the lock of the publisher (PostgreSQL advisory lock;
+//! SQLite's single writer), expands batch rows into the positions their
+//! journal entries touched (transfer counterparties included), reads those
+//! positions' figures as they are now, appends one entry per position with
+//! the next numbers of a gapless sequence, and deletes the rows it
+//! consumed, all in one transaction.
+//!
+//! Why this gives readers a gapless, ordered feed: sequence numbers are
+//! handed out only under the publisher lock and become visible together at
+//! its commit, so a reader that has seen `seq` N has seen everything below
+//! N. A row whose transaction commits late is simply published by a later
+//! run with a higher number; since every entry carries the position's
+//! current figures, the newest entry per position is always the truth.
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{Store, micros_to_rfc3339};
+use crate::inventory::position::resolve_safety_stock;
+use crate::on_reader;
+use crate::storage::ledger::state_from_row;
+
+/// Outbox rows taken per publishing run (a batch row can expand to up to
+/// 2,000 positions: 1,000 events and their counterparties).
+const ROWS_PER_RUN: i64 = 64;
+/// Position pairs per figures query (two binds each).
+const PAIRS_PER_QUERY: usize = 400;
+
+/// One entry of the change feed: a position's figures after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct Change {
+    /// Feed sequence number (gapless, ascending; the SSE event id).
+    pub seq: i64,
+    /// Location.
+    pub location_id: String,
+    /// Sku.
+    pub sku: String,
+    /// Physical units.
+    pub on_hand: i64,
+    /// Damaged or quarantined units.
+    pub unsellable: i64,
+    /// Held by active reservations.
+    pub reserved: i64,
+    /// Withheld from sale.
+    pub safety_stock: i64,
+    /// Shipped here, not yet received.
+    pub in_transit: i64,
+    /// Sellable now.
+    pub available: i64,
+    /// When the earliest change this entry covers was accepted (RFC 3339).
+    pub changed_at: String,
+    /// When the entry was published (RFC 3339).
+    pub published_at: String,
+    /// `changed_at` in unix microseconds (for latency measurements).
+    #[serde(skip)]
+    pub changed_at_micros: i64,
+}
+
+/// What one publishing run did.
+#[derive(Debug, Default, Clone)]
+pub struct Published {
+    /// Outbox rows consumed.
+    pub rows: usize,
+    /// Feed entries appended (in seq order).
+    pub changes: Vec<Change>,
+    /// Outbox rows left behind (more work waiting).
+    pub more: bool,
+}
+
+/// A page query of the feed.
+#[derive(Debug, Clone, Default)]
+pub struct FeedFilter {
+    /// Entries after this seq.
+    pub after: i64,
+    /// Only these skus (empty: all).
+    pub skus: Vec<String>,
+    /// Only these locations (empty: all).
+    pub location_ids: Vec<String>,
+    /// At most this many entries.
+    pub limit: i64,
+}
+
+/// Outbox rows not yet published and the oldest one's creation time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FeedBacklog {
+    /// Rows waiting.
+    pub rows: i64,
+    /// Creation of the oldest (unix microseconds).
+    pub oldest: Option<i64>,
+}
+
+const FIGURES_SELECT: &str = "SELECT p.location_id, p.sku, p.count_at, p.count_event_id, \
+     p.count_qty, p.delta_after, p.unsellable_raw, p.inbound_shipped, p.inbound_received, \
+     (SELECT CAST(COALESCE(SUM(h.quantity), 0) AS BIGINT) FROM reservation_holds h \
+     WHERE h.sku = p.sku AND h.location_id = p.location_id AND h.expires_at > ";
+
+const FEED_COLUMNS: &str = "seq, location_id, sku, on_hand, unsellable, reserved, safety_stock, \
+     in_transit, available, changed_at, published_at";
+
+fn change_from_row<R: sqlx::Row>(row: &R) -> Result<Change, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let changed_at: i64 = row.try_get("changed_at")?;
+    Ok(Change {
+        seq: row.try_get("seq")?,
+        location_id: row.try_get("location_id")?,
+        sku: row.try_get("sku")?,
+        on_hand: row.try_get("on_hand")?,
+        unsellable: row.try_get("unsellable")?,
+        reserved: row.try_get("reserved")?,
+        safety_stock: row.try_get("safety_stock")?,
+        in_transit: row.try_get("in_transit")?,
+        available: row.try_get("available")?,
+        changed_at: micros_to_rfc3339(changed_at),
+        published_at: micros_to_rfc3339(row.try_get("published_at")?),
+        changed_at_micros: changed_at,
+    })
+}
+
+macro_rules! feed_backend {
+    ($module:ident, $db:ty, $serialise:literal) => {
+        pub(crate) mod $module {
+            use super::*;
+            use sqlx::{QueryBuilder, Row, Transaction};
+            use std::collections::HashMap;
+
+            type Tx<'c> = Transaction<'c, $db>;
+
+            pub(super) async fn publish(
+                tx: &mut Tx<'_>,
+                now: i64,
+            ) -> Result<Published, sqlx::Error> {
+                if !$serialise.is_empty() {
+                    sqlx::query($serialise).execute(&mut **tx).await?;
+                }
+                let rows = sqlx::query(
+                    "SELECT change_id, batch_id, location_id, sku, created_at FROM outbox_changes \
+                     ORDER BY change_id LIMIT $1",
+                )
+                .bind(ROWS_PER_RUN + 1)
+                .fetch_all(&mut **tx)
+                .await?;
+                let more = rows.len() > ROWS_PER_RUN as usize;
+                let rows = &rows[..rows.len().min(ROWS_PER_RUN as usize)];
+                if rows.is_empty() {
+                    return Ok(Published::default());
+                }
+                // Positions touched, with the earliest acceptance time of each,
+                // in first-touched order.
+                let mut touched: HashMap<(String, String), (usize, i64)> = HashMap::new();
+                let mut order: Vec<(String, String)> = Vec::new();
+                let mut touch = |key: (String, String), at: i64| match touched.get_mut(&key) {
+                    Some(entry) => entry.1 = entry.1.min(at),
+                    None => {
+                        touched.insert(key.clone(), (order.len(), at));
+                        order.push(key);
+                    }
+                };
+                let mut batches: Vec<(i64, i64)> = Vec::new();
+                let mut ids: Vec<i64> = Vec::with_capacity(rows.len());
+                for row in rows {
+                    ids.push(row.try_get("change_id")?);
+                    let created_at: i64 = row.try_get("created_at")?;
+                    let batch: Option<i64> = row.try_get("batch_id")?;
+                    match batch {
+                        Some(batch) => batches.push((batch, created_at)),
+                        None => {
+                            let location: Option<String> = row.try_get("location_id")?;
+                            let sku: Option<String> = row.try_get("sku")?;
+                            if let (Some(location), Some(sku)) = (location, sku) {
+                                touch((location, sku), created_at);
+                            }
+                        }
+                    }
+                }
+                if !batches.is_empty() {
+                    let created: HashMap<i64, i64> = batches.iter().copied().collect();
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT batch_id, location_id, sku, counterparty_location_id \
+                         FROM journal WHERE batch_id IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for (batch, _) in &batches {
+                        list.push_bind(*batch);
+                    }
+                    list.push_unseparated(") ORDER BY seq");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let batch: i64 = row.try_get("batch_id")?;
+                        let at = created.get(&batch).copied().unwrap_or(now);
+                        let sku: String = row.try_get("sku")?;
+                        let counterparty: Option<String> =
+                            row.try_get("counterparty_location_id")?;
+                        touch((row.try_get("location_id")?, sku.clone()), at);
+                        if let Some(counterparty) = counterparty {
+                            touch((counterparty, sku), at);
+                        }
+                    }
+                }
+                // The touched positions' figures now.
+                let mut figures: HashMap<(String, String), PositionFiguresRow> = HashMap::new();
+                for chunk in order.chunks(PAIRS_PER_QUERY) {
+                    let mut qb = QueryBuilder::<$db>::new(FIGURES_SELECT);
+                    qb.push_bind(now);
+                    qb.push(
+                        ") AS reserved, p.last_event_at, p.updated_at, \
+                         p.safety_stock AS position_safety, \
+                         pr.safety_stock AS product_safety, l.safety_stock_default \
+                         FROM positions p JOIN products pr ON pr.sku = p.sku \
+                         JOIN locations l ON l.location_id = p.location_id \
+                         WHERE ",
+                    );
+                    // One primary-key probe per pair on both backends (row
+                    // value IN lists are not SQLite syntax).
+                    let mut list = qb.separated(" OR ");
+                    for (location, sku) in chunk {
+                        list.push("(p.sku = ");
+                        list.push_bind_unseparated(sku.as_str());
+                        list.push_unseparated(" AND p.location_id = ");
+                        list.push_bind_unseparated(location.as_str());
+                        list.push_unseparated(")");
+                    }
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let state = state_from_row(&row)?;
+                        let safety = resolve_safety_stock(
+                            row.try_get("position_safety")?,
+                            row.try_get("product_safety")?,
+                            row.try_get("safety_stock_default")?,
+                        );
+                        let view = state.view(safety);
+                        figures.insert(
+                            (row.try_get("location_id")?, row.try_get("sku")?),
+                            PositionFiguresRow(view),
+                        );
+                    }
+                }
+                let head: i64 = sqlx::query_scalar("SELECT head FROM feed_state WHERE id = 1")
+                    .fetch_one(&mut **tx)
+                    .await?;
+                let mut changes = Vec::with_capacity(order.len());
+                let mut seq = head;
+                let published_at = micros_to_rfc3339(now);
+                for key in &order {
+                    let Some(PositionFiguresRow(view)) = figures.get(key) else {
+                        continue;
+                    };
+                    let changed_at = touched.get(key).map_or(now, |entry| entry.1);
+                    seq += 1;
+                    changes.push(Change {
+                        seq,
+                        location_id: key.0.clone(),
+                        sku: key.1.clone(),
+                        on_hand: view.on_hand,
+                        unsellable: view.unsellable,
+                        reserved: view.reserved,
+                        safety_stock: view.safety_stock,
+                        in_transit: view.in_transit,
+                        available: view.available,
+                        changed_at: micros_to_rfc3339(changed_at),
+                        published_at: published_at.clone(),
+                        changed_at_micros: changed_at,
+                    });
+                }
+                for chunk in changes.chunks(500) {
+                    let mut qb = QueryBuilder::<$db>::new(format!(
+                        "INSERT INTO change_feed ({FEED_COLUMNS}) "
+                    ));
+                    qb.push_values(chunk, |mut values, change| {
+                        values
+                            .push_bind(change.seq)
+                            .push_bind(change.location_id.as_str())
+                            .push_bind(change.sku.as_str())
+                            .push_bind(change.on_hand)
+                            .push_bind(change.unsellable)
+                            .push_bind(change.reserved)
+                            .push_bind(change.safety_stock)
+                            .push_bind(change.in_transit)
+                            .push_bind(change.available)
+                            .push_bind(change.changed_at_micros)
+                            .push_bind(now);
+                    });
+                    qb.build().execute(&mut **tx).await?;
+                }
+                if seq != head {
+                    sqlx::query("UPDATE feed_state SET head = $1 WHERE id = 1")
+                        .bind(seq)
+                        .execute(&mut **tx)
+                        .await?;
+                }
+                // Only the rows read: on PostgreSQL a lower change_id may
+                // still be uncommitted; a later run takes it.
+                let mut qb =
+                    QueryBuilder::<$db>::new("DELETE FROM outbox_changes WHERE change_id IN (");
+                let mut list = qb.separated(", ");
+                for id in &ids {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(")");
+                qb.build().execute(&mut **tx).await?;
+                Ok(Published {
+                    rows: ids.len(),
+                    changes,
+                    more,
+                })
+            }
+        }
+    };
+}
+
+/// A position's figures, named for the publisher's map.
+#[derive(Debug, Clone, Copy)]
+struct PositionFiguresRow(crate::inventory::position::PositionFigures);
+
+feed_backend!(sqlite_feed, sqlx::Sqlite, "");
+feed_backend!(
+    postgres_feed,
+    sqlx::Postgres,
+    // One publisher at a time across replicas (released at commit).
+    "SELECT pg_advisory_xact_lock(7301006)"
+);
+
+impl Store {
+    /// Publishes committed availability changes into the feed (see the
+    /// module documentation). Returns what it appended.
+    pub async fn publish_changes(&self) -> Result<Published, sqlx::Error> {
+        let now = self.now();
+        crate::transact!(self, sqlite_feed, postgres_feed, |tx, backend| {
+            let published = backend::publish(&mut tx, now).await?;
+            let commit = published.rows > 0;
+            (published, commit)
+        })
+    }
+
+    /// The newest seq of the feed (0 when nothing was published yet).
+    pub async fn feed_head(&self) -> Result<i64, sqlx::Error> {
+        on_reader!(self.db(), |pool| {
+            sqlx::query_scalar("SELECT head FROM feed_state WHERE id = 1")
+                .fetch_one(pool)
+                .await
+        })
+    }
+
+    /// The oldest seq still kept (head + 1 when the feed is empty).
+    pub async fn feed_tail(&self) -> Result<i64, sqlx::Error> {
+        on_reader!(self.db(), |pool| {
+            let oldest: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM change_feed")
+                .fetch_one(pool)
+                .await?;
+            match oldest {
+                Some(seq) => Ok(seq),
+                None => Ok(sqlx::query_scalar::<_, i64>(
+                    "SELECT head FROM feed_state WHERE id = 1",
+                )
+                .fetch_one(pool)
+                .await?
+                    + 1),
+            }
+        })
+    }
+
+    /// Feed entries after `filter.after`, in seq order.
+    pub async fn changes(&self, filter: &FeedFilter) -> Result<Vec<Change>, sqlx::Error> {
+        on_reader!(self.db(), |pool| {
+            let mut qb = sqlx::QueryBuilder::new(format!(
+                "SELECT {FEED_COLUMNS} FROM change_feed WHERE seq > "
+            ));
+            qb.push_bind(filter.after);
+            if !filter.skus.is_empty() {
+                qb.push(" AND sku IN (");
+                let mut list = qb.separated(", ");
+                for sku in &filter.skus {
+                    list.push_bind(sku.as_str());
+                }
+                list.push_unseparated(")");
+            }
+            if !filter.location_ids.is_empty() {
+                qb.push(" AND location_id IN (");
+                let mut list = qb.separated(", ");
+                for location in &filter.location_ids {
+                    list.push_bind(location.as_str());
+                }
+                list.push_unseparated(")");
+            }
+            qb.push(" ORDER BY seq LIMIT ");
+            qb.push_bind(filter.limit);
+            let rows = qb.build().fetch_all(pool).await?;
+            rows.iter().map(change_from_row).collect()
+        })
+    }
+
+    /// Outbox change rows waiting for the publisher.
+    pub async fn feed_backlog(&self) -> Result<FeedBacklog, sqlx::Error> {
+        on_reader!(self.db(), |pool| {
+            let (rows, oldest): (i64, Option<i64>) =
+                sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox_changes")
+                    .fetch_one(pool)
+                    .await?;
+            Ok(FeedBacklog { rows, oldest })
+        })
+    }
+
+    /// Deletes feed entries published before `before` (unix microseconds),
+    /// keeping those a webhook subscriber has not acknowledged yet, unless
+    /// they are older than `hard_before`. Returns the number deleted.
+    pub async fn prune_feed(&self, before: i64, hard_before: i64) -> Result<u64, sqlx::Error> {
+        crate::on_writer!(self.db(), |pool| {
+            let result = sqlx::query(
+                "DELETE FROM change_feed WHERE published_at < $2 OR (published_at < $1 AND \
+                 seq <= COALESCE((SELECT MIN(cursor) FROM webhook_subscriptions \
+                 WHERE status = 'active'), seq))",
+            )
+            .bind(before)
+            .bind(hard_before)
+            .execute(pool)
+            .await?;
+            Ok(result.rows_affected())
+        })
+    }
+}

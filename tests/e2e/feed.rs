@@ -1,0 +1,713 @@
+//! The availability change feed: channels' SSE stream at experience-api
+//! (latency, resume with Last-Event-ID through the relay's buffer and
+//! process-api's pages), and signed CloudEvents webhooks through a
+//! receiver outage, with dead letters and their replay.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{Stream, StreamExt};
+use hmac::{KeyInit, Mac};
+use reqwest::Method;
+use retail_shared::sse::{SseEvent, SseParser};
+use serde_json::{Value, json};
+
+use crate::helpers::{Layer, TestApp};
+
+type Body = Pin<Box<dyn Stream<Item = reqwest::Result<axum::body::Bytes>> + Send>>;
+
+/// A Server-Sent Events client over reqwest.
+pub struct SseClient {
+    body: Body,
+    parser: SseParser,
+    queue: VecDeque<SseEvent>,
+}
+
+impl SseClient {
+    pub async fn open(
+        app: &TestApp,
+        layer: Layer,
+        path: &str,
+        token: &str,
+        last: Option<i64>,
+    ) -> Self {
+        let mut request = app
+            .http
+            .get(app.url(layer, path))
+            .bearer_auth(token)
+            .header("accept", "text/event-stream");
+        if let Some(last) = last {
+            request = request.header("last-event-id", last.to_string());
+        }
+        let response = request.send().await.expect("stream opens");
+        assert_eq!(response.status(), 200, "stream status");
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap_or_default()
+                .starts_with("text/event-stream")
+        );
+        Self {
+            body: Box::pin(response.bytes_stream()),
+            parser: SseParser::default(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// The next event, or None after `limit` without one.
+    pub async fn next(&mut self, limit: Duration) -> Option<SseEvent> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??;
+            self.queue
+                .extend(self.parser.feed(&chunk.expect("stream chunk")));
+        }
+    }
+
+    /// The next `availability` change as JSON.
+    pub async fn next_change(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let event = self.next(left).await?;
+            if event.event == "availability" || event.event == "change" {
+                let change: Value = serde_json::from_str(&event.data).expect("change json");
+                assert_eq!(
+                    event.id.as_deref(),
+                    Some(change["seq"].to_string().as_str()),
+                    "the SSE id is the seq"
+                );
+                return Some(change);
+            }
+            assert_ne!(event.event, "reset", "no reset expected");
+        }
+    }
+}
+
+fn receipt(id: &str, location: &str, sku: &str, quantity: i64) -> Value {
+    json!({"event_id": id, "type": "receipt", "location_id": location, "sku": sku,
+        "quantity": quantity, "occurred_at": "2026-11-30T08:00:00Z", "source": "wms"})
+}
+
+async fn ingest(app: &TestApp, events: Vec<Value>) {
+    let token = app.token(Layer::Process, "inventory:write");
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            "/v1/inventory/events",
+            &token,
+            &json!({ "events": events }).to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["summary"]["rejected"], 0, "{body}");
+}
+
+/// process-api's feed after `after` (filtered), once everything committed
+/// is published.
+async fn feed_after(app: &TestApp, after: i64, filter: &str) -> Vec<Value> {
+    let token = app.token(Layer::Process, "inventory:read");
+    crate::erp::wait_for(app, Duration::from_secs(20), "the feed to catch up", |h| {
+        h["feed"]["backlog"] == 0
+    })
+    .await;
+    let mut changes = Vec::new();
+    let mut cursor = after;
+    loop {
+        let page: Value = app
+            .get(
+                Layer::Process,
+                &format!("/v1/inventory/changes?after={cursor}&limit=1000{filter}"),
+                Some(&token),
+            )
+            .await
+            .json()
+            .await
+            .expect("json");
+        let batch = page["changes"].as_array().cloned().unwrap_or_default();
+        if batch.is_empty() {
+            return changes;
+        }
+        cursor = batch.last().and_then(|c| c["seq"].as_i64()).expect("seq");
+        changes.extend(batch);
+    }
+}
+
+fn seqs(changes: &[Value]) -> Vec<i64> {
+    changes
+        .iter()
+        .map(|c| c["seq"].as_i64().expect("seq"))
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[tokio::test]
+async fn channels_see_changes_fast_and_resume_without_gaps() {
+    // A small relay buffer: resuming after a longer absence is served from
+    // process-api's pages first, then from the buffer.
+    let app = TestApp::spawn_with(|s| s.feed.relay_buffer = 8).await;
+    let channel = app.token(Layer::Experience, "availability:read");
+    let mut stream = SseClient::open(
+        &app,
+        Layer::Experience,
+        "/v1/availability/changes",
+        &channel,
+        None,
+    )
+    .await;
+
+    // The relay follows process-api once its first change arrives.
+    let mut warm = 0;
+    let first = loop {
+        warm += 1;
+        ingest(
+            &app,
+            vec![receipt(&format!("warm-{warm}"), "S001", "SKU-000001", 1)],
+        )
+        .await;
+        if let Some(change) = stream.next_change(Duration::from_secs(2)).await {
+            break change;
+        }
+        assert!(warm < 10, "no change reached the channel stream");
+    };
+    assert_eq!(first["sku"], "SKU-000001");
+    let mut last = first["seq"].as_i64().expect("seq");
+
+    // Latency: from the ingest answer to the change on the channel stream.
+    let mut latencies = Vec::new();
+    for i in 0..30 {
+        let location = format!("S00{}", 1 + i % 3);
+        let sku = format!("SKU-{:06}", 1 + i % 10);
+        ingest(
+            &app,
+            vec![receipt(&format!("fast-{i}"), &location, &sku, 2)],
+        )
+        .await;
+        let accepted = Instant::now();
+        let change = stream
+            .next_change(Duration::from_secs(5))
+            .await
+            .expect("the change arrives");
+        latencies.push(accepted.elapsed());
+        assert_eq!(change["location_id"], location.as_str());
+        assert_eq!(change["sku"], sku.as_str());
+        let seq = change["seq"].as_i64().expect("seq");
+        assert_eq!(seq, last + 1, "in order, nothing skipped");
+        last = seq;
+    }
+    latencies.sort();
+    let p50 = percentile(&latencies, 0.5);
+    let p90 = percentile(&latencies, 0.9);
+    eprintln!(
+        "accepted → channel SSE: p50 {p50:?}, p90 {p90:?}, max {:?}",
+        latencies.last().expect("samples")
+    );
+    assert!(p90 <= Duration::from_millis(250), "p90 {p90:?} over 250 ms");
+
+    // Away: 60 changes in 6 batches, then back with Last-Event-ID.
+    drop(stream);
+    for batch in 0..6 {
+        let events = (0..10)
+            .map(|i| {
+                receipt(
+                    &format!("away-{batch}-{i}"),
+                    &format!("S00{}", 1 + (batch + i) % 3),
+                    &format!("SKU-{:06}", 1 + i),
+                    1,
+                )
+            })
+            .collect();
+        ingest(&app, events).await;
+    }
+    let expected = feed_after(&app, last, "").await;
+    assert!(
+        expected.len() >= 30,
+        "changes while away: {}",
+        expected.len()
+    );
+    let mut resumed = SseClient::open(
+        &app,
+        Layer::Experience,
+        "/v1/availability/changes",
+        &channel,
+        Some(last),
+    )
+    .await;
+    let mut received = Vec::new();
+    while received.len() < expected.len() {
+        let change = resumed
+            .next_change(Duration::from_secs(10))
+            .await
+            .expect("every missed change arrives");
+        received.push(change);
+    }
+    assert_eq!(
+        seqs(&received),
+        seqs(&expected),
+        "exactly the missed changes, in order"
+    );
+    for (got, want) in received.iter().zip(&expected) {
+        assert_eq!(got["available"], want["available"]);
+        assert_eq!(got["location_id"], want["location_id"]);
+    }
+    // And then live again.
+    ingest(&app, vec![receipt("after-resume", "S002", "SKU-000007", 3)]).await;
+    let live = resumed
+        .next_change(Duration::from_secs(5))
+        .await
+        .expect("live change");
+    assert_eq!(
+        live["seq"].as_i64(),
+        Some(seqs(&expected).last().copied().unwrap_or(last) + 1)
+    );
+
+    // A filtered resume sees only its sku, still without gaps.
+    let filtered_expected = feed_after(&app, last, "&sku=SKU-000003").await;
+    assert!(!filtered_expected.is_empty());
+    let mut filtered = SseClient::open(
+        &app,
+        Layer::Experience,
+        "/v1/availability/changes?sku=SKU-000003",
+        &channel,
+        Some(last),
+    )
+    .await;
+    let mut got = Vec::new();
+    while got.len() < filtered_expected.len() {
+        got.push(
+            filtered
+                .next_change(Duration::from_secs(10))
+                .await
+                .expect("filtered change"),
+        );
+    }
+    assert_eq!(seqs(&got), seqs(&filtered_expected));
+    assert!(got.iter().all(|c| c["sku"] == "SKU-000003"));
+
+    // Bad input is a problem, not a stream.
+    let response = app
+        .http
+        .get(app.url(Layer::Experience, "/v1/availability/changes"))
+        .bearer_auth(&channel)
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .expect("sent");
+    crate::helpers::problem(response, 400).await;
+    let store_token = app.token_for(
+        Layer::Experience,
+        "store-app",
+        "availability:read",
+        Some(&["S001"]),
+    );
+    let response = app
+        .get(
+            Layer::Experience,
+            "/v1/availability/changes?location_id=S002",
+            Some(&store_token),
+        )
+        .await;
+    crate::helpers::problem(response, 403).await;
+}
+
+/// A webhook receiver: verifies signatures, can be taken down (503) or
+/// made to fail (500).
+#[derive(Default)]
+struct Receiver {
+    secret: Mutex<String>,
+    down: AtomicBool,
+    failing: AtomicBool,
+    /// (content type, CloudEvent) in arrival order.
+    events: Mutex<Vec<(String, Value)>>,
+    refused: AtomicUsize,
+    bad_signatures: AtomicUsize,
+}
+
+fn sign(secret: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+async fn start_receiver() -> (Arc<Receiver>, String) {
+    use axum::http::{HeaderMap, StatusCode};
+    let receiver = Arc::new(Receiver::default());
+    let state = receiver.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let state = state.clone();
+            async move {
+                if state.down.load(Ordering::SeqCst) {
+                    state.refused.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
+                if state.failing.load(Ordering::SeqCst) {
+                    state.refused.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                let secret = state.secret.lock().expect("lock").clone();
+                let signature = headers
+                    .get("x-signature-256")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                if signature != sign(&secret, &body) {
+                    state.bad_signatures.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::UNAUTHORIZED;
+                }
+                let content_type = headers
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let payload: Value = serde_json::from_slice(&body).expect("json body");
+                let events = match payload {
+                    Value::Array(events) => events,
+                    event => vec![event],
+                };
+                let mut stored = state.events.lock().expect("lock");
+                for event in events {
+                    stored.push((content_type.clone(), event));
+                }
+                StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.expect("receiver serves");
+    });
+    (receiver, url)
+}
+
+fn quick_webhooks(settings: &mut retail_shared::Settings) {
+    settings.webhooks.backoff_base_ms = 20;
+    settings.webhooks.backoff_max_ms = 200;
+    settings.webhooks.poll_interval_ms = 20;
+    settings.webhooks.timeout_ms = 2000;
+}
+
+async fn register(app: &TestApp, body: Value) -> Value {
+    let token = app.token(Layer::Process, "ops:write");
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            "/v1/ops/webhooks",
+            &token,
+            &body.to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    response.json().await.expect("json")
+}
+
+async fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn webhooks_receive_every_change_once_signed_after_an_outage() {
+    let app = TestApp::spawn_with(|s| {
+        quick_webhooks(s);
+        s.webhooks.max_attempts = 10_000;
+    })
+    .await;
+    let (receiver, url) = start_receiver().await;
+    let secret = "a-test-secret-of-some-length";
+    *receiver.secret.lock().expect("lock") = secret.to_owned();
+
+    // Two subscribers: every change one by one, and one sku in batches.
+    let all = register(&app, json!({"url": url, "secret": secret})).await;
+    assert_eq!(all["secret"], secret, "the secret is shown at creation");
+    let start = all["cursor"].as_i64().expect("cursor");
+    let batched = register(
+        &app,
+        json!({"url": url, "secret": secret, "skus": ["SKU-000004"], "max_batch": 25}),
+    )
+    .await;
+    let listed: Value = app
+        .get(
+            Layer::Process,
+            "/v1/ops/webhooks",
+            Some(&app.token(Layer::Process, "ops:read")),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        listed["subscriptions"]
+            .as_array()
+            .is_some_and(|s| s.len() == 2 && s.iter().all(|s| s.get("secret").is_none())),
+        "secrets are not listed: {listed}"
+    );
+
+    let batch = |tag: &str| -> Vec<Value> {
+        (0..20)
+            .map(|i| {
+                receipt(
+                    &format!("{tag}-{i}"),
+                    &format!("S00{}", 1 + i % 3),
+                    &format!("SKU-{:06}", 1 + i % 10),
+                    1,
+                )
+            })
+            .collect()
+    };
+    ingest(&app, batch("before")).await;
+    let first = feed_after(&app, start, "").await;
+    wait_until(Duration::from_secs(20), "the first deliveries", || {
+        receiver.events.lock().expect("lock").len() >= first.len()
+    })
+    .await;
+
+    // The receiver goes away; changes keep coming.
+    receiver.down.store(true, Ordering::SeqCst);
+    for round in 0..5 {
+        ingest(&app, batch(&format!("outage-{round}"))).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until(Duration::from_secs(20), "failed attempts", || {
+        receiver.refused.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    let ops = app.token(Layer::Process, "ops:read");
+    let during: Value = app
+        .get(
+            Layer::Process,
+            &format!("/v1/ops/webhooks/{}", all["subscription_id"]),
+            Some(&ops),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert!(during["attempts"].as_i64().unwrap_or(0) > 0, "{during}");
+    assert!(
+        during["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("503")),
+        "{during}"
+    );
+
+    // Back: everything arrives, once, in order.
+    receiver.down.store(false, Ordering::SeqCst);
+    let expected_all = feed_after(&app, start, "").await;
+    let expected_sku = feed_after(&app, start, "&sku=SKU-000004").await;
+    let total = expected_all.len() + expected_sku.len();
+    wait_until(Duration::from_secs(30), "every change delivered", || {
+        receiver.events.lock().expect("lock").len() >= total
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await; // nothing more comes
+    let events = receiver.events.lock().expect("lock").clone();
+    assert_eq!(events.len(), total, "no change twice");
+    assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
+    let ids = |content_type: &str| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|(ct, _)| ct == content_type)
+            .map(|(_, e)| e["id"].as_str().and_then(|id| id.parse().ok()).expect("id"))
+            .collect()
+    };
+    assert_eq!(ids("application/cloudevents+json"), seqs(&expected_all));
+    assert_eq!(
+        ids("application/cloudevents-batch+json"),
+        seqs(&expected_sku)
+    );
+    for (_, event) in &events {
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["type"], "com.retail-platform.availability.changed");
+        assert!(event["source"].is_string() && event["time"].is_string());
+        assert_eq!(
+            event["subject"],
+            format!(
+                "{}/{}",
+                event["data"]["location_id"].as_str().unwrap_or_default(),
+                event["data"]["sku"].as_str().unwrap_or_default()
+            )
+        );
+    }
+    let after: Value = app
+        .get(
+            Layer::Process,
+            &format!("/v1/ops/webhooks/{}", batched["subscription_id"]),
+            Some(&ops),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(after["attempts"], 0);
+    assert_eq!(after["dead_letters"], 0);
+}
+
+#[tokio::test]
+async fn webhook_dead_letters_are_kept_and_replayed() {
+    let app = TestApp::spawn_with(|s| {
+        quick_webhooks(s);
+        s.webhooks.max_attempts = 3;
+    })
+    .await;
+    let (receiver, url) = start_receiver().await;
+    receiver.failing.store(true, Ordering::SeqCst);
+    let created = register(&app, json!({"url": url})).await;
+    let secret = created["secret"]
+        .as_str()
+        .expect("generated secret")
+        .to_owned();
+    assert_eq!(secret.len(), 64);
+    *receiver.secret.lock().expect("lock") = secret;
+    let id = created["subscription_id"].as_i64().expect("id");
+
+    ingest(&app, vec![receipt("dl-1", "S001", "SKU-000001", 1)]).await;
+    ingest(&app, vec![receipt("dl-2", "S002", "SKU-000002", 1)]).await;
+    let ops = app.token(Layer::Process, "ops:read");
+    let path = format!("/v1/ops/webhooks/{id}/dead-letters");
+    let started = Instant::now();
+    let letters = loop {
+        let body: Value = app
+            .get(Layer::Process, &path, Some(&ops))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
+        if letters.len() == 2 {
+            break letters;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "dead letters: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(letters.iter().all(|l| l["attempts"] == 3), "{letters:?}");
+    let health = crate::erp::sync_health(&app).await;
+    assert_eq!(health["webhooks"]["dead_letters"], 2);
+    assert!(
+        health["impact"]["summary"].as_array().is_some_and(|s| s
+            .iter()
+            .any(|line| line.as_str().unwrap_or_default().contains("dead letter"))),
+        "{}",
+        health["impact"]
+    );
+
+    let write = app.token(Layer::Process, "ops:write");
+    let first = letters[0]["dead_letter_id"].as_i64().expect("id");
+    let second = letters[1]["dead_letter_id"].as_i64().expect("id");
+    // Still failing: the replay says so and the letter stays.
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            &format!("{path}/{first}/replay"),
+            &write,
+            "",
+        )
+        .await;
+    let problem = crate::helpers::problem(response, 502).await;
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("webhook-delivery-failed")
+    );
+    // Fixed: the replay delivers it, signed, and it is gone.
+    receiver.failing.store(false, Ordering::SeqCst);
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            &format!("{path}/{first}/replay"),
+            &write,
+            "",
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(receiver.events.lock().expect("lock").len(), 1);
+    assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
+    // A discard needs a note.
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            &format!("{path}/{second}/discard"),
+            &write,
+            "{}",
+        )
+        .await;
+    crate::helpers::problem(response, 422).await;
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            &format!("{path}/{second}/discard"),
+            &write,
+            r#"{"note":"partner confirmed they re-read availability"}"#,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = app
+        .get(Layer::Process, &path, Some(&ops))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(body["dead_letters"], json!([]));
+
+    // Bad registrations change nothing.
+    for (bad, status) in [
+        (json!({"url": "ftp://example.com/x"}), 422),
+        (json!({"url": url, "secret": "short"}), 422),
+        (json!({"url": url, "max_batch": 0}), 422),
+        (json!({"url": url, "surprise": true}), 422),
+    ] {
+        let response = app
+            .send_json(
+                Method::POST,
+                Layer::Process,
+                "/v1/ops/webhooks",
+                &write,
+                &bad.to_string(),
+            )
+            .await;
+        crate::helpers::problem(response, status).await;
+    }
+    let listed: Value = app
+        .get(Layer::Process, "/v1/ops/webhooks", Some(&ops))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(1));
+}
