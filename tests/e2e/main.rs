@@ -2,6 +2,7 @@
 //! each other, driven over HTTP.
 
 mod channels;
+mod console;
 mod erp;
 mod feed;
 mod flows;

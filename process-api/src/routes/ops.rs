@@ -347,8 +347,8 @@ pub async fn health_report(state: &AppState) -> Result<SyncHealth> {
                 thousands(waiting)
             ),
             "degraded" if counts.dead > 0 => format!(
-                "{} ERP postings dead ({} held behind them), {stores} affected",
-                thousands(counts.dead),
+                "{} dead ({} held behind), {stores} affected",
+                plural(counts.dead, "ERP posting", "ERP postings"),
                 thousands(counts.blocked_by_dead)
             ),
             "degraded" => format!(
