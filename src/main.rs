@@ -282,6 +282,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init_logging(&settings.telemetry);
+    // One exporter for the three services of this process; each span names
+    // its service in `retail.service`. Sends the last spans on the way out.
+    let _traces = telemetry::init_tracing(&settings.telemetry, "retail-platform")?;
     let platform = Platform::start(settings.clone()).await?;
     let channel_token = mint_token(
         &settings,

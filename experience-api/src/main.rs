@@ -25,6 +25,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Settings::load(args.config.as_deref())?;
     telemetry::init_logging(&settings.telemetry);
+    // Sends the last spans when the service stops.
+    let _traces = telemetry::init_tracing(&settings.telemetry, "experience-api")?;
     let app = experience_api::Application::build(settings).await?;
     tracing::info!(port = app.port(), "experience-api listening");
     app.run_until_stopped().await

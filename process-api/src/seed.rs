@@ -204,6 +204,7 @@ pub async fn seed(
         actor: "seed".into(),
         request_id: ctx.request_id.clone(),
         trace_id: "0".repeat(32),
+        span_id: None,
     };
     for chunk in counts.chunks(1000) {
         store.ingest(chunk, &ingest).await?;

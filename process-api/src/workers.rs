@@ -129,6 +129,7 @@ pub async fn erp_schedules(state: crate::AppState, mut stop: watch::Receiver<boo
                 actor: "reconciliation".into(),
                 request_id: correlation.request_id.clone(),
                 trace_id: correlation.trace_id.clone(),
+                span_id: Some(correlation.span_id.clone()),
             };
             match state.reconciler().run("schedule", &ctx, &correlation).await {
                 Ok(report) => tracing::info!(

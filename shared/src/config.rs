@@ -259,6 +259,14 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// EnvFilter directive (RUST_LOG wins).
     pub log_level: String,
+    /// OTLP/HTTP traces endpoint (e.g. `http://127.0.0.1:4318/v1/traces`);
+    /// empty: no traces are exported.
+    pub otlp_endpoint: String,
+    /// How often finished spans are sent (the batch exporter's delay).
+    pub otlp_batch_delay_ms: u64,
+    /// Share of new traces recorded (0.0 to 1.0); a caller's sampling
+    /// decision in `traceparent` is followed.
+    pub trace_sample_ratio: f64,
 }
 
 /// Log line format.

@@ -10,25 +10,27 @@
 //! 4. `PropagateRequestId`: echoes `X-Request-Id` on every response.
 //! 5. `Trace`: one span per request with request id and trace id; 5xx are
 //!    logged as errors, 4xx are not.
-//! 6. [`track_metrics`]: request count and latency per route and status.
-//! 7. CORS from configuration (answers preflights before anything else),
+//! 6. [`trace_requests`](crate::telemetry::trace_requests): the request's
+//!    OpenTelemetry server span, when traces are exported.
+//! 7. [`track_metrics`]: request count and latency per route and status.
+//! 8. CORS from configuration (answers preflights before anything else),
 //!    then the lifecycle headers of deprecated routes (`Deprecation`,
 //!    `Sunset`, `Link`).
-//! 8. [`problem_bodies`]: any error response without a JSON body (404
+//! 9. [`problem_bodies`]: any error response without a JSON body (404
 //!    fallback, 405, timeout, limits) becomes problem+json.
-//! 9. Catch-panic: a panicking handler answers a generic 500 problem.
-//! 10. Timeout: the request deadline (503 problem when exceeded); the
+//! 10. Catch-panic: a panicking handler answers a generic 500 problem.
+//! 11. Timeout: the request deadline (503 problem when exceeded); the
 //!     streamed bulk uploads of `[http] upload_paths` get `upload_timeout_ms`.
-//! 11. [`authenticate`]: a valid bearer token becomes the request's
+//! 12. [`authenticate`]: a valid bearer token becomes the request's
 //!     [`Principal`](crate::auth::Principal) (an invalid one is answered 401
 //!     by the route's extractor).
-//! 12. [`audit`](crate::audit): state-changing requests are recorded
+//! 13. [`audit`](crate::audit): state-changing requests are recorded
 //!     (after authentication, so the caller is known; 429s included).
-//! 13. [`limit`]: GCRA per client and route class (429 problem).
-//! 14. Compression (gzip) of responses.
-//! 15. [`idempotency`](crate::idempotency): `Idempotency-Key` on POST
+//! 14. [`limit`]: GCRA per client and route class (429 problem).
+//! 15. Compression (gzip) of responses.
+//! 16. [`idempotency`](crate::idempotency): `Idempotency-Key` on POST
 //!     (inside compression, so stored responses are uncompressed).
-//! 16. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
+//! 17. Body limit (`DefaultBodyLimit`, so the JSON extractor's rejection is
 //!     a 413 problem).
 //!
 //! Authorization is an extractor ([`Authorized`](crate::auth::Authorized))
@@ -142,6 +144,7 @@ pub fn apply(
         ))
         .layer(cors(&http.cors_allowed_origins))
         .layer(from_fn(track_metrics))
+        .layer(from_fn(crate::telemetry::trace_requests))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|request: &Request| {

@@ -22,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let settings = Settings::load(args.config.as_deref())?;
     telemetry::init_logging(&settings.telemetry);
+    // Sends the last spans when the service stops.
+    let _traces = telemetry::init_tracing(&settings.telemetry, "system-api")?;
     let app = system_api::Application::build(settings).await?;
     tracing::info!(port = app.port(), "system-api listening");
     app.run_until_stopped().await

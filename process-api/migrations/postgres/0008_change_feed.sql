@@ -66,3 +66,7 @@ CREATE TABLE webhook_dead_letters (
 );
 CREATE INDEX webhook_dead_letters_subscription
     ON webhook_dead_letters (subscription_id, dead_letter_id);
+
+-- The request span of each ingest batch (the parent of its ERP postings'
+-- spans when traces are exported).
+ALTER TABLE ingest_batches ADD COLUMN span_id TEXT;

@@ -111,7 +111,9 @@ impl Poster {
             self.status.breaker.release_probe();
             return Ok(false);
         }
-        let settlements = self.deliver(&claimed).await;
+        let started = std::time::SystemTime::now();
+        let (settlements, call) = self.deliver(&claimed).await;
+        trace_postings(&claimed, &settlements, started, call.as_ref());
         let mut posted = 0_u64;
         let mut failed = 0_u64;
         for settlement in &settlements {
@@ -139,7 +141,9 @@ impl Poster {
     }
 
     /// Sends the claimed postings; every claimed posting gets a settlement.
-    async fn deliver(&self, claimed: &[ClaimedPosting]) -> Vec<Settlement> {
+    /// Also returns the correlation of the call to system-api, if one was
+    /// made.
+    async fn deliver(&self, claimed: &[ClaimedPosting]) -> (Vec<Settlement>, Option<Correlation>) {
         let mut settlements = Vec::with_capacity(claimed.len());
         // An entry that did not change on_hand (a late event before a
         // count, a return straight to unsellable) has nothing to post.
@@ -163,7 +167,7 @@ impl Poster {
         let postings = &batch.postings;
         if postings.is_empty() {
             self.status.breaker.release_probe();
-            return settlements;
+            return (settlements, None);
         }
         let correlation = Correlation::new_root();
         let ctx = CallContext {
@@ -261,7 +265,60 @@ impl Poster {
                 }
             }
         }
-        settlements
+        (settlements, Some(correlation))
+    }
+}
+
+/// When traces are exported: one span per posting in the trace of the
+/// request that journalled its event (so a POS sale's trace ends at its
+/// ERP posting), linked to the trace of the batch call that carried it.
+fn trace_postings(
+    claimed: &[ClaimedPosting],
+    settlements: &[Settlement],
+    started: std::time::SystemTime,
+    call: Option<&Correlation>,
+) {
+    use opentelemetry::KeyValue;
+    if !retail_shared::telemetry::tracing_enabled() {
+        return;
+    }
+    let outcomes: std::collections::HashMap<i64, (&str, Option<String>)> = settlements
+        .iter()
+        .map(|settlement| match settlement {
+            Settlement::Posted { posting_id, .. } => (*posting_id, ("posted", None)),
+            Settlement::Failed {
+                posting_id, error, ..
+            } => (*posting_id, ("failed", Some(error.clone()))),
+            Settlement::NotAttempted {
+                posting_id, error, ..
+            } => (*posting_id, ("not_attempted", error.clone())),
+        })
+        .collect();
+    for posting in claimed {
+        let (Some(trace_id), Some(span_id)) = (&posting.trace_id, &posting.span_id) else {
+            continue;
+        };
+        let (outcome, error) = outcomes
+            .get(&posting.posting_id)
+            .cloned()
+            .unwrap_or(("not_attempted", None));
+        retail_shared::telemetry::record_span(
+            "erp.posting",
+            (trace_id, span_id),
+            started,
+            vec![
+                KeyValue::new("retail.service", crate::SERVICE),
+                KeyValue::new("retail.posting_id", posting.posting_id),
+                KeyValue::new("retail.event_id", posting.event_id.clone()),
+                KeyValue::new("retail.location_id", posting.location_id.clone()),
+                KeyValue::new("retail.sku", posting.sku.clone()),
+                KeyValue::new("retail.quantity", posting.quantity),
+                KeyValue::new("retail.attempt", posting.attempts),
+                KeyValue::new("retail.outcome", outcome),
+            ],
+            (outcome == "failed").then_some(error).flatten(),
+            call.map(|c| (c.trace_id.as_str(), c.span_id.as_str())),
+        );
     }
 }
 

@@ -165,6 +165,7 @@ impl Reconciler {
                         actor: "reconciliation".into(),
                         request_id: ctx.request_id.clone(),
                         trace_id: ctx.trace_id.clone(),
+                        span_id: ctx.span_id.clone(),
                     };
                     match self
                         .store

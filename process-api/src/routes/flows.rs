@@ -44,6 +44,7 @@ fn context(principal: &Principal, correlation: &Correlation) -> IngestContext {
         actor: principal.actor().to_owned(),
         request_id: correlation.request_id.clone(),
         trace_id: correlation.trace_id.clone(),
+        span_id: Some(correlation.span_id.clone()),
     }
 }
 

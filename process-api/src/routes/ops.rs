@@ -48,6 +48,7 @@ fn ingest_context(principal: &Principal, correlation: &Correlation) -> IngestCon
         actor: principal.actor().to_owned(),
         request_id: correlation.request_id.clone(),
         trace_id: correlation.trace_id.clone(),
+        span_id: Some(correlation.span_id.clone()),
     }
 }
 

@@ -236,6 +236,7 @@ async fn fulfill_reservation(
         actor: auth.actor().to_owned(),
         request_id: correlation.request_id.clone(),
         trace_id: correlation.trace_id.clone(),
+        span_id: Some(correlation.span_id.clone()),
     };
     let outcome = state
         .store

@@ -34,6 +34,9 @@ pub struct IngestContext {
     pub request_id: String,
     /// W3C trace id.
     pub trace_id: String,
+    /// The request's span (the parent of spans of work done later on its
+    /// behalf, such as its ERP postings); `None` for background work.
+    pub span_id: Option<String>,
 }
 
 /// Per-event outcome (pinned).
@@ -72,6 +75,7 @@ struct Candidate {
     actor: String,
     request_id: String,
     trace_id: String,
+    span_id: Option<String>,
 }
 
 /// Counts of one applied batch.
@@ -250,6 +254,7 @@ fn prepare(
                     actor: ctx.actor.clone(),
                     request_id: ctx.request_id.clone(),
                     trace_id: ctx.trace_id.clone(),
+                    span_id: ctx.span_id.clone(),
                 });
             }
         }
@@ -533,13 +538,14 @@ macro_rules! ledger_backend {
                         continue;
                     }
                     let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO ingest_batches (received_at, actor, request_id, trace_id) \
-                         VALUES ($1, $2, $3, $4) RETURNING batch_id",
+                        "INSERT INTO ingest_batches (received_at, actor, request_id, trace_id, \
+                         span_id) VALUES ($1, $2, $3, $4, $5) RETURNING batch_id",
                     )
                     .bind(now)
                     .bind(key.0)
                     .bind(key.1)
                     .bind(key.2)
+                    .bind(candidate.span_id.as_deref())
                     .fetch_one(&mut **tx)
                     .await?;
                     ids.insert(key, id);
@@ -953,6 +959,8 @@ macro_rules! ledger_backend {
                         actor: row.try_get("actor")?,
                         request_id: row.try_get("request_id")?,
                         trace_id: row.try_get("trace_id")?,
+                        // The parking request's span is not kept.
+                        span_id: None,
                     });
                 }
                 for chunk in ids.chunks(CHUNK) {

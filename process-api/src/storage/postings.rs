@@ -51,6 +51,10 @@ pub struct ClaimedPosting {
     pub counterparty_location_id: Option<String>,
     /// Reason or disposition.
     pub reason: Option<String>,
+    /// The trace of the request that journalled the entry.
+    pub trace_id: Option<String>,
+    /// That request's span.
+    pub span_id: Option<String>,
 }
 
 /// How a delivery attempt ended, per posting.
@@ -232,8 +236,10 @@ const CLAIM: &str = "WITH blockers AS ( \
 
 const CLAIMED_DETAILS: &str = "SELECT p.posting_id, p.event_id, p.attempts, j.type, j.location_id, \
      j.sku, j.on_hand_change, j.unit_cost, j.currency, j.occurred_at, \
-     j.counterparty_location_id, COALESCE(j.disposition, j.reason) AS reason \
+     j.counterparty_location_id, COALESCE(j.disposition, j.reason) AS reason, \
+     b.trace_id, b.span_id \
      FROM outbox_postings p JOIN journal j ON j.event_id = p.event_id \
+     LEFT JOIN ingest_batches b ON b.batch_id = j.batch_id \
      WHERE p.posting_id IN ";
 
 const VIEW_COLUMNS: &str = "p.posting_id, p.event_id, j.type, p.location_id, p.sku, \
@@ -299,6 +305,8 @@ macro_rules! postings_backend {
                             occurred_at: row.try_get(9)?,
                             counterparty_location_id: row.try_get(10)?,
                             reason: row.try_get(11)?,
+                            trace_id: row.try_get(12)?,
+                            span_id: row.try_get(13)?,
                         })
                     })
                     .collect()

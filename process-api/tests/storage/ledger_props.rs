@@ -224,6 +224,7 @@ fn ctx() -> (IngestContext, ChangeContext) {
             actor: "proptest".into(),
             request_id: "r".into(),
             trace_id: "t".into(),
+            span_id: None,
         },
         ChangeContext {
             actor: "proptest".into(),

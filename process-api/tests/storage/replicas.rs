@@ -95,6 +95,7 @@ async fn two_replicas_apply_each_event_exactly_once() {
             actor: "t".into(),
             request_id: "r".into(),
             trace_id: "t".into(),
+            span_id: None,
         };
         // Replica A gets every event in order, replica B the same events
         // reversed, in batches of 50, all at once.

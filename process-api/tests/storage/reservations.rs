@@ -24,6 +24,7 @@ fn ctx() -> IngestContext {
         actor: "tester".into(),
         request_id: "req".into(),
         trace_id: "trace".into(),
+        span_id: None,
     }
 }
 

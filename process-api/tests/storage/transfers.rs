@@ -14,6 +14,7 @@ fn ctx(actor: &str) -> IngestContext {
         actor: actor.into(),
         request_id: "req".into(),
         trace_id: "trace".into(),
+        span_id: None,
     }
 }
 
