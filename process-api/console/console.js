@@ -885,28 +885,10 @@
     else if (drill.queued.push(change) > 500) drill.queued.shift();
   }
 
-  /** The last JOURNAL_TAIL entries of a sku. The journal only pages forward
-   * by seq, so look in widening event-time windows until enough turn up. */
+  /** The last JOURNAL_TAIL entries of a sku, newest first. */
   async function journalTail(sku) {
-    const hour = 3600 * 1000;
-    const windows = [hour, 24 * hour, 7 * 24 * hour, null];
-    let entries = [];
-    let truncated = false;
-    for (const span of windows) {
-      const from = span ? new Date(Date.now() - span).toISOString() : null;
-      entries = [];
-      let after = null;
-      truncated = false;
-      for (let page = 0; ; page += 1) {
-        if (page === 20) { truncated = true; break; }
-        const result = await api('GET', withQuery('/v1/inventory/journal', { sku, from, after, limit: 1000 }));
-        entries = entries.concat(result.entries || []).slice(-JOURNAL_TAIL);
-        if (result.next_after == null) break;
-        after = result.next_after;
-      }
-      if (entries.length >= JOURNAL_TAIL || truncated) break;
-    }
-    return { entries: entries.reverse(), truncated };
+    const result = await api('GET', withQuery('/v1/inventory/journal', { sku, order: 'desc', limit: JOURNAL_TAIL }));
+    return { entries: result.entries || [], truncated: false };
   }
 
   function renderJournal({ entries, truncated }) {

@@ -361,6 +361,52 @@ async fn the_journal_pages_and_rebuild_equals_live() {
         .await
         .expect("json");
     assert_eq!(rest["entries"].as_array().map(Vec::len), Some(15));
+    // Newest first, paged backwards: the same 25 entries, reversed.
+    let mut newest_first: Vec<i64> = Vec::new();
+    let mut before: Option<i64> = None;
+    loop {
+        let path = match before {
+            Some(b) => {
+                format!("/v1/inventory/journal?location_id=S002&order=desc&limit=10&before={b}")
+            }
+            None => "/v1/inventory/journal?location_id=S002&order=desc&limit=10".to_owned(),
+        };
+        let page: Value = app
+            .get(Layer::Process, &path, Some(&token))
+            .await
+            .json()
+            .await
+            .expect("json");
+        newest_first.extend(
+            page["entries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e["seq"].as_i64()),
+        );
+        assert!(page.get("next_after").is_none_or(Value::is_null));
+        match page["next_before"].as_i64() {
+            Some(b) => before = Some(b),
+            None => break,
+        }
+    }
+    let mut oldest_first: Vec<i64> = page["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(rest["entries"].as_array().into_iter().flatten())
+        .filter_map(|e| e["seq"].as_i64())
+        .collect();
+    oldest_first.reverse();
+    assert_eq!(newest_first, oldest_first);
+    let response = app
+        .get(
+            Layer::Process,
+            "/v1/inventory/journal?order=sideways",
+            Some(&token),
+        )
+        .await;
+    crate::helpers::problem(response, 422).await;
     let transit = position(&app, &token, "SKU-000004", "S003").await;
     assert_eq!(transit["in_transit"], 8);
 

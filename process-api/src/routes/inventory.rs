@@ -272,6 +272,11 @@ pub struct JournalParams {
     pub to: Option<String>,
     /// Entries after this seq (the previous page's last `seq`).
     pub after: Option<i64>,
+    /// Entries before this seq (with `order=desc`: the previous page's
+    /// `next_before`).
+    pub before: Option<i64>,
+    /// `asc` (default: oldest first) or `desc` (newest first).
+    pub order: Option<String>,
     /// Page size, 1–1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
@@ -280,10 +285,15 @@ pub struct JournalParams {
 /// A page of the journal.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JournalPage {
-    /// Entries in seq order.
+    /// Entries in seq order (descending with `order=desc`).
     pub entries: Vec<JournalEntry>,
-    /// Pass as `after` for the next page; absent on the last page.
+    /// Pass as `after` for the next page; absent on the last page (and on
+    /// `order=desc` pages).
     pub next_after: Option<i64>,
+    /// With `order=desc`: pass as `before` for the next (older) page;
+    /// absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_before: Option<i64>,
 }
 
 fn time_param(name: &str, value: Option<&str>) -> Result<Option<i64>, Problem> {
@@ -324,21 +334,34 @@ async fn get_journal(
         (None, None) => {}
     }
     let limit = super::page_limit(params.limit)?;
+    let newest_first = match params.order.as_deref() {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(_) => {
+            return Err(Problem::validation(vec![FieldError {
+                pointer: "?order".into(),
+                detail: "must be asc or desc".into(),
+            }])
+            .into());
+        }
+    };
     let query = JournalQuery {
         location_id: params.location_id.clone(),
         sku: params.sku.clone(),
         from: time_param("from", params.from.as_deref())?,
         to: time_param("to", params.to.as_deref())?,
         after: params.after,
+        before: params.before,
+        newest_first,
         limit,
     };
     let entries = state.store.journal(&query).await?;
-    let next_after = (entries.len() == limit as usize)
-        .then(|| entries.last().map(|e| e.seq))
-        .flatten();
+    let full = entries.len() == limit as usize;
+    let last = entries.last().map(|e| e.seq);
     Ok(ApiJson(JournalPage {
         entries,
-        next_after,
+        next_after: (full && !newest_first).then_some(last).flatten(),
+        next_before: (full && newest_first).then_some(last).flatten(),
     }))
 }
 

@@ -152,6 +152,10 @@ pub struct JournalQuery {
     pub to: Option<i64>,
     /// seq > after.
     pub after: Option<i64>,
+    /// seq < before.
+    pub before: Option<i64>,
+    /// Newest first.
+    pub newest_first: bool,
     /// Page size.
     pub limit: u32,
 }
@@ -1409,8 +1413,15 @@ impl Store {
             if let Some(to) = query.to {
                 qb.push(" AND j.occurred_at < ").push_bind(to);
             }
-            qb.push(" ORDER BY j.seq LIMIT ")
-                .push_bind(i64::from(query.limit));
+            if let Some(before) = query.before {
+                qb.push(" AND j.seq < ").push_bind(before);
+            }
+            qb.push(if query.newest_first {
+                " ORDER BY j.seq DESC LIMIT "
+            } else {
+                " ORDER BY j.seq LIMIT "
+            })
+            .push_bind(i64::from(query.limit));
             let rows = qb.build().fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
