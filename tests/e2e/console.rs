@@ -327,6 +327,53 @@ async fn an_operator_replays_a_dead_letter_from_the_console() {
         .await;
     driver.click(&replay).await;
     driver.wait_gone(&row, Duration::from_secs(15)).await;
+
+    // The sku drill-down: positions across locations and the journal,
+    // then a change arriving live.
+    let input = driver.wait("#sku-input", Duration::from_secs(5)).await;
+    driver.type_into(&input, "SKU-000003").await;
+    driver
+        .click(&driver.wait("#sku-go", Duration::from_secs(5)).await)
+        .await;
+    let s002 = driver
+        .wait(
+            "#positions-body tr[data-location-id=\"S002\"]",
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(driver.text(&s002).await.contains('7'), "on_hand 7 at S002");
+    driver
+        .wait("#journal-body tr[data-seq]", Duration::from_secs(10))
+        .await;
+    let token = app.token(Layer::Process, "inventory:write");
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            "/v1/inventory/events",
+            &token,
+            &json!({"events": [{"event_id": "console-live-1", "type": "receipt",
+                "location_id": "S001", "sku": "SKU-000003", "quantity": 5,
+                "occurred_at": "2026-11-30T08:01:00Z", "source": "wms"}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    driver
+        .wait(
+            "#positions-body tr[data-location-id=\"S001\"]",
+            Duration::from_secs(10),
+        )
+        .await;
+    let counter = driver.wait("#live-changes", Duration::from_secs(5)).await;
+    let started = Instant::now();
+    while !driver.text(&counter).await.starts_with('1') {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no live change counted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let shot = driver.screenshot("console-e2e.png").await;
     eprintln!("console screenshot: {}", shot.display());
 
