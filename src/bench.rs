@@ -33,6 +33,8 @@ pub struct IngestOptions {
     pub concurrency: usize,
     /// PostgreSQL base URL; SQLite in a temp dir when `None`.
     pub database_url: Option<String>,
+    /// Run without the change feed publisher (to see what it costs).
+    pub without_feed: bool,
 }
 
 /// What the ingest scenario measured.
@@ -48,6 +50,20 @@ pub struct IngestReport {
     pub latencies: Vec<Duration>,
     /// Events/s of each tenth of the run.
     pub tenths: Vec<f64>,
+    /// The change feed, when it ran.
+    pub feed: Option<FeedFigures>,
+}
+
+/// How the change feed kept up during an ingest run.
+#[derive(Debug, Clone, Copy)]
+pub struct FeedFigures {
+    /// Outbox rows (batches) not yet published when the last batch was
+    /// acknowledged.
+    pub backlog_at_end: i64,
+    /// Time to publish them.
+    pub drain: Duration,
+    /// Feed entries published in all.
+    pub published: i64,
 }
 
 impl IngestReport {
@@ -78,7 +94,15 @@ impl IngestReport {
                 .as_secs_f64()
                 * 1e3,
             tenths.join(" "),
-        )
+        ) + &match self.feed {
+            Some(feed) => format!(
+                "  change feed   {} entries; {} batches unpublished at the end, published {:.2} s later\n",
+                feed.published,
+                feed.backlog_at_end,
+                feed.drain.as_secs_f64()
+            ),
+            None => "  change feed   off (--without-feed)\n".to_owned(),
+        }
     }
 }
 
@@ -159,6 +183,8 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     settings.reconciliation.master_sync_interval_seconds = 0;
     settings.reconciliation.master_sync_on_start = false;
     settings.telemetry.log_level = "warn".into();
+    settings.feed.enabled = !options.without_feed;
+    settings.webhooks.enabled = false;
     let backend = match &options.database_url {
         Some(base) => {
             let url = fresh_postgres_schema(base).await?;
@@ -259,6 +285,19 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
         timings.extend(client.await??);
     }
     let elapsed = started.elapsed();
+    // The change feed's state when the last batch was acknowledged, and
+    // how long it takes to publish the rest.
+    let backlog_at_end = store.feed_backlog().await?.rows;
+    let mut drain = Duration::ZERO;
+    if !options.without_feed {
+        let draining = Instant::now();
+        while store.feed_backlog().await?.rows > 0 && draining.elapsed() < Duration::from_secs(600)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drain = draining.elapsed();
+    }
+    let published = store.feed_head().await?;
     let _ = stop.send(());
     server.await??;
 
@@ -278,6 +317,11 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
         elapsed,
         latencies,
         tenths: per_tenth.iter().map(|e| *e as f64 / tenth_secs).collect(),
+        feed: (!options.without_feed).then_some(FeedFigures {
+            backlog_at_end,
+            drain,
+            published,
+        }),
     })
 }
 

@@ -132,6 +132,10 @@ enum BenchScenario {
         /// in a temp dir.
         #[arg(long)]
         database_url: Option<String>,
+        /// Without the change feed publisher (by default it runs, as in
+        /// production, publishing every change the events make).
+        #[arg(long)]
+        without_feed: bool,
     },
 }
 
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     skus,
                     concurrency,
                     database_url,
+                    without_feed,
                 } => {
                     anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1 to 1000");
                     let report =
@@ -212,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             skus,
                             concurrency,
                             database_url,
+                            without_feed,
                         })
                         .await?;
                     print!("{}", report.render());

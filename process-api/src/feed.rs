@@ -14,6 +14,8 @@ use crate::storage::Store;
 const MAX_SAMPLES: usize = 20_000;
 /// Window of the rolling figures.
 const WINDOW: Duration = Duration::from_secs(60);
+/// Shortest time between publishing runs.
+const MIN_RUN_GAP: Duration = Duration::from_millis(25);
 /// How often old feed entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -191,12 +193,21 @@ pub async fn publisher(
     if let Ok(head) = store.feed_head().await {
         hub.advance(head);
     }
+    let mut last_run = Instant::now();
     loop {
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return,
             () = hub.wake.notified() => {}
             () = tokio::time::sleep(poll) => {}
         }
+        // Under a stream of writes, runs at most every MIN_RUN_GAP so one
+        // commit publishes several writes' changes (each commit is an
+        // fsync the writers wait behind on SQLite).
+        let since = last_run.elapsed();
+        if since < MIN_RUN_GAP {
+            tokio::time::sleep(MIN_RUN_GAP - since).await;
+        }
+        last_run = Instant::now();
         let mut published_any = false;
         loop {
             match store.publish_changes().await {

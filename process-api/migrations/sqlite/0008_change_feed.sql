@@ -6,8 +6,9 @@
 -- carries the position's figures as they were when it was published: the
 -- latest state, not a delta, so a consumer keeps the newest seq per
 -- position and nothing else.
+-- (SQLite: `INTEGER PRIMARY KEY` makes seq the rowid: one B-tree.)
 CREATE TABLE change_feed (
-    seq           BIGINT PRIMARY KEY,
+    seq           INTEGER PRIMARY KEY,
     location_id   TEXT NOT NULL,
     sku           TEXT NOT NULL,
     on_hand       BIGINT NOT NULL,

@@ -134,10 +134,9 @@ macro_rules! feed_backend {
 
             type Tx<'c> = Transaction<'c, $db>;
 
-            pub(super) async fn publish(
-                tx: &mut Tx<'_>,
-                now: i64,
-            ) -> Result<Published, sqlx::Error> {
+            /// Reads what to publish: the oldest outbox rows, the positions
+            /// they touched and those positions' figures.
+            pub(super) async fn gather(tx: &mut Tx<'_>, now: i64) -> Result<Gathered, sqlx::Error> {
                 if !$serialise.is_empty() {
                     sqlx::query($serialise).execute(&mut **tx).await?;
                 }
@@ -151,7 +150,7 @@ macro_rules! feed_backend {
                 let more = rows.len() > ROWS_PER_RUN as usize;
                 let rows = &rows[..rows.len().min(ROWS_PER_RUN as usize)];
                 if rows.is_empty() {
-                    return Ok(Published::default());
+                    return Ok(Gathered::default());
                 }
                 // Positions touched, with the earliest acceptance time of each,
                 // in first-touched order.
@@ -241,22 +240,54 @@ macro_rules! feed_backend {
                         );
                     }
                 }
+                let entries = order
+                    .into_iter()
+                    .filter_map(|key| {
+                        let PositionFiguresRow(view) = figures.remove(&key)?;
+                        let changed_at = touched.get(&key).map_or(now, |entry| entry.1);
+                        Some((key, view, changed_at))
+                    })
+                    .collect();
+                Ok(Gathered { ids, entries, more })
+            }
+
+            /// Numbers and appends the gathered entries and deletes their
+            /// outbox rows; `None` (roll back) when another publisher took
+            /// some of the rows meanwhile.
+            pub(super) async fn append(
+                tx: &mut Tx<'_>,
+                gathered: Gathered,
+                now: i64,
+            ) -> Result<Option<Published>, sqlx::Error> {
+                let Gathered { ids, entries, more } = gathered;
+                if ids.is_empty() {
+                    return Ok(Some(Published::default()));
+                }
+                // Only the rows read: on PostgreSQL a lower change_id may
+                // still be uncommitted; a later run takes it.
+                let mut qb =
+                    QueryBuilder::<$db>::new("DELETE FROM outbox_changes WHERE change_id IN (");
+                let mut list = qb.separated(", ");
+                for id in &ids {
+                    list.push_bind(*id);
+                }
+                list.push_unseparated(")");
+                let deleted = qb.build().execute(&mut **tx).await?.rows_affected();
+                if deleted != ids.len() as u64 {
+                    return Ok(None);
+                }
                 let head: i64 = sqlx::query_scalar("SELECT head FROM feed_state WHERE id = 1")
                     .fetch_one(&mut **tx)
                     .await?;
-                let mut changes = Vec::with_capacity(order.len());
+                let mut changes = Vec::with_capacity(entries.len());
                 let mut seq = head;
                 let published_at = micros_to_rfc3339(now);
-                for key in &order {
-                    let Some(PositionFiguresRow(view)) = figures.get(key) else {
-                        continue;
-                    };
-                    let changed_at = touched.get(key).map_or(now, |entry| entry.1);
+                for (key, view, changed_at) in entries {
                     seq += 1;
                     changes.push(Change {
                         seq,
-                        location_id: key.0.clone(),
-                        sku: key.1.clone(),
+                        location_id: key.0,
+                        sku: key.1,
                         on_hand: view.on_hand,
                         unsellable: view.unsellable,
                         reserved: view.reserved,
@@ -294,26 +325,28 @@ macro_rules! feed_backend {
                         .execute(&mut **tx)
                         .await?;
                 }
-                // Only the rows read: on PostgreSQL a lower change_id may
-                // still be uncommitted; a later run takes it.
-                let mut qb =
-                    QueryBuilder::<$db>::new("DELETE FROM outbox_changes WHERE change_id IN (");
-                let mut list = qb.separated(", ");
-                for id in &ids {
-                    list.push_bind(*id);
-                }
-                list.push_unseparated(")");
-                qb.build().execute(&mut **tx).await?;
-                Ok(Published {
+                Ok(Some(Published {
                     rows: ids.len(),
                     changes,
                     more,
-                })
+                }))
             }
         }
     };
 }
 
+/// What a publishing run read: outbox row ids and, per position touched
+/// (first-touched order), its figures and earliest acceptance time.
+#[derive(Debug, Default)]
+pub(crate) struct Gathered {
+    ids: Vec<i64>,
+    entries: Vec<(
+        (String, String),
+        crate::inventory::position::PositionFigures,
+        i64,
+    )>,
+    more: bool,
+}
 /// A position's figures, named for the publisher's map.
 #[derive(Debug, Clone, Copy)]
 struct PositionFiguresRow(crate::inventory::position::PositionFigures);
@@ -330,12 +363,49 @@ impl Store {
     /// Publishes committed availability changes into the feed (see the
     /// module documentation). Returns what it appended.
     pub async fn publish_changes(&self) -> Result<Published, sqlx::Error> {
+        use super::BeginWrite as _;
         let now = self.now();
-        crate::transact!(self, sqlite_feed, postgres_feed, |tx, backend| {
-            let published = backend::publish(&mut tx, now).await?;
-            let commit = published.rows > 0;
-            (published, commit)
-        })
+        match self.db() {
+            // Read on a reader snapshot, so the single writer (which every
+            // ingest waits for) is held only to number, append and delete.
+            // Figures read a moment early are fine: a change committed
+            // since has its own outbox row, published next with a higher
+            // seq.
+            super::Db::Sqlite { reader, writer, .. } => {
+                let mut read = reader.begin().await?;
+                let gathered = sqlite_feed::gather(&mut read, now).await?;
+                read.rollback().await?;
+                if gathered.ids.is_empty() {
+                    return Ok(Published::default());
+                }
+                let mut tx = writer.begin_write().await?;
+                match sqlite_feed::append(&mut tx, gathered, now).await? {
+                    Some(published) => {
+                        tx.commit().await?;
+                        Ok(published)
+                    }
+                    // Another publisher (a replica on the same file) took
+                    // some rows: try again.
+                    None => {
+                        tx.rollback().await?;
+                        Ok(Published {
+                            more: true,
+                            ..Published::default()
+                        })
+                    }
+                }
+            }
+            super::Db::Postgres(_) => {
+                crate::transact!(self, sqlite_feed, postgres_feed, |tx, backend| {
+                    let gathered = backend::gather(&mut tx, now).await?;
+                    let published = backend::append(&mut tx, gathered, now)
+                        .await?
+                        .unwrap_or_default();
+                    let commit = published.rows > 0;
+                    (published, commit)
+                })
+            }
+        }
     }
 
     /// The newest seq of the feed (0 when nothing was published yet).
