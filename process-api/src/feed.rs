@@ -193,7 +193,8 @@ pub async fn publisher(
     if let Ok(head) = store.feed_head().await {
         hub.advance(head);
     }
-    let mut last_run = Instant::now();
+    // When the last run that found work started.
+    let mut last_busy_run: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return,
@@ -203,11 +204,12 @@ pub async fn publisher(
         // Under a stream of writes, runs at most every MIN_RUN_GAP so one
         // commit publishes several writes' changes (each commit is an
         // fsync the writers wait behind on SQLite).
-        let since = last_run.elapsed();
-        if since < MIN_RUN_GAP {
+        if let Some(since) = last_busy_run.map(|at| at.elapsed())
+            && since < MIN_RUN_GAP
+        {
             tokio::time::sleep(MIN_RUN_GAP - since).await;
         }
-        last_run = Instant::now();
+        let run_started = Instant::now();
         let mut published_any = false;
         loop {
             match store.publish_changes().await {
@@ -242,6 +244,7 @@ pub async fn publisher(
                 }
             }
         }
+        last_busy_run = published_any.then_some(run_started);
         if !published_any {
             // Another replica may have published.
             if let Ok(head) = store.feed_head().await {
