@@ -5,6 +5,7 @@
 pub mod config;
 pub mod error;
 pub mod process_client;
+pub mod read_model;
 pub mod relay;
 pub mod routes;
 
@@ -41,6 +42,20 @@ pub struct AppState {
     pub relay: Arc<relay::Relay>,
     /// `[feed] keep_alive_seconds` of SSE streams.
     pub feed_keep_alive_seconds: u64,
+    /// The availability read model (see [`read_model`]).
+    pub model: Arc<read_model::ReadModel>,
+    /// Answer from the model only while it is this fresh (`None`: never).
+    pub model_max_staleness: Option<std::time::Duration>,
+}
+
+impl AppState {
+    /// How stale the read model is, if it may answer now.
+    pub fn model_staleness(&self) -> Option<std::time::Duration> {
+        let bound = self.model_max_staleness?;
+        self.relay
+            .staleness()
+            .filter(|staleness| *staleness <= bound)
+    }
 }
 
 #[derive(OpenApi)]
@@ -169,7 +184,8 @@ impl Application {
         let audit_log: Arc<dyn AuditSink> =
             Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
         let (auditor, audit_writer) = Auditor::start(SERVICE, audit_log.clone());
-        let relay = relay::Relay::new(settings.feed.relay_buffer);
+        let model = read_model::ReadModel::new(settings.experience.read_model_max_skus);
+        let relay = relay::Relay::with_model(settings.feed.relay_buffer, Some(model.clone()));
         let follower = Follower {
             relay: relay.clone(),
             process: process.clone(),
@@ -182,6 +198,12 @@ impl Application {
                 reservations: settings.reservations.clone(),
                 relay,
                 feed_keep_alive_seconds: settings.feed.keep_alive_seconds,
+                model,
+                model_max_staleness: settings.experience.read_model.then(|| {
+                    std::time::Duration::from_millis(
+                        settings.experience.read_model_max_staleness_ms,
+                    )
+                }),
             },
             &settings,
             auditor,

@@ -66,11 +66,24 @@ pub struct Relay {
     capacity: usize,
     head: watch::Sender<i64>,
     connected: AtomicBool,
+    /// When process-api last said the relay had every change (a `head`
+    /// event at or below the last change received).
+    fresh_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Changes are also applied to the read model.
+    model: Option<Arc<crate::read_model::ReadModel>>,
 }
 
 impl Relay {
     /// An empty relay keeping `capacity` changes.
     pub fn new(capacity: usize) -> Arc<Self> {
+        Self::with_model(capacity, None)
+    }
+
+    /// A relay that also keeps `model` current.
+    pub fn with_model(
+        capacity: usize,
+        model: Option<Arc<crate::read_model::ReadModel>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             buffer: RwLock::new(Buffer {
                 changes: VecDeque::with_capacity(capacity.min(1 << 16)),
@@ -79,6 +92,8 @@ impl Relay {
             capacity: capacity.max(1),
             head: watch::Sender::new(0),
             connected: AtomicBool::new(false),
+            fresh_at: std::sync::Mutex::new(None),
+            model,
         })
     }
 
@@ -102,6 +117,22 @@ impl Relay {
             >= 0
     }
 
+    /// How long ago the relay was known to hold every change (`None`:
+    /// never).
+    pub fn staleness(&self) -> Option<Duration> {
+        self.fresh_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .map(|at| at.elapsed())
+    }
+
+    fn mark_fresh(&self) {
+        *self
+            .fresh_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
+    }
+
     /// Whether the upstream stream is open.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
@@ -120,6 +151,14 @@ impl Relay {
             buffer.changes.clear();
             buffer.covered_from = seq;
         }
+        // Whatever came before may have been missed.
+        *self
+            .fresh_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        if let Some(model) = &self.model {
+            model.clear();
+        }
         self.head.send_if_modified(|head| {
             let moved = *head != seq;
             *head = seq;
@@ -127,8 +166,21 @@ impl Relay {
         });
     }
 
+    /// Receives a change as if from the stream (unit tests).
+    #[cfg(test)]
+    pub(crate) fn push_for_test(&self, change: FeedChange) {
+        self.push(change);
+    }
+
+    /// Starts following at `seq` (unit tests).
+    #[cfg(test)]
+    pub(crate) fn start_for_test(&self, seq: i64) {
+        self.start_at(seq);
+    }
+
     fn push(&self, change: FeedChange) {
         let seq = change.seq;
+        let change = Arc::new(change);
         {
             let mut buffer = self.write();
             let last = buffer.changes.back().map_or(buffer.covered_from, |c| c.seq);
@@ -140,7 +192,13 @@ impl Relay {
             {
                 buffer.covered_from = evicted.seq;
             }
-            buffer.changes.push_back(Arc::new(change));
+            buffer.changes.push_back(change.clone());
+        }
+        // After the buffer's lock is released (the model, loading a sku,
+        // reads the buffer under its own lock). A load that saw this change
+        // in the buffer has it already; applying it again changes nothing.
+        if let Some(model) = &self.model {
+            model.apply(&change);
         }
         self.head.send_replace(seq);
     }
@@ -261,13 +319,33 @@ pub async fn follow(
                                     tracing::warn!(%error, "an unreadable change; skipped");
                                 }
                             },
+                            "head" => {
+                                let head = serde_json::from_str::<serde_json::Value>(&event.data)
+                                    .ok()
+                                    .and_then(|v| v["head"].as_i64());
+                                if head.is_some_and(|h| h <= relay.head()) {
+                                    relay.mark_fresh();
+                                }
+                            }
                             "reset" => {
-                                // The feed was pruned past our resume point:
-                                // what the buffer held no longer joins up.
+                                // The feed was pruned past our resume point
+                                // (or never reached it): the stream goes on
+                                // from the oldest kept change. Start over
+                                // there: the buffer and the read model would
+                                // span a gap.
                                 tracing::warn!(
                                     "the change feed was pruned past the relay's position"
                                 );
-                                last = None;
+                                let from = serde_json::from_str::<serde_json::Value>(&event.data)
+                                    .ok()
+                                    .and_then(|v| v["resume_after"].as_i64());
+                                match from {
+                                    Some(from) => {
+                                        relay.start_at(from);
+                                        last = Some(from);
+                                    }
+                                    None => last = None,
+                                }
                             }
                             _ => {}
                         }

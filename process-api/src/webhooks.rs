@@ -150,8 +150,15 @@ impl Deliverer {
         &self.client
     }
 
+    /// At least twice the delivery deadline: a lease never runs out while
+    /// its holder may still be waiting for an answer.
     fn lease(&self) -> Duration {
-        Duration::from_millis(self.settings.lease_ms.max(1000))
+        Duration::from_millis(
+            self.settings
+                .lease_ms
+                .max(self.settings.timeout_ms.saturating_mul(2))
+                .max(1000),
+        )
     }
 
     /// Leases due subscribers and delivers to each in its own task until
@@ -220,7 +227,10 @@ impl Deliverer {
                 }
             }
             match outcome {
-                DeliveryOutcome::Delivered { last_seq, .. } => subscription.cursor = last_seq,
+                DeliveryOutcome::Delivered { last_seq, .. } => {
+                    subscription.cursor = last_seq;
+                    subscription.attempts = 0;
+                }
                 DeliveryOutcome::Skipped { head } => subscription.cursor = head,
                 _ => return,
             }
@@ -319,6 +329,9 @@ impl Deliverer {
 fn client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .timeout(Duration::from_millis(settings.timeout_ms.max(100)))
+        // A redirect would turn the POST into a body-less GET that may
+        // answer 200: a 3xx is a failed delivery, never an acknowledgement.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!(
             "retail-platform-webhooks/",
             env!("CARGO_PKG_VERSION")

@@ -289,6 +289,15 @@ pub struct ExperienceSettings {
     pub port: u16,
     /// Base URL of process-api.
     pub process_url: String,
+    /// Answer availability from the read model kept current by the change
+    /// feed (off: every read asks process-api).
+    pub read_model: bool,
+    /// The read model answers only while it is this fresh (it knows it has
+    /// every change up to a moment at most this long ago); else reads go
+    /// to process-api.
+    pub read_model_max_staleness_ms: u64,
+    /// Skus the read model keeps (the least recently loaded go first).
+    pub read_model_max_skus: usize,
 }
 
 /// process-api.

@@ -13,21 +13,32 @@ pub struct SseEvent {
     pub id: Option<String>,
 }
 
+/// Longest line kept (1 MiB).
+pub const MAX_LINE: usize = 1 << 20;
+
 /// Incremental parser.
 #[derive(Debug, Default)]
 pub struct SseParser {
     pending: Vec<u8>,
+    /// The current event lost a line: drop it when it ends.
+    oversized: bool,
     event: String,
     data: Vec<String>,
     id: Option<String>,
 }
 
 impl SseParser {
-    /// Feeds bytes; returns the events they completed.
+    /// Feeds bytes; returns the events they completed. A line longer than
+    /// [`MAX_LINE`] is dropped (with the event it belongs to).
     pub fn feed(&mut self, bytes: &[u8]) -> Vec<SseEvent> {
         self.pending.extend_from_slice(bytes);
         let mut events = Vec::new();
-        while let Some(end) = self.pending.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        let mut start = 0;
+        while let Some(offset) = self.pending[start..]
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+        {
+            let end = start + offset;
             // A CR LF pair ends one line.
             let skip = if self.pending[end] == b'\r' {
                 match self.pending.get(end + 1) {
@@ -39,17 +50,30 @@ impl SseParser {
             } else {
                 1
             };
-            let line: Vec<u8> = self.pending.drain(..end + skip).take(end).collect();
-            let line = String::from_utf8_lossy(&line);
+            let line = String::from_utf8_lossy(&self.pending[start..end]).into_owned();
+            start = end + skip;
             if let Some(event) = self.line(&line) {
                 events.push(event);
             }
+        }
+        // One shift per chunk, not per line.
+        self.pending.drain(..start);
+        if self.pending.len() > MAX_LINE {
+            self.pending.clear();
+            self.data.clear();
+            self.oversized = true;
         }
         events
     }
 
     fn line(&mut self, line: &str) -> Option<SseEvent> {
         if line.is_empty() {
+            if std::mem::take(&mut self.oversized) {
+                self.data.clear();
+                self.event.clear();
+                self.id = None;
+                return None;
+            }
             if self.data.is_empty() {
                 self.event.clear();
                 self.id = None;

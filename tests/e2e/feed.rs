@@ -711,3 +711,150 @@ async fn webhook_dead_letters_are_kept_and_replayed() {
         .expect("json");
     assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(1));
 }
+
+async fn channel_availability(app: &TestApp, token: &str, sku: &str) -> (String, Value) {
+    let response = app
+        .get(
+            Layer::Experience,
+            &format!("/v1/availability/{sku}"),
+            Some(token),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let source = response.headers()["x-availability-source"]
+        .to_str()
+        .expect("header")
+        .to_owned();
+    if source == "read-model" {
+        let staleness: u64 = response.headers()["x-availability-staleness-ms"]
+            .to_str()
+            .expect("header")
+            .parse()
+            .expect("ms");
+        assert!(staleness <= 2000, "staleness {staleness} ms over the bound");
+    }
+    (source, response.json().await.expect("json"))
+}
+
+async fn process_availability(app: &TestApp, skus: &[String]) -> Vec<Value> {
+    let token = app.token(Layer::Process, "inventory:read");
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Process,
+            "/v1/inventory/availability",
+            &token,
+            &json!({ "skus": skus }).to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("json");
+    body["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_read_model_answers_like_process_api_and_follows_changes() {
+    let app = TestApp::spawn_with(|s| s.experience.read_model = true).await;
+    let channel = app.token(Layer::Experience, "availability:read");
+    let skus: Vec<String> = (1..=10).map(|n| format!("SKU-{n:06}")).collect();
+    let events: Vec<Value> = (0..30)
+        .map(|i| {
+            receipt(
+                &format!("rm-{i}"),
+                &format!("S00{}", 1 + i % 3),
+                &skus[i % 10],
+                3 + i as i64,
+            )
+        })
+        .collect();
+    ingest(&app, events).await;
+
+    // Fresh once process-api's stream has said the relay is complete.
+    let started = Instant::now();
+    loop {
+        let (source, _) = channel_availability(&app, &channel, &skus[0]).await;
+        if source == "read-model" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the read model never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Loaded on first read, then kept current: every answer equals
+    // process-api's after a burst of sales and reservations.
+    for sku in &skus {
+        channel_availability(&app, &channel, sku).await;
+    }
+    let sales: Vec<Value> = (0..20)
+        .map(|i| {
+            json!({"event_id": format!("rm-sale-{i}"), "type": "sale",
+            "location_id": format!("S00{}", 1 + i % 3), "sku": skus[i % 10],
+            "quantity": 1, "occurred_at": "2026-11-30T08:30:00Z", "source": "pos"})
+        })
+        .collect();
+    ingest(&app, sales).await;
+    let reserve = app.token(Layer::Experience, "reservations:write");
+    let response = app
+        .send_json(
+            Method::POST,
+            Layer::Experience,
+            "/v1/reservations",
+            &reserve,
+            &json!({"channel": "web", "order_ref": "rm-1", "ttl_seconds": 600,
+                "lines": [{"sku": skus[2], "location_id": "S003", "quantity": 2}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let truth = process_availability(&app, &skus).await;
+    let started = Instant::now();
+    loop {
+        let mut same = true;
+        for (sku, want) in skus.iter().zip(&truth) {
+            let (source, got) = channel_availability(&app, &channel, sku).await;
+            assert_eq!(source, "read-model");
+            if got["total_available"] != want["total_available"]
+                || got["locations"] != want["locations"]
+            {
+                same = false;
+            }
+        }
+        if same {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the read model did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Narrowed per caller and per request, like process-api does.
+    let store_app = app.token_for(
+        Layer::Experience,
+        "store-app",
+        "availability:read",
+        Some(&["S002"]),
+    );
+    let (_, mine) = channel_availability(&app, &store_app, &skus[1]).await;
+    assert!(
+        mine["locations"]
+            .as_array()
+            .is_some_and(|l| l.iter().all(|l| l["location_id"] == "S002"))
+    );
+    let response = app
+        .get(Layer::Experience, "/v1/availability/NOPE-1", Some(&channel))
+        .await;
+    crate::helpers::problem(response, 404).await;
+    // A channel filter goes to process-api (it knows the nodes' types).
+    let response = app
+        .get(
+            Layer::Experience,
+            &format!("/v1/availability/{}?channel=web", skus[0]),
+            Some(&channel),
+        )
+        .await;
+    assert_eq!(response.headers()["x-availability-source"], "process-api");
+}

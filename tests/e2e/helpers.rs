@@ -46,6 +46,10 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     settings.seed.skus = 10;
     settings.seed.opening_stock = false;
     settings.telemetry.log_level = "warn".into();
+    // Most tests read right after writing and expect to see the write;
+    // the read model is eventually consistent (within milliseconds), so
+    // only the tests about it turn it on.
+    settings.experience.read_model = false;
     settings
 }
 

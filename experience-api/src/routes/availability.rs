@@ -1,6 +1,8 @@
 //! Availability for channels (pinned `GET /v1/availability/{sku}`, plus a
 //! batch query for carts and listing pages).
 
+use std::collections::HashMap;
+
 use axum::extract::State;
 use retail_shared::auth::{Authorized, scope};
 use retail_shared::client::CallContext;
@@ -92,7 +94,9 @@ fn parse_locations(raw: Option<&str>) -> Result<Option<Vec<String>>, Problem> {
     params(("sku" = String, Path, description = "SKU"), LocationsFilter),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Availability", body = Availability),
+        (status = 200, description = "Availability", body = Availability, headers(
+            ("x-availability-source" = String, description = "`read-model` (the edge's copy kept current by the change feed) or `process-api`"),
+            ("x-availability-staleness-ms" = u64, description = "Read model only: it held every change up to this long ago (at most `[experience] read_model_max_staleness_ms`)"))),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope availability:read missing", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "Unknown sku", body = ProblemBody, content_type = "application/problem+json"),
@@ -103,7 +107,7 @@ async fn availability_of_sku(
     correlation: Correlation,
     ApiPath(sku): ApiPath<String>,
     ApiQuery(filter): ApiQuery<LocationsFilter>,
-) -> Result<ApiJson<Availability>> {
+) -> Result<(Provenance, ApiJson<Availability>)> {
     let locations = parse_locations(filter.locations.as_deref())?;
     for location in locations.iter().flatten() {
         auth.require_location(location)?;
@@ -112,6 +116,20 @@ async fn availability_of_sku(
         principal: Some(&auth),
         correlation: &correlation,
     };
+    if filter.channel.is_none()
+        && let Some(staleness) = state.model_staleness()
+    {
+        let skus = std::slice::from_ref(&sku);
+        let mut found = from_model(&state, skus, &correlation).await?;
+        let Some((known, held)) = found.pop() else {
+            return Err(Problem::not_found(format!("no product `{sku}`")).into());
+        };
+        if !known {
+            return Err(Problem::not_found(format!("no product `{sku}`")).into());
+        }
+        let item = narrow(&sku, held, locations.as_deref(), &auth);
+        return Ok((Provenance::model(staleness), ApiJson(item)));
+    }
     let item = state
         .process
         .availability(
@@ -125,7 +143,141 @@ async fn availability_of_sku(
         .next()
         .filter(|item| item.known)
         .ok_or_else(|| Problem::not_found(format!("no product `{sku}`")))?;
-    Ok(ApiJson(item.into()))
+    Ok((Provenance::process(), ApiJson(item.into())))
+}
+
+/// Where an answer came from, as response headers:
+/// `X-Availability-Source: read-model|process-api` and, for the read
+/// model, `X-Availability-Staleness-Ms` (the model held every change up
+/// to that long ago).
+#[derive(Debug, Clone, Copy)]
+pub struct Provenance(Option<std::time::Duration>);
+
+impl Provenance {
+    fn model(staleness: std::time::Duration) -> Self {
+        Self(Some(staleness))
+    }
+
+    fn process() -> Self {
+        Self(None)
+    }
+}
+
+impl axum::response::IntoResponseParts for Provenance {
+    type Error = std::convert::Infallible;
+
+    fn into_response_parts(
+        self,
+        mut res: axum::response::ResponseParts,
+    ) -> std::result::Result<axum::response::ResponseParts, Self::Error> {
+        use axum::http::HeaderValue;
+        let headers = res.headers_mut();
+        match self.0 {
+            Some(staleness) => {
+                headers.insert(
+                    "x-availability-source",
+                    HeaderValue::from_static("read-model"),
+                );
+                headers.insert(
+                    "x-availability-staleness-ms",
+                    HeaderValue::from(u64::try_from(staleness.as_millis()).unwrap_or(u64::MAX)),
+                );
+            }
+            None => {
+                headers.insert(
+                    "x-availability-source",
+                    HeaderValue::from_static("process-api"),
+                );
+            }
+        }
+        Ok(res)
+    }
+}
+
+/// Whether a sku exists, and its (location, available) pairs.
+type Held = (bool, Vec<(String, i64)>);
+
+/// Per sku (in order): whether it exists and its (location, available)
+/// pairs, from the read model, loading the skus it lacks from process-api
+/// in one call.
+async fn from_model(
+    state: &AppState,
+    skus: &[String],
+    correlation: &Correlation,
+) -> Result<Vec<Held>> {
+    let mut out: Vec<Option<Held>> = skus
+        .iter()
+        .map(|sku| state.model.get(sku).map(|held| (true, held.locations)))
+        .collect();
+    let missing: Vec<String> = skus
+        .iter()
+        .zip(&out)
+        .filter(|(_, found)| found.is_none())
+        .map(|(sku, _)| sku.clone())
+        .collect();
+    metrics::counter!("read_model_reads_total", "outcome" => "hit")
+        .increment((skus.len() - missing.len()) as u64);
+    if !missing.is_empty() {
+        metrics::counter!("read_model_reads_total", "outcome" => "miss")
+            .increment(missing.len() as u64);
+        // Every position of the skus, whoever asks: narrowed per caller.
+        let noted = state.relay.head();
+        let loaded = state
+            .process
+            .availability(
+                &missing,
+                None,
+                None,
+                CallContext {
+                    principal: None,
+                    correlation,
+                },
+            )
+            .await?;
+        let mut loaded: HashMap<String, crate::process_client::SkuAvailability> = loaded
+            .into_iter()
+            .map(|item| (item.sku.clone(), item))
+            .collect();
+        for (sku, slot) in skus.iter().zip(out.iter_mut()) {
+            if slot.is_none()
+                && let Some(item) = loaded.remove(sku)
+            {
+                let known = item.known;
+                let snapshot = state.model.insert(&state.relay, noted, &item);
+                *slot = Some((known, snapshot.locations));
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|found| found.unwrap_or((false, Vec::new())))
+        .collect())
+}
+
+/// An answer for one caller: only the asked locations, only those the
+/// token may see.
+fn narrow(
+    sku: &str,
+    held: Vec<(String, i64)>,
+    locations: Option<&[String]>,
+    principal: &retail_shared::auth::Principal,
+) -> Availability {
+    let locations: Vec<LocationAvailability> = held
+        .into_iter()
+        .filter(|(location, _)| {
+            principal.can_access(location)
+                && locations.is_none_or(|wanted| wanted.iter().any(|w| w == location))
+        })
+        .map(|(location_id, available)| LocationAvailability {
+            location_id,
+            available,
+        })
+        .collect();
+    Availability {
+        sku: sku.to_owned(),
+        total_available: locations.iter().map(|l| l.available).sum(),
+        locations,
+    }
 }
 
 /// Body of `POST /v1/availability/query`.
@@ -190,7 +342,9 @@ pub struct BatchAvailability {
     request_body = AvailabilityQuery,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Availability per sku", body = BatchAvailability),
+        (status = 200, description = "Availability per sku", body = BatchAvailability, headers(
+            ("x-availability-source" = String, description = "`read-model` or `process-api`"),
+            ("x-availability-staleness-ms" = u64, description = "Read model only: how old its knowledge is"))),
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope availability:read missing", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Validation failed", body = ProblemBody, content_type = "application/problem+json")))]
@@ -199,9 +353,32 @@ async fn query_availability(
     auth: Authorized<scope::AvailabilityRead>,
     correlation: Correlation,
     ValidJson(query): ValidJson<AvailabilityQuery>,
-) -> Result<ApiJson<BatchAvailability>> {
+) -> Result<(Provenance, ApiJson<BatchAvailability>)> {
     for location in query.locations.iter().flatten() {
         auth.require_location(location)?;
+    }
+    if query.channel.is_none()
+        && let Some(staleness) = state.model_staleness()
+    {
+        let found = from_model(&state, &query.skus, &correlation).await?;
+        let items = query
+            .skus
+            .iter()
+            .zip(found)
+            .map(|(sku, (known, held))| {
+                let item = narrow(sku, held, query.locations.as_deref(), &auth);
+                BatchItem {
+                    sku: item.sku,
+                    known,
+                    total_available: item.total_available,
+                    locations: item.locations,
+                }
+            })
+            .collect();
+        return Ok((
+            Provenance::model(staleness),
+            ApiJson(BatchAvailability { items }),
+        ));
     }
     let ctx = CallContext {
         principal: Some(&auth),
@@ -224,5 +401,5 @@ async fn query_availability(
             locations: item.locations,
         })
         .collect();
-    Ok(ApiJson(BatchAvailability { items }))
+    Ok((Provenance::process(), ApiJson(BatchAvailability { items })))
 }

@@ -235,6 +235,9 @@ async fn availability_changes(
         None => query.after,
     };
     if let Some(bound) = &auth.principal.locations {
+        if bound.is_empty() {
+            return Err(Problem::forbidden("this token may see no location").into());
+        }
         if locations.is_empty() {
             locations = bound.iter().cloned().collect();
         } else {

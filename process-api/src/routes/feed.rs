@@ -96,6 +96,9 @@ fn filter_for(principal: &Principal, query: &ChangeQuery, after: i64) -> Result<
     v.range("after", after, 0, i64::MAX);
     v.finish()?;
     if let Some(bound) = &principal.locations {
+        if bound.is_empty() {
+            return Err(Problem::forbidden("this token may see no location").into());
+        }
         if location_ids.is_empty() {
             location_ids = bound.iter().cloned().collect();
         } else {
@@ -162,18 +165,25 @@ struct Reader {
     heads: tokio::sync::watch::Receiver<i64>,
     filter: FeedFilter,
     buffer: VecDeque<Change>,
-    reset: Option<i64>,
+    /// `(tail, resume_after)` of a `reset` event to send first.
+    reset: Option<(i64, i64)>,
+    /// A `head` event to send once the buffer is out.
+    heartbeat: Option<i64>,
+    last_heartbeat: std::time::Instant,
 }
+
+/// How often a stream says how far it is complete (`event: head`).
+const HEARTBEAT: Duration = Duration::from_millis(500);
 
 /// Streams `filter`'s changes from `filter.after` on: whatever is already
 /// in the feed first, then live as the publisher appends.
 fn change_stream(reader: Reader) -> impl Stream<Item = std::result::Result<Event, Infallible>> {
     futures::stream::unfold(reader, |mut reader| async move {
         loop {
-            if let Some(tail) = reader.reset.take() {
-                let event = Event::default()
-                    .event("reset")
-                    .data(format!("{{\"tail\":{tail}}}"));
+            if let Some((tail, resume_after)) = reader.reset.take() {
+                let event = Event::default().event("reset").data(format!(
+                    "{{\"tail\":{tail},\"resume_after\":{resume_after}}}"
+                ));
                 return Some((Ok(event), reader));
             }
             if let Some(change) = reader.buffer.pop_front() {
@@ -185,16 +195,40 @@ fn change_stream(reader: Reader) -> impl Stream<Item = std::result::Result<Event
                     .data(data);
                 return Some((Ok(event), reader));
             }
+            if let Some(head) = reader.heartbeat.take() {
+                reader.last_heartbeat = std::time::Instant::now();
+                let event = Event::default()
+                    .event("head")
+                    .data(format!("{{\"head\":{head}}}"));
+                return Some((Ok(event), reader));
+            }
             let head = *reader.heads.borrow_and_update();
+            let due = reader.last_heartbeat.elapsed() >= HEARTBEAT;
             match reader.store.changes(&reader.filter).await {
-                Ok(changes) if !changes.is_empty() => reader.buffer.extend(changes),
+                Ok(changes) if !changes.is_empty() => {
+                    // Complete up to `head` once these are out, unless the
+                    // page was full.
+                    let last = changes.last().map_or(head, |c| c.seq);
+                    let complete = if changes.len() as i64 >= reader.filter.limit {
+                        last
+                    } else {
+                        last.max(head)
+                    };
+                    reader.buffer.extend(changes);
+                    if due {
+                        reader.heartbeat = Some(complete);
+                    }
+                }
                 Ok(_) => {
                     // Nothing matched up to `head`: skip the scanned range.
                     reader.filter.after = reader.filter.after.max(head);
+                    if due {
+                        reader.heartbeat = Some(reader.filter.after);
+                        continue;
+                    }
                     // Woken by this replica's publisher; the timeout
                     // covers heads that only the database knows yet.
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), reader.heads.changed()).await;
+                    let _ = tokio::time::timeout(HEARTBEAT, reader.heads.changed()).await;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "reading the change feed for a stream failed");
@@ -208,10 +242,13 @@ fn change_stream(reader: Reader) -> impl Stream<Item = std::result::Result<Event
 /// Availability changes as Server-Sent Events: `event: change`, `id:` the
 /// seq, `data:` the change as JSON. Resumes after `Last-Event-ID` (or
 /// `?after=`) with nothing missed; without either, starts at the current
-/// head (only new changes). When the resume point was pruned, the first
-/// event is `event: reset` (`{"tail": oldest seq kept}`) and the stream
-/// goes on from the oldest kept change: read positions afresh. Comments
-/// keep the connection alive.
+/// head (only new changes). When the resume point was pruned (or is past
+/// the head: another feed's id), the first event is `event: reset`
+/// (`{"tail": oldest seq kept, "resume_after": N}`) and the stream goes on
+/// after N: read positions afresh. About twice
+/// a second an `event: head` (`{"head": N}`) says every change up to N
+/// (within the filters) has been sent: a consumer that has it is current
+/// as of that moment. Comments keep the connection alive.
 #[utoipa::path(get, path = "/v1/inventory/changes/stream", tag = "inventory",
     params(ChangeQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this seq")),
@@ -236,9 +273,12 @@ async fn stream_changes(
     let mut filter = filter_for(&auth, &query, start)?;
     filter.limit = STREAM_READ;
     let tail = state.store.feed_tail().await?;
-    let reset = (filter.after < tail - 1).then(|| {
-        filter.after = tail - 1;
-        tail
+    let head = state.store.feed_head().await?;
+    // Pruned past the resume point, or a point this feed never reached
+    // (another environment's id, a restored database): start over.
+    let reset = (filter.after < tail - 1 || filter.after > head).then(|| {
+        filter.after = if filter.after > head { head } else { tail - 1 };
+        (tail, filter.after)
     });
     let reader = Reader {
         store: state.store.clone(),
@@ -246,6 +286,8 @@ async fn stream_changes(
         filter,
         buffer: VecDeque::new(),
         reset,
+        heartbeat: None,
+        last_heartbeat: std::time::Instant::now(),
     };
     let stream = futures::StreamExt::take_until(
         change_stream(reader),
@@ -309,8 +351,8 @@ impl Validate for WebhookInput {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Registered", body = Subscription),
-        (status = 400, description = "Malformed body or unknown field", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid registration", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid registration, or an unknown field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
 async fn create_webhook(

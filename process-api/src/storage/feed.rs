@@ -476,21 +476,39 @@ impl Store {
         })
     }
 
-    /// Deletes feed entries published before `before` (unix microseconds),
-    /// keeping those a webhook subscriber has not acknowledged yet, unless
-    /// they are older than `hard_before`. Returns the number deleted.
+    /// Deletes the oldest feed entries: those published before `before`
+    /// that every webhook subscriber (active or paused) has, and whatever
+    /// was published before `hard_before`. Always a prefix of the
+    /// sequence (replicas' clocks differ, so times are not monotonic in
+    /// seq): readers resuming below the oldest kept seq are told so.
+    /// Returns the number deleted.
     pub async fn prune_feed(&self, before: i64, hard_before: i64) -> Result<u64, sqlx::Error> {
+        let (soft, hard, min_cursor): (Option<i64>, Option<i64>, Option<i64>) =
+            on_reader!(self.db(), |pool| {
+                sqlx::query_as(
+                    "SELECT (SELECT MAX(seq) FROM change_feed WHERE published_at < $1), \
+                     (SELECT MAX(seq) FROM change_feed WHERE published_at < $2), \
+                     (SELECT MIN(cursor) FROM webhook_subscriptions)",
+                )
+                .bind(before)
+                .bind(hard_before)
+                .fetch_one(pool)
+                .await
+            })?;
+        let soft = match (soft, min_cursor) {
+            (Some(soft), Some(cursor)) => Some(soft.min(cursor)),
+            (soft, None) => soft,
+            (None, Some(_)) => None,
+        };
+        let Some(bound) = soft.max(hard) else {
+            return Ok(0);
+        };
         crate::on_writer!(self.db(), |pool| {
-            let result = sqlx::query(
-                "DELETE FROM change_feed WHERE published_at < $2 OR (published_at < $1 AND \
-                 seq <= COALESCE((SELECT MIN(cursor) FROM webhook_subscriptions \
-                 WHERE status = 'active'), seq))",
-            )
-            .bind(before)
-            .bind(hard_before)
-            .execute(pool)
-            .await?;
-            Ok(result.rows_affected())
+            sqlx::query("DELETE FROM change_feed WHERE seq <= $1")
+                .bind(bound)
+                .execute(pool)
+                .await
+                .map(|result| result.rows_affected())
         })
     }
 }

@@ -93,6 +93,25 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             let mut changed = 0;
             for location in locations {
+                let before: Option<i64> = sqlx::query_scalar(
+                    "SELECT safety_stock_default FROM locations WHERE location_id = $1",
+                )
+                .bind(&location.location_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if before.is_some_and(|b| b != location.safety_stock_default) {
+                    // Availability moves at every position there: the
+                    // change feed carries it (rare: a full look at the
+                    // location's positions).
+                    sqlx::query(
+                        "INSERT INTO outbox_changes (location_id, sku, created_at) \
+                         SELECT location_id, sku, $2 FROM positions WHERE location_id = $1",
+                    )
+                    .bind(&location.location_id)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let version: Option<i64> = sqlx::query_scalar(UPSERT_LOCATION)
                     .bind(&location.location_id)
                     .bind(&location.name)
@@ -139,6 +158,22 @@ impl Store {
             let mut tx = pool.begin_write().await?;
             let mut changed = 0;
             for product in products {
+                let before: Option<Option<i64>> =
+                    sqlx::query_scalar("SELECT safety_stock FROM products WHERE sku = $1")
+                        .bind(&product.sku)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if before.is_some_and(|b| b != product.safety_stock) {
+                    // Availability moves at every position of the sku.
+                    sqlx::query(
+                        "INSERT INTO outbox_changes (location_id, sku, created_at) \
+                         SELECT location_id, sku, $2 FROM positions WHERE sku = $1",
+                    )
+                    .bind(&product.sku)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 let version: Option<i64> = sqlx::query_scalar(UPSERT_PRODUCT)
                     .bind(&product.sku)
                     .bind(&product.name)

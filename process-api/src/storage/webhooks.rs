@@ -315,13 +315,18 @@ impl Store {
         let mut leased = Vec::with_capacity(due.len());
         for subscription in due {
             let taken = on_writer!(self.db(), |pool| {
+                // Only if nobody moved it since it was read: a replica that
+                // delivered and let go meanwhile leaves a newer cursor.
                 sqlx::query(
                     "UPDATE webhook_subscriptions SET lease_until = $1 \
-                     WHERE subscription_id = $2 AND lease_until < $3 AND status = 'active'",
+                     WHERE subscription_id = $2 AND lease_until < $3 AND status = 'active' \
+                     AND cursor = $4 AND attempts = $5",
                 )
                 .bind(until)
                 .bind(subscription.subscription_id)
                 .bind(now)
+                .bind(subscription.cursor)
+                .bind(subscription.attempts)
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())
@@ -352,7 +357,8 @@ impl Store {
                     let moved = sqlx::query(
                         "UPDATE webhook_subscriptions SET cursor = $1, attempts = 0, \
                          last_error = NULL, delivered = delivered + $2, last_delivered_at = $3, \
-                         lease_until = $4 WHERE subscription_id = $5 AND lease_until = $6",
+                         lease_until = $4 WHERE subscription_id = $5 AND lease_until = $6 \
+                         AND cursor < $1",
                     )
                     .bind(*last_seq)
                     .bind(*changes)

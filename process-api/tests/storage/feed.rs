@@ -106,6 +106,36 @@ async fn the_feed_is_gapless_and_ends_at_the_current_figures() {
             assert_eq!(change.safety_stock, 1);
         }
 
+        // Master data moving safety stock moves availability: the feed
+        // carries every affected position.
+        let head = a.feed_head().await.expect("head");
+        seed(&a, &["L1", "L2", "L3"], &["K1"], 4).await;
+        loop {
+            if a.publish_changes().await.expect("publish").rows == 0 {
+                break;
+            }
+        }
+        let moved = a
+            .changes(&FeedFilter {
+                after: head,
+                limit: 1000,
+                ..FeedFilter::default()
+            })
+            .await
+            .expect("changes");
+        // Every position of the three locations (default 1 → 4).
+        assert_eq!(moved.len(), 12, "{moved:?}");
+        for change in &moved {
+            assert_eq!(change.safety_stock, 4);
+            let position = a
+                .positions(&change.sku, Some(&change.location_id))
+                .await
+                .expect("positions")
+                .pop()
+                .expect("position");
+            assert_eq!(change.available, position.figures.available);
+        }
+
         // Filters.
         let k2 = a
             .changes(&FeedFilter {
@@ -118,5 +148,81 @@ async fn the_feed_is_gapless_and_ends_at_the_current_figures() {
             .expect("filtered");
         assert!(!k2.is_empty());
         assert!(k2.iter().all(|c| c.sku == "K2" && c.location_id != "L2"));
+    }
+}
+
+#[tokio::test]
+async fn one_replica_at_a_time_moves_a_webhook_cursor() {
+    use process_api::storage::webhooks::{DeliveryOutcome, NewSubscription};
+    use std::time::Duration;
+    for (a, b, _) in backends::replica_pairs().await {
+        let subscription = a
+            .create_subscription(&NewSubscription {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "0123456789abcdef".into(),
+                skus: None,
+                location_ids: None,
+                max_batch: 1,
+                start_after: 0,
+                actor: "t".into(),
+            })
+            .await
+            .expect("subscription");
+        let id = subscription.subscription_id;
+        let lease = Duration::from_secs(30);
+        let (got_a, got_b) = tokio::join!(
+            a.lease_due_subscriptions(10, lease),
+            b.lease_due_subscriptions(10, lease)
+        );
+        let (got_a, got_b) = (got_a.expect("lease a"), got_b.expect("lease b"));
+        assert_eq!(got_a.len() + got_b.len(), 1, "one replica holds it");
+        let (holder, other, token) = match got_a.first() {
+            Some((_, token)) => (&a, &b, *token),
+            None => (&b, &a, got_b[0].1),
+        };
+        // The other replica cannot move it with a token it does not hold.
+        let moved = other
+            .settle_delivery(
+                id,
+                token + 1,
+                &DeliveryOutcome::Delivered {
+                    last_seq: 9,
+                    changes: 9,
+                },
+                lease,
+            )
+            .await
+            .expect("settle");
+        assert!(moved.is_none());
+        let renewed = holder
+            .settle_delivery(
+                id,
+                token,
+                &DeliveryOutcome::Delivered {
+                    last_seq: 3,
+                    changes: 3,
+                },
+                lease,
+            )
+            .await
+            .expect("settle")
+            .expect("still held");
+        // Never backwards, even by the holder.
+        let back = holder
+            .settle_delivery(
+                id,
+                renewed,
+                &DeliveryOutcome::Delivered {
+                    last_seq: 2,
+                    changes: 1,
+                },
+                lease,
+            )
+            .await
+            .expect("settle");
+        assert!(back.is_none());
+        let now = a.subscription(id).await.expect("read").expect("exists");
+        assert_eq!(now.cursor, 3);
+        assert_eq!(now.delivered, 3);
     }
 }

@@ -1,0 +1,216 @@
+//! The availability read model at the edge.
+//!
+//! Per sku, the sellable units per location, loaded from process-api on the
+//! sku's first read and kept current by the change feed the relay follows
+//! (every change carries a position's figures as they are now, so applying
+//! one is an overwrite, never arithmetic). A read is answered from the model
+//! only while the relay is known to hold every change up to a moment at
+//! most `read_model_max_staleness_ms` ago (process-api's stream says so
+//! about once a second); otherwise it goes to process-api, like a miss.
+//!
+//! Loading races with changes: the sku is read from process-api after
+//! noting the relay's head, then every buffered change of the sku after
+//! that head is applied over it, in order. A change the snapshot already
+//! contained is applied again, harmlessly; one it missed is applied. If
+//! the relay's buffer no longer reaches back to the noted head, the loaded
+//! figures answer this read but are not kept.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use crate::process_client::SkuAvailability;
+use crate::relay::{FeedChange, Relay};
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Available per location (every position of the sku).
+    locations: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    skus: HashMap<String, Entry>,
+    /// Load order, for eviction.
+    order: VecDeque<String>,
+}
+
+/// The model.
+#[derive(Debug)]
+pub struct ReadModel {
+    inner: RwLock<Inner>,
+    max_skus: usize,
+}
+
+/// One sku's availability from the model.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// (location, available), by location.
+    pub locations: Vec<(String, i64)>,
+}
+
+impl ReadModel {
+    /// An empty model keeping at most `max_skus` skus.
+    pub fn new(max_skus: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inner: RwLock::new(Inner::default()),
+            max_skus: max_skus.max(1),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The sku's availability, if the model holds it.
+    pub fn get(&self, sku: &str) -> Option<Snapshot> {
+        let inner = self.read();
+        let entry = inner.skus.get(sku)?;
+        Some(Snapshot {
+            locations: entry
+                .locations
+                .iter()
+                .map(|(location, available)| (location.clone(), *available))
+                .collect(),
+        })
+    }
+
+    /// Skus held.
+    pub fn len(&self) -> usize {
+        self.read().skus.len()
+    }
+
+    /// Whether it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies a change of a held sku (others are loaded when read).
+    pub fn apply(&self, change: &FeedChange) {
+        let mut inner = self.write();
+        if let Some(entry) = inner.skus.get_mut(&change.sku) {
+            entry
+                .locations
+                .insert(change.location_id.clone(), change.available);
+        }
+    }
+
+    /// Forgets everything (the relay lost track of the feed).
+    pub fn clear(&self) {
+        let mut inner = self.write();
+        inner.skus.clear();
+        inner.order.clear();
+    }
+
+    /// Keeps `loaded` (read from process-api after the relay's head was
+    /// `noted`), brought up to date with the relay's buffered changes;
+    /// returns what to answer.
+    pub fn insert(&self, relay: &Relay, noted: i64, loaded: &SkuAvailability) -> Snapshot {
+        let mut locations: BTreeMap<String, i64> = loaded
+            .locations
+            .iter()
+            .map(|l| (l.location_id.clone(), l.available))
+            .collect();
+        let mut inner = self.write();
+        // Under the write lock, no change can be applied between reading
+        // the buffer and keeping the entry.
+        let caught_up = relay.read_after(noted, usize::MAX, |c| c.sku == loaded.sku);
+        if let Some((changes, _)) = &caught_up {
+            for change in changes {
+                locations.insert(change.location_id.clone(), change.available);
+            }
+        }
+        let snapshot = Snapshot {
+            locations: locations.iter().map(|(l, a)| (l.clone(), *a)).collect(),
+        };
+        if caught_up.is_some() && loaded.known && !inner.skus.contains_key(&loaded.sku) {
+            while inner.skus.len() >= self.max_skus {
+                match inner.order.pop_front() {
+                    Some(old) => {
+                        inner.skus.remove(&old);
+                    }
+                    None => break,
+                }
+            }
+            inner.order.push_back(loaded.sku.clone());
+            inner.skus.insert(loaded.sku.clone(), Entry { locations });
+        }
+        snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process_client::LocationAvailability;
+
+    fn change(seq: i64, location: &str, available: i64) -> FeedChange {
+        FeedChange {
+            seq,
+            location_id: location.into(),
+            sku: "A".into(),
+            available,
+            on_hand: available,
+            reserved: 0,
+            changed_at: String::new(),
+            published_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_loaded_sku_catches_up_and_follows_changes() {
+        let model = ReadModel::new(10);
+        let relay = Relay::with_model(100, Some(model.clone()));
+        relay.start_for_test(0);
+        relay.push_for_test(change(1, "S1", 5));
+        // Loaded after head 1 was noted, but the snapshot is older than
+        // change 2 (arrived during the load).
+        relay.push_for_test(change(2, "S1", 4));
+        let loaded = SkuAvailability {
+            sku: "A".into(),
+            known: true,
+            total_available: 5,
+            locations: vec![LocationAvailability {
+                location_id: "S1".into(),
+                available: 5,
+            }],
+        };
+        let snapshot = model.insert(&relay, 1, &loaded);
+        assert_eq!(snapshot.locations, vec![("S1".to_owned(), 4)]);
+        relay.push_for_test(change(3, "S2", 7));
+        let held = model.get("A").expect("held");
+        assert_eq!(
+            held.locations,
+            vec![("S1".to_owned(), 4), ("S2".to_owned(), 7)]
+        );
+        // A gap: the model forgets.
+        relay.start_for_test(10);
+        assert!(model.get("A").is_none());
+    }
+
+    #[test]
+    fn the_oldest_sku_goes_first() {
+        let model = ReadModel::new(2);
+        let relay = Relay::with_model(100, Some(model.clone()));
+        relay.start_for_test(0);
+        for sku in ["A", "B", "C"] {
+            let loaded = SkuAvailability {
+                sku: sku.into(),
+                known: true,
+                total_available: 0,
+                locations: vec![],
+            };
+            model.insert(&relay, 0, &loaded);
+        }
+        assert!(model.get("A").is_none());
+        assert!(model.get("B").is_some() && model.get("C").is_some());
+        assert_eq!(model.len(), 2);
+    }
+}
