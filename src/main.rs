@@ -111,6 +111,23 @@ enum ImportKind {
 
 #[derive(Debug, Subcommand)]
 enum BenchScenario {
+    /// Availability reads through experience-api (the three services as
+    /// separate processes; build them first with `cargo build --release`)
+    /// against a bare axum JSON endpoint, in one run.
+    Read {
+        /// Seconds of load per target.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Stores seeded.
+        #[arg(long, default_value_t = 20)]
+        stores: u32,
+        /// SKUs seeded.
+        #[arg(long, default_value_t = 2000)]
+        skus: u32,
+    },
     /// Events/s through process-api's ingest over HTTP.
     Ingest {
         /// Events to send.
@@ -199,6 +216,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { scenario } => runtime()?.block_on(async {
             telemetry::init_logging(&settings.telemetry);
             match scenario {
+                BenchScenario::Read {
+                    seconds,
+                    concurrency,
+                    stores,
+                    skus,
+                } => {
+                    anyhow::ensure!(concurrency >= 1 && skus >= 1 && stores >= 1);
+                    let report = retail_platform::bench_read::read(
+                        retail_platform::bench_read::ReadOptions {
+                            seconds,
+                            concurrency,
+                            stores,
+                            skus,
+                        },
+                    )
+                    .await?;
+                    print!("{}", report.render());
+                }
                 BenchScenario::Ingest {
                     events,
                     batch,

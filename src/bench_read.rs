@@ -1,0 +1,399 @@
+//! `retail-platform bench read`: availability reads through experience-api
+//! against a bare axum JSON endpoint, in the same run.
+//!
+//! The three services run as separate processes (the `system-api`,
+//! `process-api` and `experience-api` binaries next to this one, so `cargo
+//! build --release` first), on a fresh SQLite database seeded with
+//! `stores × skus` positions. The baseline is an axum route in this process
+//! answering a JSON body of the same shape from memory. Both are driven by
+//! the same load generator (this process, `concurrency` keep-alive
+//! connections, random skus, `seconds` each), one after the other. Prints
+//! requests/s, p50/p95/p99, errors, the ratio platform/baseline, the share
+//! of answers the read model gave, and each service's peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use retail_shared::Settings;
+use retail_shared::auth::{TokenIssuer, TokenRequest};
+
+/// Options of the read scenario.
+#[derive(Debug, Clone)]
+pub struct ReadOptions {
+    /// Seconds of load per target.
+    pub seconds: u64,
+    /// Connections (concurrent requests).
+    pub concurrency: usize,
+    /// Stores seeded.
+    pub stores: u32,
+    /// SKUs seeded.
+    pub skus: u32,
+}
+
+/// One target's figures.
+#[derive(Debug, Clone, Default)]
+pub struct LoadFigures {
+    /// Answered requests.
+    pub requests: u64,
+    /// Non-2xx answers and transport errors.
+    pub errors: u64,
+    /// Answers from the read model (platform only).
+    pub from_model: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Latencies, sorted.
+    pub latencies: Vec<Duration>,
+}
+
+impl LoadFigures {
+    fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
+        self.latencies[rank.min(self.latencies.len() - 1)]
+    }
+
+    fn row(&self, name: &str) -> String {
+        format!(
+            "  {name:<26} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>8}\n",
+            self.rate(),
+            self.percentile(50.0).as_secs_f64() * 1e3,
+            self.percentile(95.0).as_secs_f64() * 1e3,
+            self.percentile(99.0).as_secs_f64() * 1e3,
+            self.errors,
+        )
+    }
+}
+
+/// What the read scenario measured.
+#[derive(Debug, Clone)]
+pub struct ReadReport {
+    /// The bare endpoint.
+    pub baseline: LoadFigures,
+    /// Through experience-api.
+    pub platform: LoadFigures,
+    /// Peak RSS (KiB) per service process.
+    pub rss_kib: Vec<(&'static str, u64)>,
+    /// Options used.
+    pub options: ReadOptions,
+}
+
+impl ReadReport {
+    /// The printed table.
+    pub fn render(&self) -> String {
+        let mut out = format!(
+            "scenario read ({} connections, {} s each, {} stores x {} skus)\n  {:<26} {:>10} {:>9} {:>9} {:>9} {:>8}\n",
+            self.options.concurrency,
+            self.options.seconds,
+            self.options.stores,
+            self.options.skus,
+            "target",
+            "req/s",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "errors"
+        );
+        out += &self.baseline.row("baseline (bare axum)");
+        out += &self.platform.row("experience-api");
+        out += &format!(
+            "  ratio platform/baseline  {:.2}x; read model answered {:.1}%\n",
+            self.platform.rate() / self.baseline.rate().max(1e-9),
+            100.0 * self.platform.from_model as f64 / self.platform.requests.max(1) as f64
+        );
+        for (service, kib) in &self.rss_kib {
+            out += &format!(
+                "  peak RSS {service:<16} {:>8.1} MiB\n",
+                *kib as f64 / 1024.0
+            );
+        }
+        out
+    }
+}
+
+/// The service processes; killed when dropped.
+struct Services {
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe
+        .parent()
+        .map(|dir| dir.join(name))
+        .context("no directory of this binary")?;
+    anyhow::ensure!(
+        path.exists(),
+        "{} not found: build the services first (cargo build --release)",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Peak resident set (VmHWM) of a process, KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmHWM:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn start_services(dir: &Path, options: &ReadOptions) -> anyhow::Result<(Services, String)> {
+    let (experience, process, system) = (free_port()?, free_port()?, free_port()?);
+    let common: Vec<(String, String)> = vec![
+        ("RETAIL_EXPERIENCE__PORT".into(), experience.to_string()),
+        ("RETAIL_PROCESS__PORT".into(), process.to_string()),
+        ("RETAIL_SYSTEM__PORT".into(), system.to_string()),
+        (
+            "RETAIL_EXPERIENCE__PROCESS_URL".into(),
+            format!("http://127.0.0.1:{process}"),
+        ),
+        (
+            "RETAIL_SYSTEM__PROCESS_URL".into(),
+            format!("http://127.0.0.1:{process}"),
+        ),
+        (
+            "RETAIL_PROCESS__SYSTEM_URL".into(),
+            format!("http://127.0.0.1:{system}"),
+        ),
+        (
+            "RETAIL_PROCESS__DATABASE_URL".into(),
+            format!("sqlite://{}", dir.join("process.db").display()),
+        ),
+        (
+            "RETAIL_SYSTEM__DATABASE_URL".into(),
+            format!("sqlite://{}", dir.join("system.db").display()),
+        ),
+        ("RETAIL_SEED__STORES".into(), options.stores.to_string()),
+        ("RETAIL_SEED__SKUS".into(), options.skus.to_string()),
+        ("RETAIL_TELEMETRY__LOG_LEVEL".into(), "warn".into()),
+    ];
+    let mut services = Services {
+        children: Vec::new(),
+    };
+    for name in ["system-api", "process-api", "experience-api"] {
+        let child = Command::new(binary(name)?)
+            .envs(common.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        services.children.push((name, child));
+    }
+    Ok((services, format!("http://127.0.0.1:{experience}")))
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = http.get(format!("{base}/readyz")).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(120),
+            "experience-api did not become ready"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Drives `concurrency` connections at `url_of(sku)` for `seconds`.
+async fn drive(
+    http: &reqwest::Client,
+    urls: Arc<Vec<String>>,
+    token: Arc<String>,
+    concurrency: usize,
+    seconds: u64,
+) -> LoadFigures {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..concurrency {
+        let http = http.clone();
+        let urls = urls.clone();
+        let token = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut figures = LoadFigures::default();
+            let mut state = 0x9E37_79B9_7F4A_7C15_u64 ^ (worker as u64 + 1);
+            while Instant::now() < deadline {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let url = &urls[(state % urls.len() as u64) as usize];
+                let sent = Instant::now();
+                match http.get(url).bearer_auth(token.as_str()).send().await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        let model = response
+                            .headers()
+                            .get("x-availability-source")
+                            .is_some_and(|v| v == "read-model");
+                        let body = response.bytes().await;
+                        if ok && body.is_ok() {
+                            figures.requests += 1;
+                            figures.from_model += u64::from(model);
+                            figures.latencies.push(sent.elapsed());
+                        } else {
+                            figures.errors += 1;
+                        }
+                    }
+                    Err(_) => figures.errors += 1,
+                }
+            }
+            figures
+        }));
+    }
+    let mut all = LoadFigures::default();
+    for task in tasks {
+        if let Ok(figures) = task.await {
+            all.requests += figures.requests;
+            all.errors += figures.errors;
+            all.from_model += figures.from_model;
+            all.latencies.extend(figures.latencies);
+        }
+    }
+    all.elapsed = started.elapsed();
+    all.latencies.sort();
+    all
+}
+
+/// Runs the scenario.
+pub async fn read(options: ReadOptions) -> anyhow::Result<ReadReport> {
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let settings = Settings::defaults();
+    let skus: Vec<String> = (1..=options.skus).map(|n| format!("SKU-{n:06}")).collect();
+
+    // The baseline: the same route shape, answered from memory.
+    let body: Arc<String> = Arc::new(
+        serde_json::json!({
+            "sku": "SKU-000001", "total_available": 120,
+            "locations": (1..=options.stores.min(20))
+                .map(|n| serde_json::json!({"location_id": format!("S{n:03}"), "available": 6}))
+                .collect::<Vec<_>>()
+        })
+        .to_string(),
+    );
+    let baseline = axum::Router::new().route(
+        "/v1/availability/{sku}",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body.as_str().to_owned(),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let baseline_url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, baseline).await;
+    });
+
+    let (services, experience) = start_services(dir.path(), &options)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency * 2)
+        .tcp_nodelay(true)
+        .build()?;
+    wait_ready(&http, &experience).await?;
+    let token = Arc::new(TokenIssuer::new(&settings.auth).mint(&TokenRequest {
+        audience: "experience-api".into(),
+        subject: "bench-read".into(),
+        scopes: vec!["availability:read".into()],
+        locations: None,
+        on_behalf_of: None,
+        ttl_seconds: 3600,
+    })?);
+    // Warm up: every sku read once (loads the read model), until the model
+    // answers.
+    eprintln!("warming up {} skus...", skus.len());
+    let platform_urls: Arc<Vec<String>> = Arc::new(
+        skus.iter()
+            .map(|sku| format!("{experience}/v1/availability/{sku}"))
+            .collect(),
+    );
+    let started = Instant::now();
+    loop {
+        let warm = drive(&http, platform_urls.clone(), token.clone(), 8, 1).await;
+        if warm.from_model * 10 >= warm.requests * 9 && warm.requests > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "the read model did not start answering ({} of {} answers)",
+            warm.from_model,
+            warm.requests
+        );
+    }
+    for url in platform_urls.iter() {
+        let _ = http.get(url).bearer_auth(token.as_str()).send().await;
+    }
+
+    let baseline_urls: Arc<Vec<String>> = Arc::new(
+        skus.iter()
+            .map(|sku| format!("{baseline_url}/v1/availability/{sku}"))
+            .collect(),
+    );
+    eprintln!("baseline: {} s...", options.seconds);
+    let baseline = drive(
+        &http,
+        baseline_urls,
+        token.clone(),
+        options.concurrency,
+        options.seconds,
+    )
+    .await;
+    eprintln!("experience-api: {} s...", options.seconds);
+    let platform = drive(
+        &http,
+        platform_urls,
+        token,
+        options.concurrency,
+        options.seconds,
+    )
+    .await;
+    let rss_kib = services
+        .children
+        .iter()
+        .map(|(name, child)| (*name, peak_rss_kib(child.id())))
+        .collect();
+    drop(services);
+    Ok(ReadReport {
+        baseline,
+        platform,
+        rss_kib,
+        options,
+    })
+}
