@@ -28,9 +28,29 @@ use process_client::ProcessClient;
 /// The service name used in logs, metrics and service tokens.
 pub const SERVICE: &str = "experience-api";
 
-/// Shared state of every handler.
+/// Shared state of every handler: one allocation, so the per-request
+/// clone axum makes of it is a reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the shared state.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// process-api.
     pub process: ProcessClient,
     /// Where `Idempotency-Key` records live: Redis when configured (shared
@@ -48,7 +68,7 @@ pub struct AppState {
     pub model_max_staleness: Option<std::time::Duration>,
 }
 
-impl AppState {
+impl Shared {
     /// How stale the read model is, if it may answer now.
     pub fn model_staleness(&self) -> Option<std::time::Duration> {
         let bound = self.model_max_staleness?;
@@ -192,7 +212,7 @@ impl Application {
             keep_alive: std::time::Duration::from_secs(settings.feed.keep_alive_seconds.max(1)),
         };
         let router = router(
-            AppState {
+            AppState::new(Shared {
                 process,
                 idempotency,
                 reservations: settings.reservations.clone(),
@@ -204,7 +224,7 @@ impl Application {
                         settings.experience.read_model_max_staleness_ms,
                     )
                 }),
-            },
+            }),
             &settings,
             auditor,
             audit_log,

@@ -38,8 +38,29 @@ use storage::Store;
 pub const SERVICE: &str = "process-api";
 
 /// Shared state of every handler.
+/// Shared state of every handler: one allocation, so the per-request
+/// clone axum makes of it is a reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the shared state.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// The ledger and registry.
     pub store: Store,
     /// Client of system-api.
@@ -239,7 +260,7 @@ impl Application {
             issuer.clone(),
         )?;
         let feed_hub = Arc::new(feed::FeedHub::default());
-        let state = AppState {
+        let state = AppState::new(Shared {
             store: store.clone(),
             system,
             issuer,
@@ -258,7 +279,7 @@ impl Application {
                 settings.webhooks.clone(),
             )?,
             health: Arc::default(),
-        };
+        });
         let background = Background {
             state: state.clone(),
             posting: settings.erp_posting.clone(),

@@ -36,8 +36,29 @@ pub use config::Config;
 pub const SERVICE: &str = "system-api";
 
 /// Shared state of every handler.
+/// Shared state of every handler: one allocation, so the per-request
+/// clone axum makes of it is a reference count.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// Wraps the shared state.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub struct Shared {
     /// Adapter storage (idempotency of store traffic, sandbox ERP).
     pub pool: SqlitePool,
     /// The configured ERP backend.
@@ -219,13 +240,13 @@ impl Application {
             Arc::new(retail_shared::audit::MemoryAudit::new(10_000));
         let (auditor, audit_writer) = Auditor::start(SERVICE, audit_log.clone());
         let router = router(
-            AppState {
+            AppState::new(Shared {
                 pool: pool.clone(),
                 erp,
                 sandbox,
                 process,
                 idempotency,
-            },
+            }),
             &settings,
             auditor,
             audit_log,
