@@ -102,6 +102,15 @@ impl ReadModel {
         }
     }
 
+    /// Forgets skus (this replica just changed them through process-api:
+    /// the next read loads them afresh, so a caller reads its own write).
+    pub fn forget<'a>(&self, skus: impl IntoIterator<Item = &'a str>) {
+        let mut inner = self.write();
+        for sku in skus {
+            inner.skus.remove(sku);
+        }
+    }
+
     /// Forgets everything (the relay lost track of the feed).
     pub fn clear(&self) {
         let mut inner = self.write();
@@ -140,6 +149,12 @@ impl ReadModel {
                 }
             }
             inner.order.push_back(loaded.sku.clone());
+            // Forgotten skus leave their place in the load order behind.
+            if inner.order.len() > 2 * self.max_skus {
+                let Inner { skus, order } = &mut *inner;
+                let mut seen = std::collections::HashSet::new();
+                order.retain(|sku| skus.contains_key(sku) && seen.insert(sku.clone()));
+            }
             inner.skus.insert(loaded.sku.clone(), Entry { locations });
         }
         snapshot

@@ -808,6 +808,11 @@ async fn the_read_model_answers_like_process_api_and_follows_changes() {
         )
         .await;
     assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    // The replica that took the reservation reads its own write at once
+    // (it forgot the sku and loads it afresh).
+    let reserved = process_availability(&app, std::slice::from_ref(&skus[2])).await;
+    let (_, now) = channel_availability(&app, &channel, &skus[2]).await;
+    assert_eq!(now["locations"], reserved[0]["locations"]);
     let truth = process_availability(&app, &skus).await;
     let started = Instant::now();
     loop {

@@ -87,6 +87,9 @@ async fn create_reservation(
         .process
         .reserve(&request, &inner_key(&headers), ctx)
         .await?;
+    state
+        .model
+        .forget(reservation.lines.iter().map(|l| l.sku.as_str()));
     let location = format!("/v1/reservations/{}", reservation.reservation_id);
     Ok((
         StatusCode::CREATED,
@@ -192,6 +195,9 @@ async fn end(
         .process
         .end_reservation(&id, action, &inner_key(headers), ctx)
         .await?;
+    state
+        .model
+        .forget(reservation.lines.iter().map(|l| l.sku.as_str()));
     Ok(ApiJson(reservation))
 }
 
