@@ -10,6 +10,11 @@
 //! connections, random skus, `seconds` each), one after the other. Prints
 //! requests/s, p50/p95/p99, errors, the ratio platform/baseline, the share
 //! of answers the read model gave, and each service's peak RSS.
+//!
+//! `retail-platform bench propagation`: the same three processes; a steady
+//! background ingest into process-api (batches of 500 at a target rate)
+//! while probe POS transactions at system-api are timed from their answer
+//! to their change arriving on a channel's SSE stream at experience-api.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -122,6 +127,8 @@ impl ReadReport {
 /// The service processes; killed when dropped.
 struct Services {
     children: Vec<(&'static str, Child)>,
+    /// Base URL per service.
+    urls: Vec<(&'static str, String)>,
 }
 
 impl Drop for Services {
@@ -199,6 +206,11 @@ fn start_services(dir: &Path, options: &ReadOptions) -> anyhow::Result<(Services
     ];
     let mut services = Services {
         children: Vec::new(),
+        urls: vec![
+            ("experience-api", format!("http://127.0.0.1:{experience}")),
+            ("process-api", format!("http://127.0.0.1:{process}")),
+            ("system-api", format!("http://127.0.0.1:{system}")),
+        ],
     };
     for name in ["system-api", "process-api", "experience-api"] {
         let child = Command::new(binary(name)?)
@@ -395,5 +407,227 @@ pub async fn read(options: ReadOptions) -> anyhow::Result<ReadReport> {
         platform,
         rss_kib,
         options,
+    })
+}
+
+/// Options of the propagation scenario.
+#[derive(Debug, Clone)]
+pub struct PropagationOptions {
+    /// Seconds of measurement.
+    pub seconds: u64,
+    /// Background events per second into process-api (batches of 500).
+    pub background_rate: u64,
+    /// Probe POS transactions per second at system-api.
+    pub probes_per_second: u64,
+    /// Stores seeded.
+    pub stores: u32,
+    /// SKUs seeded.
+    pub skus: u32,
+}
+
+/// What the propagation scenario measured.
+#[derive(Debug, Clone)]
+pub struct PropagationReport {
+    /// POS accepted at system-api → the change on experience-api's SSE.
+    pub latencies: Vec<Duration>,
+    /// Probes whose change never arrived within 10 s.
+    pub lost: u64,
+    /// Background events acknowledged per second.
+    pub background_rate: f64,
+    /// Options used.
+    pub options: PropagationOptions,
+    /// Peak RSS (KiB) per service process.
+    pub rss_kib: Vec<(&'static str, u64)>,
+}
+
+impl PropagationReport {
+    /// The printed table.
+    pub fn render(&self) -> String {
+        let pick = |p: f64| -> f64 {
+            if self.latencies.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
+            self.latencies[rank.min(self.latencies.len() - 1)].as_secs_f64() * 1e3
+        };
+        let mut out = format!(
+            "scenario propagation ({} s, background target {} events/s, {} probes/s)\n  POS accepted at system-api -> change on experience-api SSE\n  probes {:>6}  lost {:>4}  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms\n  background ingest achieved {:>8.0} events/s\n",
+            self.options.seconds,
+            self.options.background_rate,
+            self.options.probes_per_second,
+            self.latencies.len(),
+            self.lost,
+            pick(50.0),
+            pick(99.0),
+            pick(100.0),
+            self.background_rate,
+        );
+        for (service, kib) in &self.rss_kib {
+            out += &format!(
+                "  peak RSS {service:<16} {:>8.1} MiB\n",
+                *kib as f64 / 1024.0
+            );
+        }
+        out
+    }
+}
+
+/// POS transactions at system-api timed until their change reaches a
+/// channel's SSE stream at experience-api, while process-api ingests a
+/// steady background load.
+pub async fn propagation(options: PropagationOptions) -> anyhow::Result<PropagationReport> {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().context("temp dir")?;
+    let settings = Settings::defaults();
+    let read = ReadOptions {
+        seconds: options.seconds,
+        concurrency: 1,
+        stores: options.stores.max(2),
+        skus: options.skus.max(20),
+    };
+    let (services, experience) = start_services(dir.path(), &read)?;
+    let env_port = |name: &str| -> anyhow::Result<String> {
+        services
+            .urls
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, u)| u.clone())
+            .context("service url")
+    };
+    let process = env_port("process-api")?;
+    let system = env_port("system-api")?;
+    let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
+    wait_ready(&http, &experience).await?;
+    let issuer = TokenIssuer::new(&settings.auth);
+    let mint = |audience: &str, scopes: &[&str]| {
+        issuer.mint(&TokenRequest {
+            audience: audience.into(),
+            subject: "bench-propagation".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            locations: None,
+            on_behalf_of: None,
+            ttl_seconds: 3600,
+        })
+    };
+    let channel = mint("experience-api", &["availability:read"])?;
+    let pos = mint("system-api", &["pos:write"])?;
+    let ingest = mint("process-api", &["inventory:write"])?;
+
+    // The probe sku's changes, as a channel sees them.
+    let probe_sku = "SKU-000001";
+    let response = http
+        .get(format!(
+            "{experience}/v1/availability/changes?sku={probe_sku}&location_id=S001"
+        ))
+        .bearer_auth(&channel)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "stream: {}",
+        response.status()
+    );
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let reader = tokio::spawn(async move {
+        let mut body = response.bytes_stream();
+        let mut parser = retail_shared::sse::SseParser::default();
+        while let Some(Ok(chunk)) = body.next().await {
+            for event in parser.feed(&chunk) {
+                if event.event == "availability" {
+                    let _ = seen_tx.send(Instant::now());
+                }
+            }
+        }
+    });
+
+    // Background load: other skus, batches of 500 at the target rate.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let acknowledged = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let background = {
+        let (http, stop, acknowledged) = (http.clone(), stop.clone(), acknowledged.clone());
+        let url = format!("{process}/v1/inventory/events");
+        let (stores, skus, rate) = (read.stores, read.skus, options.background_rate.max(1));
+        tokio::spawn(async move {
+            let every = Duration::from_secs_f64(500.0 / rate as f64);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n: u64 = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                let events: Vec<serde_json::Value> = (0..500)
+                    .map(|_| {
+                        n += 1;
+                        serde_json::json!({
+                            "event_id": format!("bg-{n}"), "type": "receipt",
+                            "location_id": format!("S{:03}", 1 + n % u64::from(stores)),
+                            "sku": format!("SKU-{:06}", 2 + n % u64::from(skus - 1)),
+                            "quantity": 1, "occurred_at": "2026-11-30T09:00:00Z",
+                            "source": "bench"})
+                    })
+                    .collect();
+                if let Ok(response) = http
+                    .post(&url)
+                    .bearer_auth(&ingest)
+                    .json(&serde_json::json!({ "events": events }))
+                    .send()
+                    .await
+                    && response.status().is_success()
+                {
+                    acknowledged.fetch_add(500, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Probes, one at a time: accepted → seen.
+    let started = Instant::now();
+    let counted_from = acknowledged.load(std::sync::atomic::Ordering::Relaxed);
+    let mut latencies = Vec::new();
+    let mut lost = 0;
+    let mut probe = 0_u64;
+    let gap = Duration::from_secs_f64(1.0 / options.probes_per_second.max(1) as f64);
+    while started.elapsed() < Duration::from_secs(options.seconds) {
+        probe += 1;
+        let body = serde_json::json!({
+            "store_id": "S001", "terminal_id": "BENCH", "transaction_id": format!("p{probe}"),
+            "occurred_at": "2026-11-30T09:00:00Z",
+            "lines": [{"sku": probe_sku, "quantity": 1, "kind": if probe.is_multiple_of(2) { "sale" } else { "return" }}]
+        });
+        while seen_rx.try_recv().is_ok() {}
+        let response = http
+            .post(format!("{system}/v1/pos/transactions"))
+            .bearer_auth(&pos)
+            .json(&body)
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "POS: {}", response.status());
+        let accepted = Instant::now();
+        match tokio::time::timeout(Duration::from_secs(10), seen_rx.recv()).await {
+            Ok(Some(seen)) => latencies.push(seen.saturating_duration_since(accepted)),
+            _ => lost += 1,
+        }
+        tokio::time::sleep(gap).await;
+    }
+    let measured = started.elapsed();
+    let background_rate = (acknowledged.load(std::sync::atomic::Ordering::Relaxed) - counted_from)
+        as f64
+        / measured.as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = background.await;
+    reader.abort();
+    latencies.sort();
+    let rss_kib = services
+        .children
+        .iter()
+        .map(|(name, child)| (*name, peak_rss_kib(child.id())))
+        .collect();
+    drop(services);
+    Ok(PropagationReport {
+        latencies,
+        lost,
+        background_rate,
+        options,
+        rss_kib,
     })
 }

@@ -111,6 +111,26 @@ enum ImportKind {
 
 #[derive(Debug, Subcommand)]
 enum BenchScenario {
+    /// POS transactions at system-api timed until their change reaches a
+    /// channel's SSE stream at experience-api, under a background ingest
+    /// load (services as separate processes; `cargo build --release`).
+    Propagation {
+        /// Seconds of measurement.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Background events/s into process-api.
+        #[arg(long, default_value_t = 5000)]
+        background_rate: u64,
+        /// Probe transactions per second.
+        #[arg(long, default_value_t = 20)]
+        probes_per_second: u64,
+        /// Stores seeded.
+        #[arg(long, default_value_t = 20)]
+        stores: u32,
+        /// SKUs seeded.
+        #[arg(long, default_value_t = 2000)]
+        skus: u32,
+    },
     /// Availability reads through experience-api (the three services as
     /// separate processes; build them first with `cargo build --release`)
     /// against a bare axum JSON endpoint, in one run.
@@ -216,6 +236,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { scenario } => runtime()?.block_on(async {
             telemetry::init_logging(&settings.telemetry);
             match scenario {
+                BenchScenario::Propagation {
+                    seconds,
+                    background_rate,
+                    probes_per_second,
+                    stores,
+                    skus,
+                } => {
+                    let report = retail_platform::bench_read::propagation(
+                        retail_platform::bench_read::PropagationOptions {
+                            seconds,
+                            background_rate,
+                            probes_per_second,
+                            stores,
+                            skus,
+                        },
+                    )
+                    .await?;
+                    print!("{}", report.render());
+                }
                 BenchScenario::Read {
                     seconds,
                     concurrency,
