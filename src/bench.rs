@@ -68,11 +68,7 @@ pub struct FeedFigures {
 
 impl IngestReport {
     fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
-        self.latencies[rank.min(self.latencies.len() - 1)]
+        percentile(&self.latencies, p)
     }
 
     /// The printed table.
@@ -104,6 +100,15 @@ impl IngestReport {
             None => "  change feed   off (--without-feed)\n".to_owned(),
         }
     }
+}
+
+/// The `p`th percentile (0–100) of sorted durations, nearest rank.
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn master_data(stores: usize, skus: usize) -> (Vec<LocationInput>, Vec<ProductInput>) {

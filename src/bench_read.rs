@@ -59,11 +59,7 @@ impl LoadFigures {
     }
 
     fn percentile(&self, p: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
-        self.latencies[rank.min(self.latencies.len() - 1)]
+        crate::bench::percentile(&self.latencies, p)
     }
 
     fn row(&self, name: &str) -> String {
@@ -443,13 +439,7 @@ pub struct PropagationReport {
 impl PropagationReport {
     /// The printed table.
     pub fn render(&self) -> String {
-        let pick = |p: f64| -> f64 {
-            if self.latencies.is_empty() {
-                return 0.0;
-            }
-            let rank = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
-            self.latencies[rank.min(self.latencies.len() - 1)].as_secs_f64() * 1e3
-        };
+        let pick = |p: f64| crate::bench::percentile(&self.latencies, p).as_secs_f64() * 1e3;
         let mut out = format!(
             "scenario propagation ({} s, background target {} events/s, {} probes/s)\n  POS accepted at system-api -> change on experience-api SSE\n  probes {:>6}  lost {:>4}  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms\n  background ingest achieved {:>8.0} events/s\n",
             self.options.seconds,

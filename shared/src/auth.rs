@@ -127,6 +127,25 @@ impl Principal {
             .is_none_or(|allowed| allowed.contains(location_id))
     }
 
+    /// A location filter narrowed to what the caller may see: a bound
+    /// caller asking for nothing in particular gets its locations, one
+    /// naming others gets 403, and one bound to no location gets 403.
+    pub fn narrow_locations(&self, requested: Vec<String>) -> Result<Vec<String>, Problem> {
+        let Some(bound) = &self.locations else {
+            return Ok(requested);
+        };
+        if bound.is_empty() {
+            return Err(Problem::forbidden("this token may see no location"));
+        }
+        if requested.is_empty() {
+            return Ok(bound.iter().cloned().collect());
+        }
+        for location in &requested {
+            self.require_location(location)?;
+        }
+        Ok(requested)
+    }
+
     /// 403 unless the caller may act on the location.
     pub fn require_location(&self, location_id: &str) -> Result<(), Problem> {
         if self.can_access(location_id) {

@@ -2,6 +2,27 @@
 //! events"), for services that consume another layer's stream. Bytes go in
 //! as they arrive, split anywhere; complete events come out.
 
+/// The `Last-Event-ID` request header as a feed position: `None` when
+/// absent, 400 when it is not a non-negative integer.
+pub fn last_event_id(
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<i64>, crate::problem::Problem> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|v| *v >= 0)
+        .map(Some)
+        .ok_or_else(|| {
+            crate::problem::Problem::bad_request(
+                "Last-Event-ID must be a change seq (a non-negative integer)",
+            )
+        })
+}
+
 /// One dispatched event.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SseEvent {

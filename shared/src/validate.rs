@@ -69,6 +69,25 @@ impl Validator {
         }
     }
 
+    /// A comma-separated query value as a list of identifiers (1 to `max`
+    /// of them, each checked with [`Validator::id`]); empty when absent.
+    pub fn id_list(&mut self, field: &str, value: Option<&str>, max: usize) -> Vec<String> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
+        let values: Vec<String> = value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        self.count(field, values.len(), 1, max);
+        for item in &values {
+            self.id(field, item);
+        }
+        values
+    }
+
     /// Checks a free-text length.
     pub fn text(&mut self, field: &str, value: &str, max: usize) {
         if value.chars().count() > max {

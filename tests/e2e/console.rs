@@ -211,20 +211,6 @@ impl Drop for Driver {
     }
 }
 
-async fn set_faults(app: &TestApp, faults: Value) {
-    let token = app.token(Layer::System, "ops:write");
-    let response = app
-        .send_json(
-            Method::PUT,
-            Layer::System,
-            "/v1/erp/sandbox/faults",
-            &token,
-            &faults.to_string(),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
-}
-
 #[tokio::test]
 async fn an_operator_replays_a_dead_letter_from_the_console() {
     let Some(binary) = chromedriver() else {
@@ -233,21 +219,17 @@ async fn an_operator_replays_a_dead_letter_from_the_console() {
     let app = TestApp::spawn_with(crate::erp::quick_pipeline).await;
 
     // A posting the ERP refuses outright: a dead letter at once.
-    set_faults(&app, json!({"reject_skus": ["SKU-000003"]})).await;
-    let token = app.token(Layer::Process, "inventory:write");
-    let response = app
-        .send_json(
-            Method::POST,
-            Layer::Process,
-            "/v1/inventory/events",
-            &token,
-            &json!({"events": [{"event_id": "console-dead-1", "type": "receipt",
-                "location_id": "S002", "sku": "SKU-000003", "quantity": 7,
-                "occurred_at": "2026-11-30T08:00:00Z", "source": "wms"}]})
-            .to_string(),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
+    crate::erp::set_faults(&app, json!({"reject_skus": ["SKU-000003"]})).await;
+    crate::feed::ingest(
+        &app,
+        vec![crate::feed::receipt(
+            "console-dead-1",
+            "S002",
+            "SKU-000003",
+            7,
+        )],
+    )
+    .await;
     let health = crate::erp::wait_for(&app, Duration::from_secs(30), "a dead letter", |h| {
         h["postings"]["dead"] == 1
     })
@@ -321,7 +303,7 @@ async fn an_operator_replays_a_dead_letter_from_the_console() {
     );
 
     // The ERP accepts the product again; the operator replays the letter.
-    set_faults(&app, json!({})).await;
+    crate::erp::set_faults(&app, json!({})).await;
     let replay = driver
         .wait(&format!("{row} button.replay"), Duration::from_secs(5))
         .await;
@@ -345,20 +327,16 @@ async fn an_operator_replays_a_dead_letter_from_the_console() {
     driver
         .wait("#journal-body tr[data-seq]", Duration::from_secs(10))
         .await;
-    let token = app.token(Layer::Process, "inventory:write");
-    let response = app
-        .send_json(
-            Method::POST,
-            Layer::Process,
-            "/v1/inventory/events",
-            &token,
-            &json!({"events": [{"event_id": "console-live-1", "type": "receipt",
-                "location_id": "S001", "sku": "SKU-000003", "quantity": 5,
-                "occurred_at": "2026-11-30T08:01:00Z", "source": "wms"}]})
-            .to_string(),
-        )
-        .await;
-    assert_eq!(response.status(), 200);
+    crate::feed::ingest(
+        &app,
+        vec![crate::feed::receipt(
+            "console-live-1",
+            "S001",
+            "SKU-000003",
+            5,
+        )],
+    )
+    .await;
     driver
         .wait(
             "#positions-body tr[data-location-id=\"S001\"]",

@@ -218,7 +218,7 @@ fn drained(health: &Value) -> bool {
     p["pending"] == 0 && p["in_flight"] == 0 && p["dead"] == 0
 }
 
-async fn set_faults(app: &TestApp, faults: Value) {
+pub async fn set_faults(app: &TestApp, faults: Value) {
     let token = app.token(Layer::System, "ops:write");
     let response = app
         .send_json(

@@ -92,12 +92,12 @@ impl SseClient {
     }
 }
 
-fn receipt(id: &str, location: &str, sku: &str, quantity: i64) -> Value {
+pub fn receipt(id: &str, location: &str, sku: &str, quantity: i64) -> Value {
     json!({"event_id": id, "type": "receipt", "location_id": location, "sku": sku,
         "quantity": quantity, "occurred_at": "2026-11-30T08:00:00Z", "source": "wms"})
 }
 
-async fn ingest(app: &TestApp, events: Vec<Value>) {
+pub async fn ingest(app: &TestApp, events: Vec<Value>) {
     let token = app.token(Layer::Process, "inventory:write");
     let response = app
         .send_json(

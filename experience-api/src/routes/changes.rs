@@ -12,7 +12,7 @@ use futures::Stream;
 use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::client::CallContext;
 use retail_shared::correlation::Correlation;
-use retail_shared::problem::{ApiQuery, Problem, ProblemBody};
+use retail_shared::problem::{ApiQuery, ProblemBody};
 use retail_shared::validate::Validator;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -72,23 +72,6 @@ impl From<&FeedChange> for AvailabilityChange {
             changed_at: change.changed_at.clone(),
         }
     }
-}
-
-fn split(field: &str, value: Option<&str>, v: &mut Validator) -> Vec<String> {
-    let Some(value) = value else {
-        return Vec::new();
-    };
-    let values: Vec<String> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    v.count(field, values.len(), 1, MAX_FILTER_VALUES);
-    for item in &values {
-        v.id(field, item);
-    }
-    values
 }
 
 struct Follower {
@@ -215,37 +198,16 @@ async fn availability_changes(
     ApiQuery(query): ApiQuery<ChangesQuery>,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
     let mut v = Validator::default();
-    let skus = split("sku", query.sku.as_deref(), &mut v);
-    let mut locations = split("location_id", query.location_id.as_deref(), &mut v);
+    let skus = v.id_list("sku", query.sku.as_deref(), MAX_FILTER_VALUES);
+    let locations = v.id_list(
+        "location_id",
+        query.location_id.as_deref(),
+        MAX_FILTER_VALUES,
+    );
     v.range("after", query.after.unwrap_or(0), 0, i64::MAX);
     v.finish()?;
-    let resume = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .filter(|v| *v >= 0)
-                .ok_or_else(|| {
-                    Problem::bad_request(
-                        "Last-Event-ID must be a change id (a non-negative integer)",
-                    )
-                })?,
-        ),
-        None => query.after,
-    };
-    if let Some(bound) = &auth.principal.locations {
-        if bound.is_empty() {
-            return Err(Problem::forbidden("this token may see no location").into());
-        }
-        if locations.is_empty() {
-            locations = bound.iter().cloned().collect();
-        } else {
-            for location in &locations {
-                auth.principal.require_location(location)?;
-            }
-        }
-    }
+    let resume = retail_shared::sse::last_event_id(&headers)?.or(query.after);
+    let locations = auth.principal.narrow_locations(locations)?;
     let scanned = match resume {
         Some(seq) => seq,
         // New changes only: from the relay's head, or process-api's while

@@ -69,44 +69,20 @@ pub struct ChangePage {
     pub tail: i64,
 }
 
-fn split(field: &str, value: Option<&str>, v: &mut Validator) -> Vec<String> {
-    let Some(value) = value else {
-        return Vec::new();
-    };
-    let values: Vec<String> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    v.count(field, values.len(), 1, MAX_FILTER_VALUES);
-    for item in &values {
-        v.id(field, item);
-    }
-    values
-}
-
 /// Checks the filters and narrows them to the token's locations.
 fn filter_for(principal: &Principal, query: &ChangeQuery, after: i64) -> Result<FeedFilter> {
     let mut v = Validator::default();
-    let skus = split("sku", query.sku.as_deref(), &mut v);
-    let mut location_ids = split("location_id", query.location_id.as_deref(), &mut v);
+    let skus = v.id_list("sku", query.sku.as_deref(), MAX_FILTER_VALUES);
+    let location_ids = v.id_list(
+        "location_id",
+        query.location_id.as_deref(),
+        MAX_FILTER_VALUES,
+    );
     let limit = query.limit.unwrap_or(STREAM_READ);
     v.range("limit", limit, 1, 1000);
     v.range("after", after, 0, i64::MAX);
     v.finish()?;
-    if let Some(bound) = &principal.locations {
-        if bound.is_empty() {
-            return Err(Problem::forbidden("this token may see no location").into());
-        }
-        if location_ids.is_empty() {
-            location_ids = bound.iter().cloned().collect();
-        } else {
-            for location in &location_ids {
-                principal.require_location(location)?;
-            }
-        }
-    }
+    let location_ids = principal.narrow_locations(location_ids)?;
     Ok(FeedFilter {
         after,
         skus,
@@ -141,23 +117,6 @@ async fn list_changes(
         head,
         tail,
     }))
-}
-
-/// The `Last-Event-ID` header, if any.
-pub fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>> {
-    let Some(value) = headers.get("last-event-id") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .filter(|v| *v >= 0)
-        .map(Some)
-        .ok_or_else(|| {
-            Problem::bad_request("Last-Event-ID must be a change seq (a non-negative integer)")
-                .into()
-        })
 }
 
 struct Reader {
@@ -266,7 +225,7 @@ async fn stream_changes(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ChangeQuery>,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
-    let start = match (last_event_id(&headers)?, query.after) {
+    let start = match (retail_shared::sse::last_event_id(&headers)?, query.after) {
         (Some(id), _) | (None, Some(id)) => id,
         (None, None) => state.store.feed_head().await?,
     };
