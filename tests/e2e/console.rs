@@ -4,6 +4,7 @@
 //! Debian's `chromium` and `chromium-driver`); says that it skips otherwise.
 //! The final screen is saved as `target/console-e2e.png`.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -42,8 +43,11 @@ impl Driver {
             let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
             socket.local_addr().expect("addr").port()
         };
+        // Its own process group: dropping the driver ends the browser it
+        // started too, even when a failed test never closed the session.
         let process = Command::new(binary)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -206,6 +210,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.process.id())])
+            .status();
         let _ = self.process.kill();
         let _ = self.process.wait();
     }
