@@ -14,6 +14,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 FROM chef AS builder
 ARG SERVICE=process-api
 COPY --from=planner /app/recipe.json recipe.json
+# Build settings of dependencies (SQLite's compile options) before cooking.
+COPY .cargo .cargo
 # Dependencies only: cached until Cargo.toml/Cargo.lock change.
 RUN cargo chef cook --release --recipe-path recipe.json --package ${SERVICE}
 COPY . .

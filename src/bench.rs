@@ -52,6 +52,8 @@ pub struct IngestReport {
     pub tenths: Vec<f64>,
     /// The change feed, when it ran.
     pub feed: Option<FeedFigures>,
+    /// SQLite group commit: (transactions, request batches they carried).
+    pub groups: (u64, u64),
 }
 
 /// How the change feed kept up during an ingest run.
@@ -98,6 +100,12 @@ impl IngestReport {
                 feed.drain.as_secs_f64()
             ),
             None => "  change feed   off (--without-feed)\n".to_owned(),
+        } + &match self.groups {
+            (0, _) => String::new(),
+            (transactions, batches) => format!(
+                "  group commit  {batches} requests in {transactions} transactions ({:.2} per transaction)\n",
+                batches as f64 / transactions as f64
+            ),
         }
     }
 }
@@ -303,6 +311,7 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
         drain = draining.elapsed();
     }
     let published = store.feed_head().await?;
+    let groups = store.ingest_groups();
     let _ = stop.send(());
     server.await??;
 
@@ -327,6 +336,7 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
             drain,
             published,
         }),
+        groups,
     })
 }
 

@@ -162,8 +162,8 @@ enum BenchScenario {
         /// SKUs.
         #[arg(long, default_value_t = 2000)]
         skus: usize,
-        /// Concurrent clients.
-        #[arg(long, default_value_t = 2)]
+        /// Concurrent clients (stores and systems sending at once).
+        #[arg(long, default_value_t = 4)]
         concurrency: usize,
         /// A PostgreSQL URL (a fresh schema is made in it); default: SQLite
         /// in a temp dir.

@@ -9,7 +9,8 @@
 //! latest costs an extra query (the sum of the journalled deltas after it).
 //!
 //! Concurrency: on SQLite every write goes through the single writer
-//! connection. On PostgreSQL the positions a batch touches are locked
+//! connection, and requests that wait for it share its next transaction
+//! (group commit, see [`GroupCommit`]). On PostgreSQL the positions a batch touches are locked
 //! (`SELECT … FOR UPDATE`, in key order) *before* duplicates are checked,
 //! so two replicas handling the same event serialise on its position and
 //! the second sees the first's journal row; deadlocks and serialisation
@@ -219,6 +220,187 @@ enum PositionFilter<'a> {
         after: &'a str,
         limit: u32,
     },
+}
+
+/// Events one grouped SQLite transaction takes at most.
+const GROUP_EVENTS: usize = 2_000;
+
+/// Group commit for SQLite's single writer. Ingest requests that arrive
+/// while the writer is busy wait here, and the next transaction takes all
+/// of them (up to [`GROUP_EVENTS`] events): one commit, one WAL sync and
+/// one pass over shared pages for several requests. Each request still
+/// gets its own results and its own `ingest_batches` row, exactly as if it
+/// had committed alone; two requests carrying the same event id never
+/// share a transaction, so the second one finds the first's journal row.
+/// A failed group is retried batch by batch. PostgreSQL needs none of
+/// this: its replicas write concurrently.
+#[derive(Debug, Default)]
+pub(crate) struct GroupCommit {
+    waiting: std::sync::Mutex<std::collections::VecDeque<Job>>,
+    /// Held by the task committing; the others queue behind it.
+    turn: tokio::sync::Mutex<()>,
+    /// Transactions committed and request batches they carried.
+    transactions: std::sync::atomic::AtomicU64,
+    batches: std::sync::atomic::AtomicU64,
+}
+
+type JobAnswer = Result<(Vec<Option<EventResult>>, BatchSummary), sqlx::Error>;
+
+/// One request's batch waiting for the writer.
+#[derive(Debug)]
+struct Job {
+    candidates: Vec<Candidate>,
+    results: Vec<Option<EventResult>>,
+    now: i64,
+    reply: tokio::sync::oneshot::Sender<JobAnswer>,
+}
+
+impl GroupCommit {
+    fn push(&self, job: Job) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push_back(job);
+    }
+
+    /// The oldest waiting jobs that fit one transaction: at most
+    /// [`GROUP_EVENTS`] events (the first job always), no event id twice.
+    fn take(&self) -> Vec<Job> {
+        let mut waiting = self
+            .waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut taken: Vec<Job> = Vec::new();
+        let mut ids: HashSet<String> = HashSet::new();
+        let mut events = 0;
+        while let Some(job) = waiting.front() {
+            let fits = taken.is_empty()
+                || (events + job.candidates.len() <= GROUP_EVENTS
+                    && job
+                        .candidates
+                        .iter()
+                        .all(|c| !ids.contains(&c.event.event_id)));
+            if !fits {
+                break;
+            }
+            let Some(job) = waiting.pop_front() else {
+                break;
+            };
+            events += job.candidates.len();
+            ids.extend(job.candidates.iter().map(|c| c.event.event_id.clone()));
+            taken.push(job);
+        }
+        taken
+    }
+}
+
+/// Waiting jobs joined into one batch: candidate indexes are shifted so
+/// that they address the joined results.
+struct Group {
+    candidates: Vec<Candidate>,
+    results: Vec<Option<EventResult>>,
+    now: i64,
+    /// Per job: (first result, results, candidates, reply).
+    parts: Vec<(usize, usize, usize, tokio::sync::oneshot::Sender<JobAnswer>)>,
+}
+
+impl Group {
+    fn join(jobs: Vec<Job>) -> Self {
+        let mut group = Group {
+            candidates: Vec::new(),
+            results: Vec::new(),
+            now: jobs.iter().map(|job| job.now).max().unwrap_or_default(),
+            parts: Vec::with_capacity(jobs.len()),
+        };
+        for job in jobs {
+            let offset = group.results.len();
+            group
+                .parts
+                .push((offset, job.results.len(), job.candidates.len(), job.reply));
+            group.results.extend(job.results);
+            group
+                .candidates
+                .extend(job.candidates.into_iter().map(|mut candidate| {
+                    candidate.index += offset;
+                    candidate
+                }));
+        }
+        group
+    }
+
+    /// Back into the jobs, for committing them one by one.
+    fn split(self) -> Vec<Job> {
+        let mut candidates = self.candidates.into_iter();
+        let mut results = self.results.into_iter();
+        self.parts
+            .into_iter()
+            .map(|(offset, result_count, candidate_count, reply)| Job {
+                candidates: candidates
+                    .by_ref()
+                    .take(candidate_count)
+                    .map(|mut candidate| {
+                        candidate.index -= offset;
+                        candidate
+                    })
+                    .collect(),
+                results: results.by_ref().take(result_count).collect(),
+                now: self.now,
+                reply,
+            })
+            .collect()
+    }
+
+    /// Sends each job its results and its own counts.
+    fn answer(self) {
+        let mut candidates = self.candidates.into_iter();
+        let mut results = self.results.into_iter();
+        for (offset, result_count, candidate_count, reply) in self.parts {
+            let mine: Vec<Option<EventResult>> = results.by_ref().take(result_count).collect();
+            let mut summary = BatchSummary::default();
+            for result in mine.iter().flatten() {
+                match result.status {
+                    EventStatus::Applied => summary.applied += 1,
+                    EventStatus::Duplicate => summary.duplicate += 1,
+                    EventStatus::Parked => summary.parked += 1,
+                    EventStatus::Rejected => {}
+                }
+            }
+            let positions: HashSet<(String, String)> = candidates
+                .by_ref()
+                .take(candidate_count)
+                .filter(|candidate| {
+                    matches!(
+                        mine.get(candidate.index - offset),
+                        Some(Some(EventResult {
+                            status: EventStatus::Applied,
+                            ..
+                        }))
+                    )
+                })
+                .flat_map(|candidate| {
+                    let sku = candidate.event.sku;
+                    let counterparty = candidate
+                        .event
+                        .counterparty_location_id
+                        .map(|location| (location, sku.clone()));
+                    std::iter::once((candidate.event.location_id, sku)).chain(counterparty)
+                })
+                .collect();
+            summary.positions = positions.len();
+            let _ = reply.send(Ok((mine, summary)));
+        }
+    }
+
+    fn fail(self, error: sqlx::Error) {
+        let message = error.to_string();
+        let mut error = Some(error);
+        for (_, _, _, reply) in self.parts {
+            let error = error
+                .take()
+                .unwrap_or_else(|| sqlx::Error::Protocol(message.clone()));
+            let _ = reply.send(Err(error));
+        }
+    }
 }
 
 /// Rows per multi-row insert: keeps every statement under SQLite's 32,766
@@ -1123,17 +1305,20 @@ impl Store {
         let mut results: Vec<Option<EventResult>> = vec![None; inputs.len()];
         let candidates = prepare(inputs, ctx, now, &mut results);
         let summary = match self.db() {
-            Db::Sqlite { writer, .. } => {
-                let mut tx = writer.begin_write().await?;
-                let summary = sqlite_ledger::apply(
-                    &mut tx,
-                    self.master_cache(),
-                    &candidates,
-                    &mut results,
+            Db::Sqlite { .. } => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                self.group.push(Job {
+                    candidates,
+                    results,
                     now,
-                )
-                .await?;
-                tx.commit().await?;
+                    reply,
+                });
+                // The commit runs in its own task: a caller that goes away
+                // never cancels a transaction other callers' batches ride in.
+                let store = self.clone();
+                tokio::spawn(async move { store.commit_waiting().await });
+                let (done, summary) = answer.await.map_err(|_| sqlx::Error::PoolClosed)??;
+                results = done;
                 summary
             }
             Db::Postgres(pool) => {
@@ -1169,6 +1354,81 @@ impl Store {
             }
         };
         Ok((finish_results(results, inputs), summary))
+    }
+
+    /// SQLite group commit so far: (transactions, request batches they
+    /// carried). Both 0 on PostgreSQL.
+    pub fn ingest_groups(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.group.transactions.load(Relaxed),
+            self.group.batches.load(Relaxed),
+        )
+    }
+
+    /// Commits the waiting ingest batches (SQLite), several per transaction
+    /// (see [`GroupCommit`]); returns when none is waiting.
+    async fn commit_waiting(&self) {
+        let Db::Sqlite { writer, .. } = self.db() else {
+            return;
+        };
+        let _turn = self.group.turn.lock().await;
+        loop {
+            let jobs = self.group.take();
+            if jobs.is_empty() {
+                return;
+            }
+            let grouped = jobs.len() > 1;
+            let batch_count = jobs.len() as u64;
+            let mut group = Group::join(jobs);
+            let outcome = async {
+                let mut tx = writer.begin_write().await?;
+                sqlite_ledger::apply(
+                    &mut tx,
+                    self.master_cache(),
+                    &group.candidates,
+                    &mut group.results,
+                    group.now,
+                )
+                .await?;
+                tx.commit().await
+            }
+            .await;
+            match outcome {
+                Ok(()) => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    self.group.transactions.fetch_add(1, Relaxed);
+                    self.group.batches.fetch_add(batch_count, Relaxed);
+                    group.answer();
+                }
+                // One batch's failure must not fail the batches that rode
+                // along: each is tried again in a transaction of its own.
+                Err(error) if grouped => {
+                    tracing::warn!(%error, "grouped ingest failed; committing its batches one by one");
+                    for job in group.split() {
+                        let mut single = Group::join(vec![job]);
+                        let outcome = async {
+                            let mut tx = writer.begin_write().await?;
+                            sqlite_ledger::apply(
+                                &mut tx,
+                                self.master_cache(),
+                                &single.candidates,
+                                &mut single.results,
+                                single.now,
+                            )
+                            .await?;
+                            tx.commit().await
+                        }
+                        .await;
+                        match outcome {
+                            Ok(()) => single.answer(),
+                            Err(error) => single.fail(error),
+                        }
+                    }
+                }
+                Err(error) => group.fail(error),
+            }
+        }
     }
 
     /// Applies parked events whose master data has arrived, in batches of up

@@ -206,6 +206,8 @@ pub struct Store {
     db: Db,
     master: std::sync::Arc<cache::MasterCache>,
     clock: Clock,
+    /// Ingest batches waiting for SQLite's writer (see `ledger::GroupCommit`).
+    group: std::sync::Arc<ledger::GroupCommit>,
 }
 
 impl Store {
@@ -281,6 +283,7 @@ impl Store {
             db,
             master: std::sync::Arc::default(),
             clock: Clock::System,
+            group: std::sync::Arc::default(),
         })
     }
 

@@ -3,6 +3,7 @@
 
 mod backends;
 mod feed;
+mod group_commit;
 mod idempotency;
 mod ledger_props;
 mod master;

@@ -39,7 +39,7 @@ fn events(n: usize) -> Vec<EventInput> {
         .collect()
 }
 
-async fn seed(store: &Store) {
+pub(crate) async fn seed(store: &Store) {
     let ctx = ChangeContext {
         actor: "t".into(),
         request_id: "r".into(),

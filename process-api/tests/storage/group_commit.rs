@@ -1,0 +1,143 @@
+//! Group commit: many requests ingesting at once, with overlapping event
+//! ids. On SQLite their batches share transactions; every request still
+//! gets its own results, in its own order, each event is applied exactly
+//! once overall, and the positions equal a one-request-at-a-time run.
+
+use process_api::inventory::event::EventInput;
+use process_api::storage::ledger::{EventStatus, IngestContext};
+
+use crate::backends;
+
+fn events(n: usize) -> Vec<EventInput> {
+    (0..n)
+        .map(|i| {
+            let kind = ["receipt", "sale", "adjustment", "count", "transfer_out"][i % 5];
+            EventInput {
+                event_id: format!("gc-{i:05}"),
+                r#type: kind.into(),
+                location_id: format!("L{}", i % 3),
+                sku: format!("S{}", i % 4),
+                quantity: if kind == "count" {
+                    30
+                } else {
+                    1 + (i % 5) as i64
+                },
+                occurred_at: format!("2026-11-21T09:{:02}:{:02}Z", (i / 60) % 60, i % 60),
+                source: "group-test".into(),
+                reference: None,
+                reason: None,
+                counterparty_location_id: (kind == "transfer_out")
+                    .then(|| format!("L{}", (i + 1) % 3)),
+                disposition: None,
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_transactions_and_keep_their_own_results() {
+    const SENDERS: usize = 8;
+    let all = events(800);
+    for backend in backends::all().await {
+        let store = backend.store.clone();
+        crate::replicas::seed(&store).await;
+        // Sender k sends every event, starting at its own offset, in
+        // batches of 40 (plus an unknown sku, parked, of its own): most of
+        // what one sender sends, others send at the same time.
+        let mut senders = Vec::new();
+        for k in 0..SENDERS {
+            let store = store.clone();
+            let mut mine = all.clone();
+            mine.rotate_left(k * all.len() / SENDERS);
+            senders.push(tokio::spawn(async move {
+                let ctx = IngestContext {
+                    actor: format!("sender-{k}"),
+                    request_id: format!("req-{k}"),
+                    trace_id: format!("trace-{k}"),
+                    span_id: None,
+                };
+                let mut applied = Vec::new();
+                for (n, chunk) in mine.chunks(40).enumerate() {
+                    let mut batch = chunk.to_vec();
+                    let mut parked = batch[0].clone();
+                    parked.event_id = format!("gc-parked-{k}-{n}");
+                    parked.sku = format!("UNKNOWN-{k}");
+                    parked.counterparty_location_id = None;
+                    parked.r#type = "receipt".into();
+                    batch.push(parked);
+                    let (results, summary) = store.ingest(&batch, &ctx).await.expect("ingest");
+                    // Its own results, in its own order.
+                    let ids: Vec<&str> = results.iter().map(|r| r.event_id.as_str()).collect();
+                    let sent: Vec<&str> = batch.iter().map(|e| e.event_id.as_str()).collect();
+                    assert_eq!(ids, sent, "results of another request came back");
+                    assert_eq!(
+                        results.last().map(|r| r.status),
+                        Some(EventStatus::Parked),
+                        "this request's own unknown sku"
+                    );
+                    let count = |status| results.iter().filter(|r| r.status == status).count();
+                    assert_eq!(summary.applied, count(EventStatus::Applied));
+                    assert_eq!(summary.duplicate, count(EventStatus::Duplicate));
+                    assert_eq!(summary.parked, 1);
+                    applied.extend(
+                        results
+                            .into_iter()
+                            .filter(|r| r.status == EventStatus::Applied)
+                            .map(|r| r.event_id),
+                    );
+                }
+                applied
+            }));
+        }
+        let mut applied = Vec::new();
+        for sender in senders {
+            applied.extend(sender.await.expect("sender"));
+        }
+        applied.sort();
+        let before = applied.len();
+        applied.dedup();
+        assert_eq!(
+            before,
+            applied.len(),
+            "{}: an event applied twice",
+            backend.name
+        );
+        assert_eq!(applied.len(), all.len(), "{}: an event lost", backend.name);
+        assert_eq!(store.journal_len().await.expect("len"), all.len() as i64);
+        assert_eq!(
+            store.parked_count().await.expect("parked"),
+            (SENDERS * all.len().div_ceil(40)) as i64
+        );
+        assert_eq!(store.rebuild(false).await.expect("rebuild").mismatches, 0);
+        if backend.name == "sqlite" {
+            let (transactions, batches) = store.ingest_groups();
+            assert!(
+                batches > transactions,
+                "no transaction carried two requests ({transactions} for {batches})"
+            );
+        }
+
+        // The same events, one request at a time, in order: same positions
+        // (every count and late event resolved alike).
+        let single = backends::all().await.swap_remove(0).store;
+        crate::replicas::seed(&single).await;
+        let ctx = IngestContext {
+            actor: "t".into(),
+            request_id: "r".into(),
+            trace_id: "t".into(),
+            span_id: None,
+        };
+        for batch in all.chunks(40) {
+            single.ingest(batch, &ctx).await.expect("single");
+        }
+        for i in 0..4 {
+            let sku = format!("S{i}");
+            assert_eq!(
+                format!("{:?}", store.position_figures(&sku).await.expect("grouped")),
+                format!("{:?}", single.position_figures(&sku).await.expect("single")),
+                "{}: {sku}",
+                backend.name
+            );
+        }
+    }
+}
