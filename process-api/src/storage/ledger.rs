@@ -10,7 +10,7 @@
 //!
 //! Concurrency: on SQLite every write goes through the single writer
 //! connection, and requests that wait for it share its next transaction
-//! (group commit, see [`GroupCommit`]). On PostgreSQL the positions a batch touches are locked
+//! (group commit, see `GroupCommit`). On PostgreSQL the positions a batch touches are locked
 //! (`SELECT … FOR UPDATE`, in key order) *before* duplicates are checked,
 //! so two replicas handling the same event serialise on its position and
 //! the second sees the first's journal row; deadlocks and serialisation
