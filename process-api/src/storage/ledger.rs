@@ -328,8 +328,14 @@ impl Group {
         group
     }
 
-    /// Back into the jobs, for committing them one by one.
-    fn split(self) -> Vec<Job> {
+    /// Back into the jobs, for committing them one by one; the results the
+    /// failed transaction wrote are cleared (rejections made before it stay).
+    fn split(mut self) -> Vec<Job> {
+        for candidate in &self.candidates {
+            if let Some(result) = self.results.get_mut(candidate.index) {
+                *result = None;
+            }
+        }
         let mut candidates = self.candidates.into_iter();
         let mut results = self.results.into_iter();
         self.parts
@@ -1294,8 +1300,9 @@ macro_rules! on_ledger {
 pub(crate) const PG_ATTEMPTS: usize = 5;
 
 impl Store {
-    /// Ingests one batch in one transaction; the result has one entry per
-    /// input, in order.
+    /// Ingests one batch in one transaction (on SQLite possibly shared with
+    /// other requests' batches, see `GroupCommit`); the result has one entry
+    /// per input, in order.
     pub async fn ingest(
         &self,
         inputs: &[EventInput],
