@@ -54,11 +54,11 @@ pub struct LoadFigures {
 }
 
 impl LoadFigures {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
-    fn percentile(&self, p: f64) -> Duration {
+    pub(crate) fn percentile(&self, p: f64) -> Duration {
         crate::bench::percentile(&self.latencies, p)
     }
 
@@ -121,10 +121,10 @@ impl ReadReport {
 }
 
 /// The service processes; killed when dropped.
-struct Services {
-    children: Vec<(&'static str, Child)>,
+pub(crate) struct Services {
+    pub(crate) children: Vec<(&'static str, Child)>,
     /// Base URL per service.
-    urls: Vec<(&'static str, String)>,
+    pub(crate) urls: Vec<(&'static str, String)>,
 }
 
 impl Drop for Services {
@@ -136,7 +136,7 @@ impl Drop for Services {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -157,7 +157,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Peak resident set (VmHWM) of a process, KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
+pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
@@ -170,7 +170,10 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn start_services(dir: &Path, options: &ReadOptions) -> anyhow::Result<(Services, String)> {
+pub(crate) fn start_services(
+    dir: &Path,
+    options: &ReadOptions,
+) -> anyhow::Result<(Services, String)> {
     let (experience, process, system) = (free_port()?, free_port()?, free_port()?);
     let common: Vec<(String, String)> = vec![
         ("RETAIL_EXPERIENCE__PORT".into(), experience.to_string()),
@@ -220,7 +223,7 @@ fn start_services(dir: &Path, options: &ReadOptions) -> anyhow::Result<(Services
     Ok((services, format!("http://127.0.0.1:{experience}")))
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
         if let Ok(response) = http.get(format!("{base}/readyz")).send().await

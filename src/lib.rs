@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_read;
+pub mod bench_reserve;
 pub mod import;
 
 use std::future::Future;

@@ -148,6 +148,27 @@ enum BenchScenario {
         #[arg(long, default_value_t = 2000)]
         skus: u32,
     },
+    /// Reservations through experience-api on a spread of skus plus a few
+    /// hot positions, then an oversell audit against process-api (the
+    /// three services as separate processes; `cargo build --release`
+    /// first).
+    Reservations {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent workers (each its own client).
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Stores seeded.
+        #[arg(long, default_value_t = 20)]
+        stores: u32,
+        /// SKUs seeded.
+        #[arg(long, default_value_t = 2000)]
+        skus: u32,
+        /// Hot positions (a tenth of the requests, more demand than stock).
+        #[arg(long, default_value_t = 20)]
+        hot: u32,
+    },
     /// Events/s through process-api's ingest over HTTP.
     Ingest {
         /// Events to send.
@@ -254,6 +275,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                     .await?;
                     print!("{}", report.render());
+                }
+                BenchScenario::Reservations {
+                    seconds,
+                    concurrency,
+                    stores,
+                    skus,
+                    hot,
+                } => {
+                    anyhow::ensure!(concurrency >= 1 && skus >= 1 && stores >= 1);
+                    let report = retail_platform::bench_reserve::reservations(
+                        retail_platform::bench_reserve::ReserveOptions {
+                            seconds,
+                            concurrency,
+                            stores,
+                            skus,
+                            hot,
+                        },
+                    )
+                    .await?;
+                    print!("{}", report.render());
+                    anyhow::ensure!(
+                        report.oversold.is_empty(),
+                        "oversold or disagreeing positions: {}",
+                        report.oversold.len()
+                    );
                 }
                 BenchScenario::Read {
                     seconds,

@@ -25,80 +25,115 @@ impl IdempotencyStore for Store {
                  FOR UPDATE"
             }
         };
-        let decision = on_writer!(self.db(), |pool| async {
-            let mut tx = pool.begin_write().await?;
-            let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (key, fingerprint, lease_until, expires_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
-            )
-            .bind(key)
-            .bind(fingerprint)
-            .bind(clock.lease_until)
-            .bind(clock.expires_at)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                tx.commit().await?;
-                return Ok::<_, sqlx::Error>(Begin::Started);
-            }
-            let row = sqlx::query(select).bind(key).fetch_one(&mut *tx).await?;
-            let stored: String = row.try_get("fingerprint")?;
-            let status: Option<i64> = row.try_get("response_status")?;
-            let response = match status {
-                Some(status) => Some(StoredResponse {
-                    status: u16::try_from(status).unwrap_or(200),
-                    content_type: row.try_get("response_content_type")?,
-                    body: row
-                        .try_get::<Option<Vec<u8>>, _>("response_body")?
-                        .unwrap_or_default(),
-                }),
-                None => None,
-            };
-            let decision = decide(
-                Some((
-                    stored.as_str(),
-                    response,
-                    row.try_get("lease_until")?,
-                    row.try_get("expires_at")?,
-                )),
-                fingerprint,
-                clock.now,
-            );
-            if decision == Begin::Started {
-                sqlx::query(
-                    "UPDATE idempotency_keys SET fingerprint = $2, lease_until = $3, \
-                     expires_at = $4, response_status = NULL, response_content_type = NULL, \
-                     response_body = NULL WHERE key = $1",
+        // The claim: on SQLite a write of the shared group commit (see
+        // `group`), so a burst of requests shares one WAL sync.
+        macro_rules! claim {
+            ($tx:ident, $key:ident, $fingerprint:ident) => {{
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (key, fingerprint, lease_until, expires_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
                 )
-                .bind(key)
-                .bind(fingerprint)
+                .bind(&$key)
+                .bind(&$fingerprint)
                 .bind(clock.lease_until)
                 .bind(clock.expires_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(decision)
+                .execute(&mut **$tx)
+                .await?
+                .rows_affected();
+                if inserted == 1 {
+                    Begin::Started
+                } else {
+                    let row = sqlx::query(select).bind(&$key).fetch_one(&mut **$tx).await?;
+                    let stored: String = row.try_get("fingerprint")?;
+                    let status: Option<i64> = row.try_get("response_status")?;
+                    let response = match status {
+                        Some(status) => Some(StoredResponse {
+                            status: u16::try_from(status).unwrap_or(200),
+                            content_type: row.try_get("response_content_type")?,
+                            body: row
+                                .try_get::<Option<Vec<u8>>, _>("response_body")?
+                                .unwrap_or_default(),
+                        }),
+                        None => None,
+                    };
+                    let decision = decide(
+                        Some((
+                            stored.as_str(),
+                            response,
+                            row.try_get("lease_until")?,
+                            row.try_get("expires_at")?,
+                        )),
+                        &$fingerprint,
+                        clock.now,
+                    );
+                    if decision == Begin::Started {
+                        sqlx::query(
+                            "UPDATE idempotency_keys SET fingerprint = $2, lease_until = $3, \
+                             expires_at = $4, response_status = NULL, \
+                             response_content_type = NULL, response_body = NULL WHERE key = $1",
+                        )
+                        .bind(&$key)
+                        .bind(&$fingerprint)
+                        .bind(clock.lease_until)
+                        .bind(clock.expires_at)
+                        .execute(&mut **$tx)
+                        .await?;
+                    }
+                    decision
+                }
+            }};
         }
-        .await)?;
+        let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
+        let decision = match self.db() {
+            super::Db::Sqlite { .. } => {
+                self.grouped(move |tx| {
+                    Box::pin(
+                        async move { Ok::<_, sqlx::Error>((claim!(tx, key, fingerprint), true)) },
+                    )
+                })
+                .await?
+            }
+            super::Db::Postgres(pool) => {
+                let mut tx = pool.begin_write().await?;
+                let open = &mut tx;
+                let decision = claim!(open, key, fingerprint);
+                tx.commit().await?;
+                decision
+            }
+        };
         Ok(decision)
     }
 
     async fn complete(&self, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
-        on_writer!(self.db(), |pool| {
-            sqlx::query(
-                "UPDATE idempotency_keys SET response_status = $2, response_content_type = $3, \
-                 response_body = $4 WHERE key = $1",
-            )
-            .bind(key)
-            .bind(i64::from(response.status))
-            .bind(response.content_type.as_deref())
-            .bind(response.body.as_slice())
-            .execute(pool)
-            .await
-            .map(|_| ())
-        })?;
+        const UPDATE: &str = "UPDATE idempotency_keys SET response_status = $2, \
+             response_content_type = $3, response_body = $4 WHERE key = $1";
+        match self.db() {
+            super::Db::Sqlite { .. } => {
+                let (key, response) = (key.to_owned(), response.clone());
+                self.grouped(move |tx| {
+                    Box::pin(async move {
+                        sqlx::query(UPDATE)
+                            .bind(&key)
+                            .bind(i64::from(response.status))
+                            .bind(response.content_type.as_deref())
+                            .bind(response.body.as_slice())
+                            .execute(&mut **tx)
+                            .await?;
+                        Ok(((), true))
+                    })
+                })
+                .await?;
+            }
+            super::Db::Postgres(pool) => {
+                sqlx::query(UPDATE)
+                    .bind(key)
+                    .bind(i64::from(response.status))
+                    .bind(response.content_type.as_deref())
+                    .bind(response.body.as_slice())
+                    .execute(pool)
+                    .await?;
+            }
+        }
         Ok(())
     }
 

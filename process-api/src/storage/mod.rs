@@ -16,6 +16,7 @@
 pub mod audit;
 pub mod cache;
 pub mod feed;
+mod group;
 pub mod idempotency;
 pub mod ledger;
 pub mod master;
@@ -208,6 +209,8 @@ pub struct Store {
     clock: Clock,
     /// Ingest batches waiting for SQLite's writer (see `ledger::GroupCommit`).
     group: std::sync::Arc<ledger::GroupCommit>,
+    /// Small writes waiting for SQLite's writer (see `group`).
+    write_group: std::sync::Arc<group::WriteGroup>,
 }
 
 impl Store {
@@ -284,6 +287,7 @@ impl Store {
             master: std::sync::Arc::default(),
             clock: Clock::System,
             group: std::sync::Arc::default(),
+            write_group: std::sync::Arc::default(),
         })
     }
 
@@ -315,6 +319,10 @@ impl Store {
     /// The master data cache of the ingest path.
     pub(crate) fn master_cache(&self) -> &cache::MasterCache {
         &self.master
+    }
+
+    pub(crate) fn write_group(&self) -> &group::WriteGroup {
+        &self.write_group
     }
 
     /// The pools, for storage modules.

@@ -419,6 +419,65 @@ macro_rules! reservation_backend {
                 rows.iter().map(Row::from_sql).collect()
             }
 
+            /// One reservation's work inside `tx`: the cap, master data,
+            /// locked positions and holds; `(outcome, commit)`.
+            pub(super) async fn attempt(
+                tx: &mut Tx<'_>,
+                request: &NewReservation,
+                row: &Row,
+                keys: &BTreeSet<Key>,
+                now: i64,
+            ) -> Result<(Result<Reservation, ReserveRefusal>, bool), sqlx::Error> {
+                let tx = &mut *tx;
+                Ok({
+                let active = active_count(
+                    tx,
+                    &request.client_id,
+                    now,
+                    request.max_active_per_client,
+                )
+                .await?;
+                if active >= request.max_active_per_client {
+                    (
+                        Err(ReserveRefusal::TooManyActive(request.max_active_per_client)),
+                        false,
+                    )
+                } else {
+                    let skus: BTreeSet<&str> =
+                        request.lines.iter().map(|l| l.sku.as_str()).collect();
+                    let locations: BTreeSet<&str> = request
+                        .lines
+                        .iter()
+                        .map(|l| l.location_id.as_str())
+                        .collect();
+                    let (known_skus, known_locations) =
+                        known(tx, &skus, &locations).await?;
+                    let mut unknown = Vec::new();
+                    for (index, line) in request.lines.iter().enumerate() {
+                        if !known_skus.contains(&line.sku) {
+                            unknown.push((index, "sku", line.sku.clone()));
+                        }
+                        if !known_locations.contains(&line.location_id) {
+                            unknown.push((index, "location_id", line.location_id.clone()));
+                        }
+                    }
+                    if !unknown.is_empty() {
+                        (Err(ReserveRefusal::Unknown(unknown)), false)
+                    } else {
+                        let positions = lock_positions(tx, &keys).await?;
+                        let held = held(tx, &keys, now).await?;
+                        let short = shortages(&request.lines, &positions, &held);
+                        if short.is_empty() {
+                            insert(tx, &row, &request.request_id).await?;
+                            (Ok(row.clone().view(now)), true)
+                        } else {
+                            (Err(ReserveRefusal::InsufficientStock(short)), false)
+                        }
+                    }
+                }
+                })
+            }
+
             pub(super) use super::super::ledger::$ledger::apply_inputs;
         }
     };
@@ -460,57 +519,23 @@ impl Store {
             .iter()
             .map(|l| (l.location_id.clone(), l.sku.clone()))
             .collect();
+        // SQLite: in a savepoint of a transaction shared with the other
+        // waiting writes (see `group`).
+        if let super::Db::Sqlite { .. } = self.db() {
+            let request = request.clone();
+            return self
+                .grouped(move |tx| {
+                    Box::pin(async move {
+                        sqlite_reservations::attempt(tx, &request, &row, &keys, now).await
+                    })
+                })
+                .await;
+        }
         let outcome = crate::transact!(
             self,
             sqlite_reservations,
             postgres_reservations,
-            |tx, backend| {
-                let active = backend::active_count(
-                    &mut tx,
-                    &request.client_id,
-                    now,
-                    request.max_active_per_client,
-                )
-                .await?;
-                if active >= request.max_active_per_client {
-                    (
-                        Err(ReserveRefusal::TooManyActive(request.max_active_per_client)),
-                        false,
-                    )
-                } else {
-                    let skus: BTreeSet<&str> =
-                        request.lines.iter().map(|l| l.sku.as_str()).collect();
-                    let locations: BTreeSet<&str> = request
-                        .lines
-                        .iter()
-                        .map(|l| l.location_id.as_str())
-                        .collect();
-                    let (known_skus, known_locations) =
-                        backend::known(&mut tx, &skus, &locations).await?;
-                    let mut unknown = Vec::new();
-                    for (index, line) in request.lines.iter().enumerate() {
-                        if !known_skus.contains(&line.sku) {
-                            unknown.push((index, "sku", line.sku.clone()));
-                        }
-                        if !known_locations.contains(&line.location_id) {
-                            unknown.push((index, "location_id", line.location_id.clone()));
-                        }
-                    }
-                    if !unknown.is_empty() {
-                        (Err(ReserveRefusal::Unknown(unknown)), false)
-                    } else {
-                        let positions = backend::lock_positions(&mut tx, &keys).await?;
-                        let held = backend::held(&mut tx, &keys, now).await?;
-                        let short = shortages(&request.lines, &positions, &held);
-                        if short.is_empty() {
-                            backend::insert(&mut tx, &row, &request.request_id).await?;
-                            (Ok(row.clone().view(now)), true)
-                        } else {
-                            (Err(ReserveRefusal::InsufficientStock(short)), false)
-                        }
-                    }
-                }
-            }
+            |tx, backend| { backend::attempt(&mut tx, request, &row, &keys, now).await? }
         )?;
         Ok(outcome)
     }
