@@ -38,7 +38,8 @@ type Write =
 /// The writes waiting for SQLite's writer.
 #[derive(Default)]
 pub(crate) struct WriteGroup {
-    waiting: std::sync::Mutex<std::collections::VecDeque<Write>>,
+    /// (needs a savepoint, the write).
+    waiting: std::sync::Mutex<std::collections::VecDeque<(bool, Write)>>,
     /// Held by the task committing; the others queue behind it.
     turn: tokio::sync::Mutex<()>,
 }
@@ -53,14 +54,14 @@ impl std::fmt::Debug for WriteGroup {
 }
 
 impl WriteGroup {
-    fn push(&self, write: Write) {
+    fn push(&self, savepoint: bool, write: Write) {
         self.waiting
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push_back(write);
+            .push_back((savepoint, write));
     }
 
-    fn take(&self) -> Vec<Write> {
+    fn take(&self) -> Vec<(bool, Write)> {
         let mut waiting = self
             .waiting
             .lock()
@@ -79,6 +80,34 @@ impl Store {
     ///
     /// SQLite only (callers branch on the backend).
     pub(crate) async fn grouped<T, F>(&self, write: F) -> Result<T, sqlx::Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut Transaction<'static, Sqlite>,
+            ) -> BoxFuture<'c, Result<(T, bool), sqlx::Error>>
+            + Send
+            + 'static,
+    {
+        self.enqueue(true, write).await
+    }
+
+    /// Like [`Store::grouped`] without the savepoint (two statements fewer),
+    /// for a write that always keeps what it did and whose statements each
+    /// either change nothing or complete the write: a statement that fails
+    /// is undone by SQLite on its own, so nothing is left half done.
+    pub(crate) async fn grouped_atomic<T, F>(&self, write: F) -> Result<T, sqlx::Error>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(
+                &'c mut Transaction<'static, Sqlite>,
+            ) -> BoxFuture<'c, Result<(T, bool), sqlx::Error>>
+            + Send
+            + 'static,
+    {
+        self.enqueue(false, write).await
+    }
+
+    async fn enqueue<T, F>(&self, savepoint: bool, write: F) -> Result<T, sqlx::Error>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(
@@ -111,7 +140,7 @@ impl Store {
                 }
             })
         });
-        self.write_group().push(boxed);
+        self.write_group().push(savepoint, boxed);
         // The commit runs in its own task: a caller that goes away never
         // cancels a transaction other callers' writes ride in.
         let store = self.clone();
@@ -137,7 +166,12 @@ impl Store {
             let mut tells = Vec::with_capacity(writes.len());
             let committed = async {
                 let mut tx = writer.begin_write().await?;
-                for write in writes {
+                for (savepoint, write) in writes {
+                    if !savepoint {
+                        let (_, tell) = write(&mut tx).await;
+                        tells.push(tell);
+                        continue;
+                    }
                     sqlx::query("SAVEPOINT grouped_write")
                         .execute(&mut *tx)
                         .await?;

@@ -26,7 +26,9 @@ impl IdempotencyStore for Store {
             }
         };
         // The claim: on SQLite a write of the shared group commit (see
-        // `group`), so a burst of requests shares one WAL sync.
+        // `group`), so a burst of requests shares one WAL sync. It needs no
+        // savepoint: its insert either claims or changes nothing, and the
+        // update that may follow is a single statement.
         macro_rules! claim {
             ($tx:ident, $key:ident, $fingerprint:ident) => {{
                 let inserted = sqlx::query(
@@ -86,7 +88,7 @@ impl IdempotencyStore for Store {
         let (key, fingerprint) = (key.to_owned(), fingerprint.to_owned());
         let decision = match self.db() {
             super::Db::Sqlite { .. } => {
-                self.grouped(move |tx| {
+                self.grouped_atomic(move |tx| {
                     Box::pin(
                         async move { Ok::<_, sqlx::Error>((claim!(tx, key, fingerprint), true)) },
                     )
@@ -110,7 +112,7 @@ impl IdempotencyStore for Store {
         match self.db() {
             super::Db::Sqlite { .. } => {
                 let (key, response) = (key.to_owned(), response.clone());
-                self.grouped(move |tx| {
+                self.grouped_atomic(move |tx| {
                     Box::pin(async move {
                         sqlx::query(UPDATE)
                             .bind(&key)

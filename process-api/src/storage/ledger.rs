@@ -552,7 +552,7 @@ macro_rules! ledger_backend {
                 Ok(found)
             }
 
-            async fn lookup_products(
+            pub(crate) async fn lookup_products(
                 tx: &mut Tx<'_>,
                 skus: &BTreeSet<&str>,
             ) -> Result<HashMap<String, (String, String)>, sqlx::Error> {
@@ -574,7 +574,7 @@ macro_rules! ledger_backend {
                 Ok(found)
             }
 
-            async fn lookup_locations(
+            pub(crate) async fn lookup_locations(
                 tx: &mut Tx<'_>,
                 ids: &BTreeSet<&str>,
             ) -> Result<HashMap<String, String>, sqlx::Error> {

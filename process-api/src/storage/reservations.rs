@@ -213,31 +213,44 @@ macro_rules! reservation_backend {
             }
 
             /// Which of the skus and locations the registry knows.
+            /// Which skus and locations exist: from the master data cache
+            /// (master data is never deleted), the rest from the database
+            /// (then cached).
             pub(super) async fn known(
                 tx: &mut Tx<'_>,
+                cache: &crate::storage::cache::MasterCache,
                 skus: &BTreeSet<&str>,
                 locations: &BTreeSet<&str>,
             ) -> Result<(HashSet<String>, HashSet<String>), sqlx::Error> {
-                let mut qb = QueryBuilder::<$db>::new("SELECT sku FROM products WHERE sku IN (");
-                let mut list = qb.separated(", ");
-                for sku in skus {
-                    list.push_bind(*sku);
-                }
-                list.push_unseparated(")");
-                let found_skus = qb.build_query_scalar().fetch_all(&mut **tx).await?;
-                let mut qb = QueryBuilder::<$db>::new(
-                    "SELECT location_id FROM locations WHERE location_id IN (",
-                );
-                let mut list = qb.separated(", ");
-                for location in locations {
-                    list.push_bind(*location);
-                }
-                list.push_unseparated(")");
-                let found_locations = qb.build_query_scalar().fetch_all(&mut **tx).await?;
-                Ok((
-                    found_skus.into_iter().collect(),
-                    found_locations.into_iter().collect(),
-                ))
+                let sku_list: Vec<&str> = skus.iter().copied().collect();
+                let location_list: Vec<&str> = locations.iter().copied().collect();
+                let mut found_skus: HashSet<String> =
+                    cache.products(&sku_list).into_keys().collect();
+                let mut found_locations: HashSet<String> =
+                    cache.locations(&location_list).into_keys().collect();
+                let missing_skus: BTreeSet<&str> = sku_list
+                    .into_iter()
+                    .filter(|sku| !found_skus.contains(*sku))
+                    .collect();
+                let missing_locations: BTreeSet<&str> = location_list
+                    .into_iter()
+                    .filter(|id| !found_locations.contains(*id))
+                    .collect();
+                let products = if missing_skus.is_empty() {
+                    HashMap::new()
+                } else {
+                    super::super::ledger::$ledger::lookup_products(tx, &missing_skus).await?
+                };
+                let places = if missing_locations.is_empty() {
+                    HashMap::new()
+                } else {
+                    super::super::ledger::$ledger::lookup_locations(tx, &missing_locations)
+                        .await?
+                };
+                cache.remember(&products, &places);
+                found_skus.extend(products.into_keys());
+                found_locations.extend(places.into_keys());
+                Ok((found_skus, found_locations))
             }
 
             /// Locks the positions (key order) and reads their state and
@@ -423,6 +436,7 @@ macro_rules! reservation_backend {
             /// locked positions and holds; `(outcome, commit)`.
             pub(super) async fn attempt(
                 tx: &mut Tx<'_>,
+                cache: &crate::storage::cache::MasterCache,
                 request: &NewReservation,
                 row: &Row,
                 keys: &BTreeSet<Key>,
@@ -451,7 +465,7 @@ macro_rules! reservation_backend {
                         .map(|l| l.location_id.as_str())
                         .collect();
                     let (known_skus, known_locations) =
-                        known(tx, &skus, &locations).await?;
+                        known(tx, cache, &skus, &locations).await?;
                     let mut unknown = Vec::new();
                     for (index, line) in request.lines.iter().enumerate() {
                         if !known_skus.contains(&line.sku) {
@@ -522,11 +536,19 @@ impl Store {
         // SQLite: in a savepoint of a transaction shared with the other
         // waiting writes (see `group`).
         if let super::Db::Sqlite { .. } = self.db() {
-            let request = request.clone();
+            let (request, store) = (request.clone(), self.clone());
             return self
                 .grouped(move |tx| {
                     Box::pin(async move {
-                        sqlite_reservations::attempt(tx, &request, &row, &keys, now).await
+                        sqlite_reservations::attempt(
+                            tx,
+                            store.master_cache(),
+                            &request,
+                            &row,
+                            &keys,
+                            now,
+                        )
+                        .await
                     })
                 })
                 .await;
@@ -535,7 +557,9 @@ impl Store {
             self,
             sqlite_reservations,
             postgres_reservations,
-            |tx, backend| { backend::attempt(&mut tx, request, &row, &keys, now).await? }
+            |tx, backend| {
+                backend::attempt(&mut tx, self.master_cache(), request, &row, &keys, now).await?
+            }
         )?;
         Ok(outcome)
     }
