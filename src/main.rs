@@ -169,6 +169,26 @@ enum BenchScenario {
         #[arg(long, default_value_t = 20)]
         hot: u32,
     },
+    /// Ingest as stores send it: POS baskets to system-api, which hands
+    /// them to process-api (the three services as separate processes;
+    /// `cargo build --release` first).
+    Pos {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Concurrent tills.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Lines per basket.
+        #[arg(long, default_value_t = 3)]
+        lines: usize,
+        /// Stores seeded.
+        #[arg(long, default_value_t = 20)]
+        stores: u32,
+        /// SKUs seeded.
+        #[arg(long, default_value_t = 2000)]
+        skus: u32,
+    },
     /// Events/s through process-api's ingest over HTTP.
     Ingest {
         /// Events to send.
@@ -275,6 +295,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                     .await?;
                     print!("{}", report.render());
+                }
+                BenchScenario::Pos {
+                    seconds,
+                    concurrency,
+                    lines,
+                    stores,
+                    skus,
+                } => {
+                    anyhow::ensure!(concurrency >= 1 && skus as usize >= lines && stores >= 1);
+                    let report =
+                        retail_platform::bench_pos::pos(retail_platform::bench_pos::PosOptions {
+                            seconds,
+                            concurrency,
+                            lines,
+                            stores,
+                            skus,
+                        })
+                        .await?;
+                    print!("{}", report.render());
+                    anyhow::ensure!(
+                        report.not_applied == 0,
+                        "lines of answered baskets not applied: {}",
+                        report.not_applied
+                    );
                 }
                 BenchScenario::Reservations {
                     seconds,
