@@ -119,8 +119,10 @@ async fn concurrent_requests_share_transactions_and_keep_their_own_results() {
 
         // The same events, one request at a time, in order: same positions
         // (every count and late event resolved alike).
-        let single = backends::all().await.swap_remove(0).store;
-        crate::replicas::seed(&single).await;
+        // (The test store keeps its temporary directory alive.)
+        let control = backends::all().await.swap_remove(0);
+        let single = &control.store;
+        crate::replicas::seed(single).await;
         let ctx = IngestContext {
             actor: "t".into(),
             request_id: "r".into(),
