@@ -17,7 +17,7 @@ use anyhow::Context;
 use retail_shared::Settings;
 use retail_shared::auth::{TokenIssuer, TokenRequest};
 
-use crate::bench_read::{LoadFigures, ReadOptions, peak_rss_kib, start_services, wait_ready};
+use crate::bench_read::{LoadFigures, ReadOptions, rss_rows, start_services, wait_ready};
 
 /// Options of the POS scenario.
 #[derive(Debug, Clone)]
@@ -79,12 +79,7 @@ impl PosReport {
             b.percentile(95.0).as_secs_f64() * 1e3,
             b.percentile(99.0).as_secs_f64() * 1e3,
         );
-        for (service, kib) in &self.rss_kib {
-            out += &format!(
-                "  peak RSS {service:<16} {:>8.1} MiB\n",
-                *kib as f64 / 1024.0
-            );
-        }
+        out += &rss_rows(&self.rss_kib);
         out
     }
 }
@@ -100,12 +95,7 @@ pub async fn pos(options: PosOptions) -> anyhow::Result<PosReport> {
         skus: options.skus,
     };
     let (services, experience) = start_services(dir.path(), &read)?;
-    let system = services
-        .urls
-        .iter()
-        .find(|(name, _)| *name == "system-api")
-        .map(|(_, url)| url.clone())
-        .context("system-api url")?;
+    let system = services.url("system-api")?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency * 2)
         .tcp_nodelay(true)
@@ -203,11 +193,7 @@ pub async fn pos(options: PosOptions) -> anyhow::Result<PosReport> {
     }
     baskets.elapsed = started.elapsed();
     baskets.latencies.sort();
-    let rss_kib = services
-        .children
-        .iter()
-        .map(|(name, child)| (*name, peak_rss_kib(child.id())))
-        .collect();
+    let rss_kib = services.peak_rss();
     drop(services);
     Ok(PosReport {
         baskets,

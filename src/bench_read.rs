@@ -110,21 +110,48 @@ impl ReadReport {
             self.platform.rate() / self.baseline.rate().max(1e-9),
             100.0 * self.platform.from_model as f64 / self.platform.requests.max(1) as f64
         );
-        for (service, kib) in &self.rss_kib {
-            out += &format!(
-                "  peak RSS {service:<16} {:>8.1} MiB\n",
-                *kib as f64 / 1024.0
-            );
-        }
+        out += &rss_rows(&self.rss_kib);
         out
     }
 }
 
 /// The service processes; killed when dropped.
 pub(crate) struct Services {
-    pub(crate) children: Vec<(&'static str, Child)>,
+    children: Vec<(&'static str, Child)>,
     /// Base URL per service.
-    pub(crate) urls: Vec<(&'static str, String)>,
+    urls: Vec<(&'static str, String)>,
+}
+
+impl Services {
+    /// The base URL of a service.
+    pub(crate) fn url(&self, name: &str) -> anyhow::Result<String> {
+        self.urls
+            .iter()
+            .find(|(service, _)| *service == name)
+            .map(|(_, url)| url.clone())
+            .with_context(|| format!("no {name} url"))
+    }
+
+    /// Peak RSS (KiB) per service process so far.
+    pub(crate) fn peak_rss(&self) -> Vec<(&'static str, u64)> {
+        self.children
+            .iter()
+            .map(|(name, child)| (*name, peak_rss_kib(child.id())))
+            .collect()
+    }
+}
+
+/// The report's peak RSS lines.
+pub(crate) fn rss_rows(rss_kib: &[(&'static str, u64)]) -> String {
+    rss_kib
+        .iter()
+        .map(|(service, kib)| {
+            format!(
+                "  peak RSS {service:<16} {:>8.1} MiB\n",
+                *kib as f64 / 1024.0
+            )
+        })
+        .collect()
 }
 
 impl Drop for Services {
@@ -157,7 +184,7 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Peak resident set (VmHWM) of a process, KiB.
-pub(crate) fn peak_rss_kib(pid: u32) -> u64 {
+fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
@@ -395,11 +422,7 @@ pub async fn read(options: ReadOptions) -> anyhow::Result<ReadReport> {
         options.seconds,
     )
     .await;
-    let rss_kib = services
-        .children
-        .iter()
-        .map(|(name, child)| (*name, peak_rss_kib(child.id())))
-        .collect();
+    let rss_kib = services.peak_rss();
     drop(services);
     Ok(ReadReport {
         baseline,
@@ -455,12 +478,7 @@ impl PropagationReport {
             pick(100.0),
             self.background_rate,
         );
-        for (service, kib) in &self.rss_kib {
-            out += &format!(
-                "  peak RSS {service:<16} {:>8.1} MiB\n",
-                *kib as f64 / 1024.0
-            );
-        }
+        out += &rss_rows(&self.rss_kib);
         out
     }
 }
@@ -479,16 +497,8 @@ pub async fn propagation(options: PropagationOptions) -> anyhow::Result<Propagat
         skus: options.skus.max(20),
     };
     let (services, experience) = start_services(dir.path(), &read)?;
-    let env_port = |name: &str| -> anyhow::Result<String> {
-        services
-            .urls
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, u)| u.clone())
-            .context("service url")
-    };
-    let process = env_port("process-api")?;
-    let system = env_port("system-api")?;
+    let process = services.url("process-api")?;
+    let system = services.url("system-api")?;
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     wait_ready(&http, &experience).await?;
     let issuer = TokenIssuer::new(&settings.auth);
@@ -610,11 +620,7 @@ pub async fn propagation(options: PropagationOptions) -> anyhow::Result<Propagat
     let _ = background.await;
     reader.abort();
     latencies.sort();
-    let rss_kib = services
-        .children
-        .iter()
-        .map(|(name, child)| (*name, peak_rss_kib(child.id())))
-        .collect();
+    let rss_kib = services.peak_rss();
     drop(services);
     Ok(PropagationReport {
         latencies,

@@ -22,7 +22,7 @@ use anyhow::Context;
 use retail_shared::Settings;
 use retail_shared::auth::{TokenIssuer, TokenRequest};
 
-use crate::bench_read::{LoadFigures, ReadOptions, peak_rss_kib, start_services, wait_ready};
+use crate::bench_read::{LoadFigures, ReadOptions, rss_rows, start_services, wait_ready};
 
 /// Options of the reservations scenario.
 #[derive(Debug, Clone)]
@@ -98,12 +98,7 @@ impl ReserveReport {
             "  hot positions   {} of {} with stock ended sold out\n",
             self.hot_sold_out.0, self.hot_sold_out.1
         );
-        for (service, kib) in &self.rss_kib {
-            out += &format!(
-                "  peak RSS {service:<16} {:>8.1} MiB\n",
-                *kib as f64 / 1024.0
-            );
-        }
+        out += &rss_rows(&self.rss_kib);
         out
     }
 }
@@ -153,12 +148,7 @@ pub async fn reservations(options: ReserveOptions) -> anyhow::Result<ReserveRepo
         skus: options.skus,
     };
     let (services, experience) = start_services(dir.path(), &read)?;
-    let process = services
-        .urls
-        .iter()
-        .find(|(name, _)| *name == "process-api")
-        .map(|(_, url)| url.clone())
-        .context("process-api url")?;
+    let process = services.url("process-api")?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(options.concurrency * 2)
         .tcp_nodelay(true)
@@ -313,11 +303,7 @@ pub async fn reservations(options: ReserveOptions) -> anyhow::Result<ReserveRepo
                 .is_some_and(|(available, _)| *available == 0)
         })
         .count();
-    let rss_kib = services
-        .children
-        .iter()
-        .map(|(name, child)| (*name, peak_rss_kib(child.id())))
-        .collect();
+    let rss_kib = services.peak_rss();
     drop(services);
     Ok(ReserveReport {
         reserved,

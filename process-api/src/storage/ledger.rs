@@ -409,6 +409,24 @@ impl Group {
     }
 }
 
+/// Applies a group's batches in one SQLite write transaction and commits.
+async fn apply_in_transaction(
+    writer: &sqlx::SqlitePool,
+    cache: &super::cache::MasterCache,
+    group: &mut Group,
+) -> Result<(), sqlx::Error> {
+    let mut tx = writer.begin_write().await?;
+    sqlite_ledger::apply(
+        &mut tx,
+        cache,
+        &group.candidates,
+        &mut group.results,
+        group.now,
+    )
+    .await?;
+    tx.commit().await
+}
+
 /// Rows per multi-row insert: keeps every statement under SQLite's 32,766
 /// and PostgreSQL's 65,535 bind parameters.
 const CHUNK: usize = 500;
@@ -1388,19 +1406,7 @@ impl Store {
             let grouped = jobs.len() > 1;
             let batch_count = jobs.len() as u64;
             let mut group = Group::join(jobs);
-            let outcome = async {
-                let mut tx = writer.begin_write().await?;
-                sqlite_ledger::apply(
-                    &mut tx,
-                    self.master_cache(),
-                    &group.candidates,
-                    &mut group.results,
-                    group.now,
-                )
-                .await?;
-                tx.commit().await
-            }
-            .await;
+            let outcome = apply_in_transaction(writer, self.master_cache(), &mut group).await;
             match outcome {
                 Ok(()) => {
                     use std::sync::atomic::Ordering::Relaxed;
@@ -1414,20 +1420,7 @@ impl Store {
                     tracing::warn!(%error, "grouped ingest failed; committing its batches one by one");
                     for job in group.split() {
                         let mut single = Group::join(vec![job]);
-                        let outcome = async {
-                            let mut tx = writer.begin_write().await?;
-                            sqlite_ledger::apply(
-                                &mut tx,
-                                self.master_cache(),
-                                &single.candidates,
-                                &mut single.results,
-                                single.now,
-                            )
-                            .await?;
-                            tx.commit().await
-                        }
-                        .await;
-                        match outcome {
+                        match apply_in_transaction(writer, self.master_cache(), &mut single).await {
                             Ok(()) => single.answer(),
                             Err(error) => single.fail(error),
                         }

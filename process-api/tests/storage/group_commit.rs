@@ -3,41 +3,14 @@
 //! gets its own results, in its own order, each event is applied exactly
 //! once overall, and the positions equal a one-request-at-a-time run.
 
-use process_api::inventory::event::EventInput;
 use process_api::storage::ledger::{EventStatus, IngestContext};
 
 use crate::backends;
 
-fn events(n: usize) -> Vec<EventInput> {
-    (0..n)
-        .map(|i| {
-            let kind = ["receipt", "sale", "adjustment", "count", "transfer_out"][i % 5];
-            EventInput {
-                event_id: format!("gc-{i:05}"),
-                r#type: kind.into(),
-                location_id: format!("L{}", i % 3),
-                sku: format!("S{}", i % 4),
-                quantity: if kind == "count" {
-                    30
-                } else {
-                    1 + (i % 5) as i64
-                },
-                occurred_at: format!("2026-11-21T09:{:02}:{:02}Z", (i / 60) % 60, i % 60),
-                source: "group-test".into(),
-                reference: None,
-                reason: None,
-                counterparty_location_id: (kind == "transfer_out")
-                    .then(|| format!("L{}", (i + 1) % 3)),
-                disposition: None,
-            }
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_share_transactions_and_keep_their_own_results() {
     const SENDERS: usize = 8;
-    let all = events(800);
+    let all = crate::replicas::events(800);
     for backend in backends::all().await {
         let store = backend.store.clone();
         crate::replicas::seed(&store).await;

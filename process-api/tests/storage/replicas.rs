@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 
 use crate::backends;
 
-fn events(n: usize) -> Vec<EventInput> {
+pub(crate) fn events(n: usize) -> Vec<EventInput> {
     (0..n)
         .map(|i| {
             let kind = ["receipt", "sale", "adjustment", "count", "transfer_out"][i % 5];
