@@ -8,6 +8,7 @@ pub mod process_client;
 pub mod read_model;
 pub mod relay;
 pub mod routes;
+pub mod shared_model;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -66,6 +67,9 @@ pub struct Shared {
     pub model: Arc<read_model::ReadModel>,
     /// Answer from the model only while it is this fresh (`None`: never).
     pub model_max_staleness: Option<std::time::Duration>,
+    /// The copy of the model replicas share through Redis (see
+    /// [`shared_model`]), when configured.
+    pub shared_model: Option<Arc<shared_model::SharedModel>>,
 }
 
 impl Shared {
@@ -153,9 +157,10 @@ pub fn router(
 /// memory while Redis is away), else memory (one replica).
 fn idempotency_store(settings: &Settings) -> Arc<dyn retail_shared::idempotency::IdempotencyStore> {
     match settings.redis_url() {
-        Some(url) => {
-            retail_shared::idempotency::SharedStore::start(url, &format!("idem:{SERVICE}:"))
-        }
+        Some(url) => retail_shared::idempotency::SharedStore::start(
+            url,
+            &format!("{}idem:{SERVICE}:", settings.redis.key_prefix),
+        ),
         None => Arc::new(retail_shared::idempotency::MemoryStore::default()),
     }
 }
@@ -174,6 +179,7 @@ struct Follower {
     relay: Arc<relay::Relay>,
     process: ProcessClient,
     keep_alive: std::time::Duration,
+    shared_model: Option<Arc<shared_model::SharedModel>>,
 }
 
 impl Application {
@@ -206,10 +212,23 @@ impl Application {
         let (auditor, audit_writer) = Auditor::start(SERVICE, audit_log.clone());
         let model = read_model::ReadModel::new(settings.experience.read_model_max_skus);
         let relay = relay::Relay::with_model(settings.feed.relay_buffer, Some(model.clone()));
+        let shared_model = settings
+            .redis_url()
+            .filter(|_| settings.experience.read_model && settings.experience.read_model_shared)
+            .map(|url| {
+                shared_model::SharedModel::start(
+                    url,
+                    &settings.redis.key_prefix,
+                    std::time::Duration::from_secs(
+                        settings.experience.read_model_shared_ttl_seconds.max(1),
+                    ),
+                )
+            });
         let follower = Follower {
             relay: relay.clone(),
             process: process.clone(),
             keep_alive: std::time::Duration::from_secs(settings.feed.keep_alive_seconds.max(1)),
+            shared_model: shared_model.clone(),
         };
         let router = router(
             AppState::new(Shared {
@@ -224,6 +243,7 @@ impl Application {
                         settings.experience.read_model_max_staleness_ms,
                     )
                 }),
+                shared_model,
             }),
             &settings,
             auditor,
@@ -256,15 +276,27 @@ impl Application {
     ) -> anyhow::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let relay = tokio::spawn(relay::follow(
-            self.follower.relay,
+            self.follower.relay.clone(),
             self.follower.process,
             self.follower.keep_alive,
             stopped,
         ));
+        let writer = self.follower.shared_model.map(|shared| {
+            tokio::spawn(shared_model::follow(
+                shared,
+                self.follower.relay.clone(),
+                stop.subscribe(),
+            ))
+        });
         let result = server::serve(self.listener, self.router, signal).await;
         let _ = stop.send(true);
         if let Err(error) = relay.await {
             tracing::error!(%error, "the change feed relay ended abnormally");
+        }
+        if let Some(writer) = writer
+            && let Err(error) = writer.await
+        {
+            tracing::error!(%error, "the shared read model writer ended abnormally");
         }
         // The router (holding the last `Auditor`) is gone: let the audit
         // writer store what is queued.

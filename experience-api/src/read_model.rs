@@ -32,6 +32,24 @@ struct Inner {
     skus: HashMap<String, Entry>,
     /// Load order, for eviction.
     order: VecDeque<String>,
+    /// Skus this replica just changed through process-api, and when: until
+    /// the feed has surely brought the change, they load from process-api
+    /// only (not from the shared copy, which may not have it yet).
+    written: HashMap<String, std::time::Instant>,
+}
+
+/// How long a sku this replica wrote loads from process-api only (far
+/// beyond the feed's propagation time).
+const WRITTEN_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What [`ReadModel::insert`] made of a load.
+#[derive(Debug, Clone)]
+pub struct Inserted {
+    /// What to answer.
+    pub snapshot: Snapshot,
+    /// The feed seq the snapshot is complete up to (the relay's buffer
+    /// reached back to the load's starting point), if it is.
+    pub through: Option<i64>,
 }
 
 /// The model.
@@ -39,6 +57,10 @@ struct Inner {
 pub struct ReadModel {
     inner: RwLock<Inner>,
     max_skus: usize,
+    /// Skus loaded from the replicas' shared copy.
+    pub loaded_shared: std::sync::atomic::AtomicU64,
+    /// Skus loaded from process-api.
+    pub loaded_process: std::sync::atomic::AtomicU64,
 }
 
 /// One sku's availability from the model.
@@ -54,6 +76,8 @@ impl ReadModel {
         Arc::new(Self {
             inner: RwLock::new(Inner::default()),
             max_skus: max_skus.max(1),
+            loaded_shared: std::sync::atomic::AtomicU64::new(0),
+            loaded_process: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -106,9 +130,25 @@ impl ReadModel {
     /// the next read loads them afresh, so a caller reads its own write).
     pub fn forget<'a>(&self, skus: impl IntoIterator<Item = &'a str>) {
         let mut inner = self.write();
+        let now = std::time::Instant::now();
+        if inner.written.len() >= self.max_skus {
+            inner
+                .written
+                .retain(|_, at| now.duration_since(*at) < WRITTEN_HOLD);
+        }
         for sku in skus {
             inner.skus.remove(sku);
+            inner.written.insert(sku.to_owned(), now);
         }
+    }
+
+    /// Whether this replica changed `sku` through process-api so recently
+    /// that only process-api's answer is sure to show it.
+    pub fn recently_written(&self, sku: &str) -> bool {
+        self.read()
+            .written
+            .get(sku)
+            .is_some_and(|at| at.elapsed() < WRITTEN_HOLD)
     }
 
     /// Forgets everything (the relay lost track of the feed).
@@ -118,10 +158,24 @@ impl ReadModel {
         inner.order.clear();
     }
 
+    /// Keeps `held` (a sku known to be complete up to feed seq `after`,
+    /// from the replicas' shared copy) if the relay's buffer reaches back
+    /// to `after`, brought up to date with the buffered changes; `None`
+    /// when it does not (the copy may be older than the staleness bound).
+    pub fn insert_shared(
+        &self,
+        relay: &Relay,
+        after: i64,
+        held: &SkuAvailability,
+    ) -> Option<Snapshot> {
+        let inserted = self.insert(relay, after, held);
+        inserted.through.map(|_| inserted.snapshot)
+    }
+
     /// Keeps `loaded` (read from process-api after the relay's head was
     /// `noted`), brought up to date with the relay's buffered changes;
-    /// returns what to answer.
-    pub fn insert(&self, relay: &Relay, noted: i64, loaded: &SkuAvailability) -> Snapshot {
+    /// returns what to answer and up to which feed seq it is complete.
+    pub fn insert(&self, relay: &Relay, noted: i64, loaded: &SkuAvailability) -> Inserted {
         let mut locations: BTreeMap<String, i64> = loaded
             .locations
             .iter()
@@ -139,6 +193,7 @@ impl ReadModel {
         let snapshot = Snapshot {
             locations: locations.iter().map(|(l, a)| (l.clone(), *a)).collect(),
         };
+        let through = caught_up.as_ref().map(|(_, scanned)| *scanned);
         if caught_up.is_some() && loaded.known && !inner.skus.contains_key(&loaded.sku) {
             while inner.skus.len() >= self.max_skus {
                 match inner.order.pop_front() {
@@ -151,13 +206,13 @@ impl ReadModel {
             inner.order.push_back(loaded.sku.clone());
             // Forgotten skus leave their place in the load order behind.
             if inner.order.len() > 2 * self.max_skus {
-                let Inner { skus, order } = &mut *inner;
+                let Inner { skus, order, .. } = &mut *inner;
                 let mut seen = std::collections::HashSet::new();
                 order.retain(|sku| skus.contains_key(sku) && seen.insert(sku.clone()));
             }
             inner.skus.insert(loaded.sku.clone(), Entry { locations });
         }
-        snapshot
+        Inserted { snapshot, through }
     }
 }
 
@@ -197,7 +252,7 @@ mod tests {
                 available: 5,
             }],
         };
-        let snapshot = model.insert(&relay, 1, &loaded);
+        let snapshot = model.insert(&relay, 1, &loaded).snapshot;
         assert_eq!(snapshot.locations, vec![("S1".to_owned(), 4)]);
         relay.push_for_test(change(3, "S2", 7));
         let held = model.get("A").expect("held");

@@ -117,6 +117,15 @@ impl Relay {
             >= 0
     }
 
+    /// The seq after which the buffer holds every change (-1: not
+    /// following yet).
+    pub fn covered_from(&self) -> i64 {
+        self.buffer
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .covered_from
+    }
+
     /// How long ago the relay was known to hold every change (`None`:
     /// never).
     pub fn staleness(&self) -> Option<Duration> {

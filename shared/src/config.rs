@@ -298,6 +298,12 @@ pub struct ExperienceSettings {
     pub read_model_max_staleness_ms: u64,
     /// Skus the read model keeps (the least recently loaded go first).
     pub read_model_max_skus: usize,
+    /// With `[redis] url` set, replicas share loaded skus through Redis (a
+    /// replica missing a sku takes it from Redis before asking
+    /// process-api) and keep them current from the change feed there.
+    pub read_model_shared: bool,
+    /// How long a sku stays in the shared copy after it was loaded.
+    pub read_model_shared_ttl_seconds: u64,
 }
 
 /// process-api.
@@ -526,6 +532,14 @@ pub struct TrytonSettings {
 pub struct RedisSettings {
     /// `redis://…`; empty means no Redis.
     pub url: Secret,
+    /// Prefix of every key the platform keeps in Redis (several
+    /// platforms, or test runs, may share one Redis).
+    #[serde(default = "default_redis_prefix")]
+    pub key_prefix: String,
+}
+
+fn default_redis_prefix() -> String {
+    "retail:".into()
 }
 
 /// Demo data.

@@ -120,7 +120,12 @@ pub fn apply(
     }
     router
         .layer(axum::middleware::from_fn_with_state(
-            RateLimits::new(&settings.rate_limit, service, settings.redis_url()),
+            RateLimits::new(
+                &settings.rate_limit,
+                service,
+                settings.redis_url(),
+                &settings.redis.key_prefix,
+            ),
             limit,
         ))
         .layer(axum::middleware::from_fn_with_state(

@@ -116,6 +116,8 @@ impl ClientLimits {
 pub struct RateLimits {
     enabled: bool,
     service: &'static str,
+    /// `[redis] key_prefix`.
+    key_prefix: String,
     default: ClientLimits,
     clients: HashMap<String, ClientLimits>,
     redis: std::sync::RwLock<Option<redis::aio::ConnectionManager>>,
@@ -163,10 +165,12 @@ impl RateLimits {
         settings: &RateLimitSettings,
         service: &'static str,
         redis_url: Option<&str>,
+        key_prefix: &str,
     ) -> Arc<Self> {
         let limits = Arc::new(Self {
             enabled: settings.enabled,
             service,
+            key_prefix: key_prefix.to_owned(),
             redis: std::sync::RwLock::new(None),
             default: ClientLimits {
                 read: ClassLimiter::new(settings.read_per_second, settings.read_burst),
@@ -244,7 +248,12 @@ impl RateLimits {
     async fn check(&self, subject: &str, class: RouteClass, limiter: &ClassLimiter) -> Verdict {
         let manager = self.redis.read().ok().and_then(|slot| slot.clone());
         if let Some(mut manager) = manager {
-            let key = format!("rl:{}:{}:{subject}", self.service, class.name());
+            let key = format!(
+                "{}rl:{}:{}:{subject}",
+                self.key_prefix,
+                self.service,
+                class.name()
+            );
             let interval = (1_000_000 / u64::from(limiter.per_second)).max(1);
             let script = redis::Script::new(GCRA);
             let mut invocation = script.key(key);

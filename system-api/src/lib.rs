@@ -185,9 +185,10 @@ async fn open_pool(url: &str) -> anyhow::Result<SqlitePool> {
 /// memory while Redis is away), else memory (one replica).
 fn idempotency_store(settings: &Settings) -> Arc<dyn retail_shared::idempotency::IdempotencyStore> {
     match settings.redis_url() {
-        Some(url) => {
-            retail_shared::idempotency::SharedStore::start(url, &format!("idem:{SERVICE}:"))
-        }
+        Some(url) => retail_shared::idempotency::SharedStore::start(
+            url,
+            &format!("{}idem:{SERVICE}:", settings.redis.key_prefix),
+        ),
         None => Arc::new(retail_shared::idempotency::MemoryStore::default()),
     }
 }

@@ -863,3 +863,173 @@ async fn the_read_model_answers_like_process_api_and_follows_changes() {
         .await;
     assert_eq!(response.headers()["x-availability-source"], "process-api");
 }
+
+/// An experience-api replica's `GET /v1/ops/read-model`.
+async fn read_model_status(app: &TestApp, base: &str) -> Value {
+    let token = app.token(Layer::Experience, "ops:read");
+    let response = app
+        .http
+        .get(format!("{base}/v1/ops/read-model"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    response.json().await.expect("json")
+}
+
+/// `GET /v1/availability/{sku}` at one replica: (source, body).
+async fn availability_at(base: &str, token: &str, sku: &str) -> (String, Value) {
+    let response = reqwest::Client::new()
+        .get(format!("{base}/v1/availability/{sku}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 200);
+    let source = response.headers()["x-availability-source"]
+        .to_str()
+        .expect("header")
+        .to_owned();
+    (source, response.json().await.expect("json"))
+}
+
+/// Waits until every sku reads at `base` as process-api has it.
+async fn converge(app: &TestApp, base: &str, token: &str, skus: &[String]) {
+    let started = Instant::now();
+    loop {
+        let truth = process_availability(app, skus).await;
+        let mut same = true;
+        for (sku, want) in skus.iter().zip(&truth) {
+            let (source, got) = availability_at(base, token, sku).await;
+            assert_eq!(source, "read-model", "{base}");
+            same &= got["locations"] == want["locations"];
+        }
+        if same {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{base} did not converge"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_redis_replicas_share_the_read_model() {
+    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: Redis tests skip: TEST_REDIS_URL is not set"
+        );
+        return;
+    };
+    let prefix = format!("test-{}:", uuid::Uuid::new_v4());
+    let app = TestApp::spawn_with(|s| {
+        s.experience.read_model = true;
+        s.redis.url = retail_shared::config::Secret::new(url.clone());
+        s.redis.key_prefix = prefix.clone();
+    })
+    .await;
+    let channel = app.token(Layer::Experience, "availability:read");
+    let skus: Vec<String> = (1..=8).map(|n| format!("SKU-{n:06}")).collect();
+    let receipts: Vec<Value> = (0..24)
+        .map(|i| {
+            receipt(
+                &format!("shared-{i}"),
+                &format!("S00{}", 1 + i % 3),
+                &skus[i % 8],
+                4 + i as i64,
+            )
+        })
+        .collect();
+    ingest(&app, receipts).await;
+    let first = app.platform.experience_url();
+    // The first replica loads every sku from process-api and shares it.
+    let started = Instant::now();
+    while availability_at(&first, &channel, &skus[0]).await.0 != "read-model" {
+        assert!(started.elapsed() < Duration::from_secs(10), "never fresh");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    converge(&app, &first, &channel, &skus).await;
+    let status = read_model_status(&app, &first).await;
+    assert_eq!(status["shared"]["connected"], true, "{status}");
+    assert_eq!(status["loaded_process"], 8, "{status}");
+
+    // A second replica on the same process-api and Redis.
+    let mut settings = app.platform.settings.clone();
+    settings.experience.port = 0;
+    let replica = experience_api::Application::build(settings)
+        .await
+        .expect("second replica");
+    let second = format!("http://127.0.0.1:{}", replica.port());
+    tokio::spawn(replica.run_until(std::future::pending()));
+    let started = Instant::now();
+    loop {
+        let status = read_model_status(&app, &second).await;
+        if status["answering"] == true && status["shared"]["connected"] == true {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // It answers every sku from the shared copy, exactly.
+    converge(&app, &second, &channel, &skus).await;
+    let status = read_model_status(&app, &second).await;
+    assert_eq!(status["loaded_shared"], 8, "{status}");
+    assert_eq!(status["loaded_process"], 0, "{status}");
+
+    // Sales: both replicas follow, and a third replica arriving later
+    // takes the skus as the feed left them.
+    let sales: Vec<Value> = (0..16)
+        .map(|i| {
+            json!({"event_id": format!("shared-sale-{i}"), "type": "sale",
+            "location_id": format!("S00{}", 1 + i % 3), "sku": skus[i % 8],
+            "quantity": 1, "occurred_at": "2026-11-30T09:00:00Z", "source": "pos"})
+        })
+        .collect();
+    ingest(&app, sales).await;
+    converge(&app, &first, &channel, &skus).await;
+    converge(&app, &second, &channel, &skus).await;
+    let mut settings = app.platform.settings.clone();
+    settings.experience.port = 0;
+    let replica = experience_api::Application::build(settings)
+        .await
+        .expect("third replica");
+    let third = format!("http://127.0.0.1:{}", replica.port());
+    tokio::spawn(replica.run_until(std::future::pending()));
+    let started = Instant::now();
+    while read_model_status(&app, &third).await["answering"] != true {
+        assert!(started.elapsed() < Duration::from_secs(10), "never fresh");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    converge(&app, &third, &channel, &skus).await;
+    let status = read_model_status(&app, &third).await;
+    assert_eq!(status["loaded_shared"], 8, "{status}");
+    assert_eq!(status["loaded_process"], 0, "{status}");
+
+    // A replica reads its own reservation at once, even for a sku it had
+    // not held: it asks process-api, not the shared copy.
+    let reserve = app.token(Layer::Experience, "reservations:write");
+    let response = app
+        .http
+        .post(format!("{third}/v1/reservations"))
+        .bearer_auth(&reserve)
+        .header("content-type", "application/json")
+        .body(
+            json!({"channel": "web", "order_ref": "shared-1", "ttl_seconds": 600,
+                "lines": [{"sku": skus[3], "location_id": "S001", "quantity": 2}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(response.status(), 201, "{:?}", response.text().await);
+    let truth = process_availability(&app, std::slice::from_ref(&skus[3])).await;
+    let (_, now) = availability_at(&third, &channel, &skus[3]).await;
+    assert_eq!(now["locations"], truth[0]["locations"]);
+    converge(&app, &first, &channel, &skus).await;
+    converge(&app, &second, &channel, &skus).await;
+}

@@ -217,9 +217,60 @@ async fn from_model(
         .collect();
     metrics::counter!("read_model_reads_total", "outcome" => "hit")
         .increment((skus.len() - missing.len()) as u64);
+    let mut missing = missing;
+    if !missing.is_empty()
+        && let Some(shared) = &state.shared_model
+    {
+        // The replicas' shared copy, caught up with this replica's feed;
+        // skus this replica just wrote are not taken from it.
+        let wanted: Vec<String> = missing
+            .iter()
+            .filter(|sku| !state.model.recently_written(sku))
+            .cloned()
+            .collect();
+        if !wanted.is_empty()
+            && let Some(found) = shared.get(&wanted).await
+        {
+            let mut found: HashMap<String, crate::shared_model::SharedSku> = wanted
+                .into_iter()
+                .zip(found)
+                .filter_map(|(sku, entry)| entry.map(|entry| (sku, entry)))
+                .collect();
+            let mut taken = 0_u64;
+            for (sku, slot) in skus.iter().zip(out.iter_mut()) {
+                if slot.is_none()
+                    && let Some(entry) = found.remove(sku)
+                    && let Some(snapshot) =
+                        state
+                            .model
+                            .insert_shared(&state.relay, entry.after, &entry.availability)
+                {
+                    *slot = Some((true, snapshot.locations));
+                    taken += 1;
+                }
+            }
+            if taken > 0 {
+                metrics::counter!("read_model_reads_total", "outcome" => "shared").increment(taken);
+                state
+                    .model
+                    .loaded_shared
+                    .fetch_add(taken, std::sync::atomic::Ordering::Relaxed);
+                missing = skus
+                    .iter()
+                    .zip(&out)
+                    .filter(|(_, found)| found.is_none())
+                    .map(|(sku, _)| sku.clone())
+                    .collect();
+            }
+        }
+    }
     if !missing.is_empty() {
         metrics::counter!("read_model_reads_total", "outcome" => "miss")
             .increment(missing.len() as u64);
+        state
+            .model
+            .loaded_process
+            .fetch_add(missing.len() as u64, std::sync::atomic::Ordering::Relaxed);
         // Every position of the skus, whoever asks: narrowed per caller.
         let noted = state.relay.head();
         let loaded = state
@@ -243,8 +294,13 @@ async fn from_model(
                 && let Some(item) = loaded.remove(sku)
             {
                 let known = item.known;
-                let snapshot = state.model.insert(&state.relay, noted, &item);
-                *slot = Some((known, snapshot.locations));
+                let inserted = state.model.insert(&state.relay, noted, &item);
+                if known
+                    && let (Some(shared), Some(through)) = (&state.shared_model, inserted.through)
+                {
+                    shared.put(sku, through, &inserted.snapshot);
+                }
+                *slot = Some((known, inserted.snapshot.locations));
             }
         }
     }

@@ -14,7 +14,59 @@ use crate::{AppState, SERVICE};
 
 /// Routes of this area.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(dependencies))
+    OpenApiRouter::new()
+        .routes(routes!(dependencies))
+        .routes(routes!(read_model))
+}
+
+/// This replica's availability read model.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReadModelStatus {
+    /// Availability reads may be answered from the model (configuration).
+    pub enabled: bool,
+    /// It answers now: it held every change up to at most
+    /// `[experience] read_model_max_staleness_ms` ago.
+    pub answering: bool,
+    /// How long ago it held every change (absent: never yet).
+    pub staleness_ms: Option<u64>,
+    /// The newest feed seq received.
+    pub feed_seq: i64,
+    /// The change stream from process-api is open.
+    pub feed_connected: bool,
+    /// Skus held in memory.
+    pub skus_held: usize,
+    /// Skus loaded from the replicas' shared copy (since start).
+    pub loaded_shared: u64,
+    /// Skus loaded from process-api (since start).
+    pub loaded_process: u64,
+    /// The copy shared through Redis (absent: not configured).
+    pub shared: Option<crate::shared_model::SharedStatus>,
+}
+
+/// This replica's read model: freshness, size, where its skus came from.
+#[utoipa::path(get, path = "/v1/ops/read-model", tag = "operations",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The read model of this replica", body = ReadModelStatus),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+async fn read_model(
+    State(state): State<AppState>,
+    _auth: Authorized<scope::OpsRead>,
+) -> ApiJson<ReadModelStatus> {
+    use std::sync::atomic::Ordering;
+    let staleness = state.relay.staleness();
+    ApiJson(ReadModelStatus {
+        enabled: state.model_max_staleness.is_some(),
+        answering: state.model_staleness().is_some(),
+        staleness_ms: staleness.map(|s| u64::try_from(s.as_millis()).unwrap_or(u64::MAX)),
+        feed_seq: state.relay.head(),
+        feed_connected: state.relay.connected(),
+        skus_held: state.model.len(),
+        loaded_shared: state.model.loaded_shared.load(Ordering::Relaxed),
+        loaded_process: state.model.loaded_process.load(Ordering::Relaxed),
+        shared: state.shared_model.as_ref().map(|shared| shared.status()),
+    })
 }
 
 /// This layer and every layer below it, each reporting the request id and
