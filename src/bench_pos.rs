@@ -151,7 +151,7 @@ pub async fn pos(options: PosOptions) -> anyhow::Result<PosReport> {
                     "store_id": format!("S{store:03}"),
                     "terminal_id": format!("T{till:03}"),
                     "transaction_id": format!("bench-{till}-{n}"),
-                    "occurred_at": "2026-11-30T09:00:00Z",
+                    "occurred_at": crate::bench::now_rfc3339(),
                     "lines": basket,
                 });
                 let sent = Instant::now();

@@ -564,7 +564,7 @@ pub async fn propagation(options: PropagationOptions) -> anyhow::Result<Propagat
                             "event_id": format!("bg-{n}"), "type": "receipt",
                             "location_id": format!("S{:03}", 1 + n % u64::from(stores)),
                             "sku": format!("SKU-{:06}", 2 + n % u64::from(skus - 1)),
-                            "quantity": 1, "occurred_at": "2026-11-30T09:00:00Z",
+                            "quantity": 1, "occurred_at": crate::bench::now_rfc3339(),
                             "source": "bench"})
                     })
                     .collect();
@@ -594,7 +594,7 @@ pub async fn propagation(options: PropagationOptions) -> anyhow::Result<Propagat
         probe += 1;
         let body = serde_json::json!({
             "store_id": "S001", "terminal_id": "BENCH", "transaction_id": format!("p{probe}"),
-            "occurred_at": "2026-11-30T09:00:00Z",
+            "occurred_at": crate::bench::now_rfc3339(),
             "lines": [{"sku": probe_sku, "quantity": 1, "kind": if probe.is_multiple_of(2) { "sale" } else { "return" }}]
         });
         while seen_rx.try_recv().is_ok() {}

@@ -4,6 +4,7 @@
 //! [`Platform::start`] to run the real services on port 0.
 
 pub mod bench;
+pub mod bench_black_friday;
 pub mod bench_pos;
 pub mod bench_read;
 pub mod bench_reserve;

@@ -111,6 +111,41 @@ enum ImportKind {
 
 #[derive(Debug, Subcommand)]
 enum BenchScenario {
+    /// A peak day: POS traffic at system-api, availability reads and
+    /// reservations through experience-api at once, on 300 stores x 20,000
+    /// skus (6 million positions), the ERP sandbox down for a minute
+    /// mid-run; reports the ERP backlog's drain time and peak RSS (the
+    /// three services as separate processes; `cargo build --release`
+    /// first; seeding takes minutes).
+    BlackFriday {
+        /// Seconds of mixed load.
+        #[arg(long, default_value_t = 180)]
+        seconds: u64,
+        /// Stores seeded.
+        #[arg(long, default_value_t = 300)]
+        stores: u32,
+        /// SKUs seeded.
+        #[arg(long, default_value_t = 20_000)]
+        skus: u32,
+        /// POS baskets per second at system-api.
+        #[arg(long, default_value_t = 500)]
+        store_rate: u64,
+        /// Lines per basket.
+        #[arg(long, default_value_t = 3)]
+        lines: usize,
+        /// Availability reads per second through experience-api.
+        #[arg(long, default_value_t = 2000)]
+        read_rate: u64,
+        /// Reservations per second through experience-api.
+        #[arg(long, default_value_t = 200)]
+        reserve_rate: u64,
+        /// Seconds into the load when the ERP goes down.
+        #[arg(long, default_value_t = 60)]
+        erp_down_at: u64,
+        /// Seconds the ERP stays down.
+        #[arg(long, default_value_t = 60)]
+        erp_down_for: u64,
+    },
     /// POS transactions at system-api timed until their change reaches a
     /// channel's SSE stream at experience-api, under a background ingest
     /// load (services as separate processes; `cargo build --release`).
@@ -277,6 +312,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { scenario } => runtime()?.block_on(async {
             telemetry::init_logging(&settings.telemetry);
             match scenario {
+                BenchScenario::BlackFriday {
+                    seconds,
+                    stores,
+                    skus,
+                    store_rate,
+                    lines,
+                    read_rate,
+                    reserve_rate,
+                    erp_down_at,
+                    erp_down_for,
+                } => {
+                    anyhow::ensure!(stores >= 1 && skus as usize >= lines && lines >= 1);
+                    let report = retail_platform::bench_black_friday::black_friday(
+                        retail_platform::bench_black_friday::BlackFridayOptions {
+                            seconds,
+                            stores,
+                            skus,
+                            store_rate,
+                            lines,
+                            read_rate,
+                            reserve_rate,
+                            erp_down_at,
+                            erp_down_for,
+                        },
+                    )
+                    .await?;
+                    print!("{}", report.render());
+                }
                 BenchScenario::Propagation {
                     seconds,
                     background_rate,

@@ -107,40 +107,60 @@ pub fn demo_products(skus: u32) -> Vec<ProductInput> {
 
 /// An opening count for every store and DC position, an hour ago.
 pub fn opening_counts(stores: u32, skus: u32) -> Vec<crate::inventory::event::EventInput> {
-    let at = (time::OffsetDateTime::now_utc() - time::Duration::hours(1))
+    let at = an_hour_ago();
+    opening_locations(stores)
+        .iter()
+        .enumerate()
+        .flat_map(|(l, location)| location_counts(l, location, skus, &at))
+        .collect()
+}
+
+/// The locations that get an opening count: the stores and the DC.
+fn opening_locations(stores: u32) -> Vec<String> {
+    (1..=stores)
+        .map(|n| format!("S{n:03}"))
+        .chain(std::iter::once("DC01".to_owned()))
+        .collect()
+}
+
+fn an_hour_ago() -> String {
+    (time::OffsetDateTime::now_utc() - time::Duration::hours(1))
         .replace_nanosecond(0)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let locations: Vec<String> = (1..=stores)
-        .map(|n| format!("S{n:03}"))
-        .chain(std::iter::once("DC01".to_owned()))
-        .collect();
-    let mut events = Vec::with_capacity(locations.len() * skus as usize);
-    for (l, location) in locations.iter().enumerate() {
-        for n in 1..=skus {
+        .unwrap_or_default()
+}
+
+/// The opening counts of the `l`-th location, one per sku.
+fn location_counts(
+    l: usize,
+    location: &str,
+    skus: u32,
+    at: &str,
+) -> Vec<crate::inventory::event::EventInput> {
+    (1..=skus)
+        .map(|n| {
             let quantity = i64::from((n * 31 + l as u32 * 17) % 40);
             let quantity = if location == "DC01" {
                 quantity * 10
             } else {
                 quantity
             };
-            events.push(crate::inventory::event::EventInput {
+            crate::inventory::event::EventInput {
                 event_id: format!("seed-count-{location}-{n:06}"),
                 r#type: "count".into(),
-                location_id: location.clone(),
+                location_id: location.to_owned(),
                 sku: format!("SKU-{n:06}"),
                 quantity,
-                occurred_at: at.clone(),
+                occurred_at: at.to_owned(),
                 source: "seed".into(),
                 reference: None,
                 reason: Some("opening stock".into()),
                 counterparty_location_id: None,
                 disposition: None,
-            });
-        }
-    }
-    events
+            }
+        })
+        .collect()
 }
 
 fn round6(value: f64) -> f64 {
@@ -195,19 +215,21 @@ pub async fn seed(
     for chunk in demo_products(skus).chunks(1000) {
         store.upsert_products(chunk, &ctx).await?;
     }
-    let counts = if opening_stock {
-        opening_counts(stores, skus)
-    } else {
-        Vec::new()
-    };
     let ingest = crate::storage::ledger::IngestContext {
         actor: "seed".into(),
         request_id: ctx.request_id.clone(),
         trace_id: "0".repeat(32),
         span_id: None,
     };
-    for chunk in counts.chunks(1000) {
-        store.ingest(chunk, &ingest).await?;
+    if opening_stock {
+        // One location's counts at a time: 300 stores x 20,000 skus would
+        // hold 6 million events in memory at once.
+        let at = an_hour_ago();
+        for (l, location) in opening_locations(stores).iter().enumerate() {
+            for chunk in location_counts(l, location, skus, &at).chunks(1000) {
+                store.ingest(chunk, &ingest).await?;
+            }
+        }
     }
     tracing::info!(stores, skus, "seeded demo master data");
     Ok(())

@@ -263,15 +263,19 @@ impl Store {
                 .run(&writer)
                 .await
                 .context("SQLite migrations failed")?;
+            // The large page cache is the writer's: readers read through the
+            // memory map and the OS page cache (a cache each would multiply
+            // the process's memory by the number of connections), and the
+            // checkpointer needs none.
             let checkpoints = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(options.clone())
+                .connect_with(options.clone().pragma("cache_size", "-2048"))
                 .await
                 .context("cannot open the SQLite database for checkpoints")?;
             tokio::spawn(checkpointer(checkpoints.clone()));
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
-                .connect_with(options.read_only(true))
+                .connect_with(options.read_only(true).pragma("cache_size", "-32768"))
                 .await
                 .context("cannot open the SQLite database for reading")?;
             Db::Sqlite {

@@ -220,19 +220,36 @@ pub struct OpenPostings {
 }
 
 /// The due postings that no earlier posting of their key blocks (dead, in
-/// flight on its lease, or backing off), in posting order. Blockers are
-/// found from the open rows alone (the status index), so ingest pays for
-/// no per-key index on the outbox.
-const CLAIM: &str = "WITH blockers AS ( \
-         SELECT location_id, sku, MIN(posting_id) AS first_block FROM outbox_postings \
-         WHERE status IN ('pending', 'in_flight', 'dead') \
-           AND (status = 'dead' OR next_attempt_at > $1) \
-         GROUP BY location_id, sku) \
-     SELECT p.posting_id FROM outbox_postings p \
-     LEFT JOIN blockers b ON b.location_id = p.location_id AND b.sku = p.sku \
-     WHERE p.status IN ('pending', 'in_flight') AND p.next_attempt_at <= $1 \
-       AND (b.first_block IS NULL OR p.posting_id < b.first_block) \
-     ORDER BY p.posting_id LIMIT $2";
+/// flight on its lease, or backing off), in posting order. Each status is
+/// read in posting order from the status index, so the scan stops at the
+/// limit; a candidate's blockers are found with one probe of the partial
+/// index `outbox_postings_blocking` (migration 0010), which holds only the
+/// open rows whose next attempt was moved past their creation: every
+/// blocking row is among them (a pending or in-flight row blocks only
+/// while its next attempt is in the future, and a dead row's next attempt
+/// is set past its creation).
+const CLAIM: &str = "SELECT posting_id FROM ( \
+         SELECT * FROM (SELECT p.posting_id FROM outbox_postings p \
+             WHERE p.status = 'pending' AND p.next_attempt_at <= $1 AND NOT EXISTS (BLOCKER) \
+             ORDER BY p.posting_id LIMIT $2) AS due_pending \
+         UNION ALL \
+         SELECT * FROM (SELECT p.posting_id FROM outbox_postings p \
+             WHERE p.status = 'in_flight' AND p.next_attempt_at <= $1 AND NOT EXISTS (BLOCKER) \
+             ORDER BY p.posting_id LIMIT $2) AS due_in_flight \
+     ) AS due ORDER BY posting_id LIMIT $2";
+
+/// An earlier posting of `p`'s key that blocks it (the terms of the
+/// partial index's condition appear as they are, so both databases use it).
+const BLOCKER: &str = "SELECT 1 FROM outbox_postings b \
+     WHERE b.location_id = p.location_id AND b.sku = p.sku AND b.posting_id < p.posting_id \
+       AND b.status IN ('pending', 'in_flight', 'dead') AND b.next_attempt_at > b.created_at \
+       AND (b.status = 'dead' OR b.next_attempt_at > $1)";
+
+/// [`CLAIM`] with [`BLOCKER`] in place.
+fn claim_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| CLAIM.replace("BLOCKER", BLOCKER))
+}
 
 const CLAIMED_DETAILS: &str = "SELECT p.posting_id, p.event_id, p.attempts, j.type, j.location_id, \
      j.sku, j.on_hand_change, j.unit_cost, j.currency, j.occurred_at, \
@@ -263,7 +280,7 @@ macro_rules! postings_backend {
                 if !$serialise_claims.is_empty() {
                     sqlx::query($serialise_claims).execute(&mut **tx).await?;
                 }
-                let ids: Vec<i64> = sqlx::query_scalar(CLAIM)
+                let ids: Vec<i64> = sqlx::query_scalar(claim_sql())
                     .bind(now)
                     .bind(limit)
                     .fetch_all(&mut **tx)
@@ -340,14 +357,14 @@ macro_rules! postings_backend {
                             error,
                             permanent,
                         } => {
-                            let attempts: Option<i64> = sqlx::query_scalar(
-                                "SELECT attempts FROM outbox_postings \
+                            let found: Option<(i64, Option<i64>)> = sqlx::query_as(
+                                "SELECT attempts, created_at FROM outbox_postings \
                                  WHERE posting_id = $1 AND status = 'in_flight'",
                             )
                             .bind(*posting_id)
                             .fetch_optional(&mut **tx)
                             .await?;
-                            let Some(attempts) = attempts else { continue };
+                            let Some((attempts, created_at)) = found else { continue };
                             let dead = *permanent || attempts >= policy.max_attempts;
                             let retry_at = now
                                 + policy.delay_micros(attempts, rand::random::<f64>());
@@ -356,7 +373,13 @@ macro_rules! postings_backend {
                                  last_error = $3 WHERE posting_id = $4",
                             )
                             .bind(if dead { "dead" } else { "pending" })
-                            .bind(if dead { now } else { retry_at })
+                            // A dead row must sort into the blocking index
+                            // (next attempt past creation), whatever the clock.
+                            .bind(if dead {
+                                now.max(created_at.unwrap_or(now) + 1)
+                            } else {
+                                retry_at
+                            })
                             .bind(error.as_str())
                             .bind(*posting_id)
                             .execute(&mut **tx)
