@@ -21,7 +21,8 @@
 //!   from `erp_down_at` for `erp_down_for` seconds.
 //!
 //! Every two seconds the harness samples process-api's ERP backlog
-//! (pending and in-flight postings, `GET /v1/ops/sync-health`). Under
+//! (pending and in-flight postings, process-api's `erp_postings` gauges,
+//! which it refreshes every 5 s). Under
 //! steady traffic a few postings are always on their way, so the backlog
 //! counts as drained when it is back to the most seen before the outage;
 //! the drain time runs from the ERP's return to that sample (the harness
@@ -267,21 +268,37 @@ where
     (all, refused)
 }
 
-/// Postings waiting (pending and in flight) at process-api.
+/// Postings waiting (pending and in flight) at process-api, from its
+/// `erp_postings` gauges in `/metrics` (refreshed every 5 s by
+/// process-api: cheap to read, unlike `GET /v1/ops/sync-health`, whose
+/// per-location figures read every position).
 async fn backlog(http: &reqwest::Client, process: &str, token: &str) -> anyhow::Result<i64> {
     let response = http
-        .get(format!("{process}/v1/ops/sync-health"))
+        .get(format!("{process}/metrics"))
         .bearer_auth(token)
         .send()
         .await?;
     anyhow::ensure!(
         response.status().is_success(),
-        "sync-health: {}",
+        "metrics: {}",
         response.status()
     );
-    let body: serde_json::Value = response.json().await?;
-    Ok(body["postings"]["pending"].as_i64().unwrap_or_default()
-        + body["postings"]["in_flight"].as_i64().unwrap_or_default())
+    let text = response.text().await?;
+    let mut waiting = None;
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series.starts_with("erp_postings{")
+            && (series.contains("status=\"pending\"") || series.contains("status=\"in_flight\""))
+        {
+            let n = value.trim().parse::<f64>().context("an erp_postings gauge")?;
+            #[expect(clippy::cast_possible_truncation, reason = "a count")]
+            let n = n as i64;
+            waiting = Some(waiting.unwrap_or(0) + n);
+        }
+    }
+    waiting.context("no erp_postings gauges yet")
 }
 
 /// Sets the ERP sandbox up or down.
@@ -369,13 +386,25 @@ pub async fn black_friday(options: BlackFridayOptions) -> anyhow::Result<BlackFr
             .collect::<Result<_, _>>()?,
     );
 
-    let opening_postings = backlog(&http, &process, &ops).await?;
+    // The gauges appear within 5 s of start.
+    let opening_postings = loop {
+        match backlog(&http, &process, &ops).await {
+            Ok(waiting) => break waiting,
+            Err(error) => {
+                anyhow::ensure!(
+                    started.elapsed() < seeded_in + Duration::from_secs(60),
+                    "no ERP backlog figures from process-api: {error}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     eprintln!(
         "seeded in {:.0} s; draining {opening_postings} opening ERP postings...",
         seeded_in.as_secs_f64()
     );
     let draining = Instant::now();
-    while backlog(&http, &process, &ops).await? > 0 {
+    while backlog(&http, &process, &ops).await.unwrap_or(1) > 0 {
         anyhow::ensure!(
             draining.elapsed() < Duration::from_secs(3600),
             "the opening ERP backlog did not drain within an hour"
