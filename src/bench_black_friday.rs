@@ -99,6 +99,8 @@ pub struct BlackFridayReport {
     pub backlog_steady: i64,
     /// Peak RSS (KiB) per service process.
     pub rss_kib: Vec<(&'static str, u64)>,
+    /// RSS at the end (KiB) per service process: (anonymous, file-backed).
+    pub rss_now_kib: Vec<(&'static str, u64, u64)>,
     /// Options used.
     pub options: BlackFridayOptions,
 }
@@ -182,6 +184,13 @@ impl BlackFridayReport {
             "  peak RSS process-api + experience-api {:.2} GiB (target 1.5 GiB)\n",
             edge as f64 / (1024.0 * 1024.0)
         );
+        for (service, anon, file) in &self.rss_now_kib {
+            out += &format!(
+                "  RSS at the end {service:<16} {:>8.1} MiB anonymous + {:>8.1} MiB file-backed\n",
+                *anon as f64 / 1024.0,
+                *file as f64 / 1024.0
+            );
+        }
         out
     }
 }
@@ -292,7 +301,10 @@ async fn backlog(http: &reqwest::Client, process: &str, token: &str) -> anyhow::
         if series.starts_with("erp_postings{")
             && (series.contains("status=\"pending\"") || series.contains("status=\"in_flight\""))
         {
-            let n = value.trim().parse::<f64>().context("an erp_postings gauge")?;
+            let n = value
+                .trim()
+                .parse::<f64>()
+                .context("an erp_postings gauge")?;
             #[expect(clippy::cast_possible_truncation, reason = "a count")]
             let n = n as i64;
             waiting = Some(waiting.unwrap_or(0) + n);
@@ -620,6 +632,7 @@ pub async fn black_friday(options: BlackFridayOptions) -> anyhow::Result<BlackFr
     outage.await??;
     let (drained_in, backlog_left, backlog_steady) = sampler.await?;
     let rss_kib = services.peak_rss();
+    let rss_now_kib = services.rss_split();
     drop(services);
     let lines_applied = baskets.from_model;
     Ok(BlackFridayReport {
@@ -636,6 +649,7 @@ pub async fn black_friday(options: BlackFridayOptions) -> anyhow::Result<BlackFr
         backlog_left,
         backlog_steady,
         rss_kib,
+        rss_now_kib,
         options,
     })
 }

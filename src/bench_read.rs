@@ -132,6 +132,24 @@ impl Services {
             .with_context(|| format!("no {name} url"))
     }
 
+    /// Resident memory now (KiB) per service process: (anonymous,
+    /// file-backed). File-backed pages are mostly SQLite's memory map of
+    /// the database: page cache the kernel may drop, counted once per
+    /// connection that maps it.
+    pub(crate) fn rss_split(&self) -> Vec<(&'static str, u64, u64)> {
+        self.children
+            .iter()
+            .map(|(name, child)| {
+                let pid = child.id();
+                (
+                    *name,
+                    status_kib(pid, "RssAnon:"),
+                    status_kib(pid, "RssFile:"),
+                )
+            })
+            .collect()
+    }
+
     /// Peak RSS (KiB) per service process so far.
     pub(crate) fn peak_rss(&self) -> Vec<(&'static str, u64)> {
         self.children
@@ -185,12 +203,17 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 
 /// Peak resident set (VmHWM) of a process, KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A KiB figure of `/proc/{pid}/status`.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|line| line.starts_with("VmHWM:"))
+                .find(|line| line.starts_with(field))
                 .and_then(|line| line.split_whitespace().nth(1))
                 .and_then(|kib| kib.parse().ok())
         })

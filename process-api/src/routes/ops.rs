@@ -194,29 +194,93 @@ pub struct SyncHealth {
     pub generated_at: String,
 }
 
-/// The last report and when it was made (reports are shared for a
-/// second: every console's stream reads the same one).
+/// The last report, when it was made and how long it took. Reports are
+/// shared for a second (every console's stream reads the same one). A
+/// report costs what the data is (its per-location figures read every
+/// position): while one takes under [`HealthCache::SLOW`], each request
+/// gets a fresh one; once one takes longer (millions of positions),
+/// requests get the newest report at once (`generated_at` says when it
+/// was made) while one refresh at a time runs in the background, so
+/// consoles keep answering instead of timing out.
 #[derive(Debug, Default)]
-pub struct HealthCache(
-    tokio::sync::Mutex<Option<(std::time::Instant, std::sync::Arc<SyncHealth>)>>,
-);
+pub struct HealthCache {
+    latest: std::sync::Mutex<Option<CachedHealth>>,
+    refreshing: std::sync::atomic::AtomicBool,
+    inline: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Clone)]
+struct CachedHealth {
+    at: std::time::Instant,
+    took: std::time::Duration,
+    report: std::sync::Arc<SyncHealth>,
+}
 
 impl HealthCache {
-    /// A report at most `max_age` old.
+    /// A report taking longer than this is served from the cache and
+    /// refreshed in the background.
+    pub const SLOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn latest(&self) -> Option<CachedHealth> {
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn keep(&self, started: std::time::Instant, report: std::sync::Arc<SyncHealth>) {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(CachedHealth {
+            at: std::time::Instant::now(),
+            took: started.elapsed(),
+            report,
+        });
+    }
+
+    /// A report at most `max_age` old, or the newest one when reports are
+    /// slow to make (see [`HealthCache`]).
     pub async fn get(
         &self,
         state: &AppState,
         max_age: std::time::Duration,
     ) -> Result<std::sync::Arc<SyncHealth>> {
-        let mut slot = self.0.lock().await;
-        if let Some((at, report)) = slot.as_ref()
-            && at.elapsed() < max_age
-        {
-            return Ok(report.clone());
+        match self.latest() {
+            Some(cached) if cached.at.elapsed() < max_age => return Ok(cached.report),
+            Some(cached) if cached.took >= Self::SLOW => {
+                self.refresh_in_background(state);
+                return Ok(cached.report);
+            }
+            _ => {}
         }
+        // One at a time: concurrent requests share the result.
+        let _turn = self.inline.lock().await;
+        if let Some(cached) = self.latest()
+            && cached.at.elapsed() < max_age
+        {
+            return Ok(cached.report);
+        }
+        let started = std::time::Instant::now();
         let report = std::sync::Arc::new(health_report(state).await?);
-        *slot = Some((std::time::Instant::now(), report.clone()));
+        self.keep(started, report.clone());
         Ok(report)
+    }
+
+    fn refresh_in_background(&self, state: &AppState) {
+        use std::sync::atomic::Ordering;
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let state = state.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match health_report(&state).await {
+                Ok(report) => state.health.keep(started, std::sync::Arc::new(report)),
+                Err(error) => tracing::warn!(?error, "refreshing the sync-health report failed"),
+            }
+            state.health.refreshing.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -588,7 +652,8 @@ async fn sync_health(
     State(state): State<AppState>,
     _auth: Authorized<scope::OpsRead>,
 ) -> Result<ApiJson<SyncHealth>> {
-    Ok(ApiJson(health_report(&state).await?))
+    let report = state.health.get(&state, std::time::Duration::ZERO).await?;
+    Ok(ApiJson((*report).clone()))
 }
 
 /// The sync-health report as Server-Sent Events (`event: health`), about
