@@ -188,31 +188,16 @@ impl SharedModel {
     /// they are written.
     pub fn start(url: &str, key_prefix: &str, ttl: Duration) -> Arc<Self> {
         let shared = Arc::new(Self::new(key_prefix, ttl));
-        let weak = Arc::downgrade(&shared);
-        let url = url.to_owned();
-        tokio::spawn(async move {
-            loop {
-                let connected = match redis::Client::open(url.as_str()) {
-                    Ok(client) => redis::aio::ConnectionManager::new(client).await,
-                    Err(error) => Err(error),
-                };
-                let Some(shared) = weak.upgrade() else { return };
-                match connected {
-                    Ok(connection) => {
-                        if let Ok(mut slot) = shared.connection.write() {
-                            *slot = Some(connection);
-                        }
-                        tracing::info!("the read model is shared through Redis");
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "Redis unreachable; the read model is not shared yet, retrying");
-                    }
+        retail_shared::redis_link::connect_in_background(
+            &shared,
+            url,
+            "the read model",
+            |shared, connection| {
+                if let Ok(mut slot) = shared.connection.write() {
+                    *slot = Some(connection);
                 }
-                drop(shared);
-                tokio::time::sleep(Duration::from_secs(5)).await;
-            }
-        });
+            },
+        );
         shared
     }
 

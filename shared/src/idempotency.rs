@@ -585,28 +585,20 @@ impl SharedStore {
             redis: std::sync::RwLock::new(None),
             memory: MemoryStore::default(),
         });
-        let weak = Arc::downgrade(&store);
-        let (url, prefix) = (url.to_owned(), prefix.to_owned());
-        tokio::spawn(async move {
-            loop {
-                let connected = RedisStore::connect(&url, &prefix).await;
-                let Some(store) = weak.upgrade() else { return };
-                match connected {
-                    Ok(redis) => {
-                        if let Ok(mut slot) = store.redis.write() {
-                            *slot = Some(redis);
-                        }
-                        tracing::info!("idempotency keys shared through Redis");
-                        return;
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "Redis unreachable; idempotency keys kept locally, retrying");
-                    }
+        let prefix = prefix.to_owned();
+        crate::redis_link::connect_in_background(
+            &store,
+            url,
+            "idempotency keys",
+            move |store, manager| {
+                if let Ok(mut slot) = store.redis.write() {
+                    *slot = Some(RedisStore {
+                        manager,
+                        prefix: prefix.clone(),
+                    });
                 }
-                drop(store);
-                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-            }
-        });
+            },
+        );
         store
     }
 

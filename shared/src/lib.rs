@@ -30,6 +30,7 @@ pub mod ops;
 pub mod problem;
 pub mod promise;
 pub mod ratelimit;
+pub mod redis_link;
 pub mod server;
 pub mod sse;
 pub mod telemetry;

@@ -193,38 +193,17 @@ impl RateLimits {
         if limits.enabled
             && let Some(url) = redis_url
         {
-            let weak = Arc::downgrade(&limits);
-            let url = url.to_owned();
-            tokio::spawn(async move {
-                // Connect (and keep trying) in the background: until Redis
-                // answers, the local limiter decides.
-                loop {
-                    let connected = match redis::Client::open(url.as_str()) {
-                        Ok(client) => redis::aio::ConnectionManager::new(client).await.ok(),
-                        Err(error) => {
-                            tracing::error!(%error, "invalid redis.url; throttling stays local");
-                            return;
-                        }
-                    };
-                    let Some(limits) = weak.upgrade() else { return };
-                    if let Some(manager) = connected {
-                        if let Ok(mut slot) = limits.redis.write() {
-                            *slot = Some(manager);
-                        }
-                        tracing::info!(
-                            service = limits.service,
-                            "rate limits shared through Redis"
-                        );
-                        return;
+            // Until Redis answers, the local limiter decides.
+            crate::redis_link::connect_in_background(
+                &limits,
+                url,
+                "rate limits",
+                |limits, manager| {
+                    if let Ok(mut slot) = limits.redis.write() {
+                        *slot = Some(manager);
                     }
-                    tracing::warn!(
-                        service = limits.service,
-                        "Redis unreachable; throttling locally, retrying"
-                    );
-                    drop(limits);
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            });
+                },
+            );
         }
         if limits.enabled {
             let weak = Arc::downgrade(&limits);
