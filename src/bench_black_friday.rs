@@ -504,14 +504,10 @@ pub async fn black_friday(options: BlackFridayOptions) -> anyhow::Result<BlackFr
                     let url = format!("{base}/v1/availability/SKU-{:06}", 1 + random % skus);
                     match http.get(url).bearer_auth(token.as_str()).send().await {
                         Ok(response) => {
-                            let ok = response.status().is_success();
-                            let model = response
-                                .headers()
-                                .get("x-availability-source")
-                                .is_some_and(|v| v == "read-model");
-                            let body = response.bytes().await;
+                            let (ok, model) =
+                                crate::bench_read::availability_answer(response).await;
                             Outcome {
-                                ok: ok && body.is_ok(),
+                                ok,
                                 refused: false,
                                 extra: u64::from(model),
                             }

@@ -289,6 +289,18 @@ pub(crate) async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Re
     }
 }
 
+/// Whether an availability answer was a success with its whole body, and
+/// whether the read model gave it.
+pub(crate) async fn availability_answer(response: reqwest::Response) -> (bool, bool) {
+    let ok = response.status().is_success();
+    let model = response
+        .headers()
+        .get("x-availability-source")
+        .is_some_and(|v| v == "read-model");
+    let body = response.bytes().await;
+    (ok && body.is_ok(), model)
+}
+
 /// Drives `concurrency` connections at `url_of(sku)` for `seconds`.
 async fn drive(
     http: &reqwest::Client,
@@ -315,13 +327,8 @@ async fn drive(
                 let sent = Instant::now();
                 match http.get(url).bearer_auth(token.as_str()).send().await {
                     Ok(response) => {
-                        let ok = response.status().is_success();
-                        let model = response
-                            .headers()
-                            .get("x-availability-source")
-                            .is_some_and(|v| v == "read-model");
-                        let body = response.bytes().await;
-                        if ok && body.is_ok() {
+                        let (ok, model) = availability_answer(response).await;
+                        if ok {
                             figures.requests += 1;
                             figures.from_model += u64::from(model);
                             figures.latencies.push(sent.elapsed());
