@@ -17,7 +17,7 @@ use anyhow::Context;
 use retail_shared::Settings;
 use retail_shared::auth::{TokenIssuer, TokenRequest};
 
-use crate::bench_read::{LoadFigures, ReadOptions, rss_rows, start_services, wait_ready};
+use crate::bench_read::{LoadFigures, ReadOptions, rss_rows, start_ready};
 
 /// Options of the POS scenario.
 #[derive(Debug, Clone)]
@@ -94,13 +94,8 @@ pub async fn pos(options: PosOptions) -> anyhow::Result<PosReport> {
         stores: options.stores,
         skus: options.skus,
     };
-    let (services, experience) = start_services(dir.path(), &read)?;
+    let (services, _, http) = start_ready(dir.path(), &read).await?;
     let system = services.url("system-api")?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency * 2)
-        .tcp_nodelay(true)
-        .build()?;
-    wait_ready(&http, &experience).await?;
     let token = TokenIssuer::new(&settings.auth).mint(&TokenRequest {
         audience: "system-api".into(),
         subject: "bench-tills".into(),

@@ -273,6 +273,22 @@ pub(crate) fn start_services(
     Ok((services, format!("http://127.0.0.1:{experience}")))
 }
 
+/// Starts the services, then a client with `options.concurrency` × 2 idle
+/// connections, and waits until experience-api is ready: (services,
+/// experience-api's base URL, the client).
+pub(crate) async fn start_ready(
+    dir: &Path,
+    options: &ReadOptions,
+) -> anyhow::Result<(Services, String, reqwest::Client)> {
+    let (services, experience) = start_services(dir, options)?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(options.concurrency * 2)
+        .tcp_nodelay(true)
+        .build()?;
+    wait_ready(&http, &experience).await?;
+    Ok((services, experience, http))
+}
+
 pub(crate) async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     let started = Instant::now();
     loop {
@@ -390,12 +406,7 @@ pub async fn read(options: ReadOptions) -> anyhow::Result<ReadReport> {
         let _ = axum::serve(listener, baseline).await;
     });
 
-    let (services, experience) = start_services(dir.path(), &options)?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency * 2)
-        .tcp_nodelay(true)
-        .build()?;
-    wait_ready(&http, &experience).await?;
+    let (services, experience, http) = start_ready(dir.path(), &options).await?;
     let token = Arc::new(TokenIssuer::new(&settings.auth).mint(&TokenRequest {
         audience: "experience-api".into(),
         subject: "bench-read".into(),

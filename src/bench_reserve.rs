@@ -22,7 +22,7 @@ use anyhow::Context;
 use retail_shared::Settings;
 use retail_shared::auth::{TokenIssuer, TokenRequest};
 
-use crate::bench_read::{LoadFigures, ReadOptions, rss_rows, start_services, wait_ready};
+use crate::bench_read::{LoadFigures, ReadOptions, rss_rows, start_ready};
 
 /// Options of the reservations scenario.
 #[derive(Debug, Clone)]
@@ -147,13 +147,8 @@ pub async fn reservations(options: ReserveOptions) -> anyhow::Result<ReserveRepo
         stores: options.stores,
         skus: options.skus,
     };
-    let (services, experience) = start_services(dir.path(), &read)?;
+    let (services, experience, http) = start_ready(dir.path(), &read).await?;
     let process = services.url("process-api")?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(options.concurrency * 2)
-        .tcp_nodelay(true)
-        .build()?;
-    wait_ready(&http, &experience).await?;
     let issuer = TokenIssuer::new(&settings.auth);
     let reader = issuer.mint(&TokenRequest {
         audience: "process-api".into(),
