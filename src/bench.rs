@@ -110,7 +110,6 @@ impl IngestReport {
     }
 }
 
-/// The `p`th percentile (0–100) of sorted durations, nearest rank.
 /// Now, as an event's `occurred_at` (RFC 3339). Store traffic in the
 /// benches happens now: an event older than the position's last count
 /// (the seed counts every position an hour before start) would change
@@ -121,6 +120,7 @@ pub(crate) fn now_rfc3339() -> String {
         .unwrap_or_default()
 }
 
+/// The `p`th percentile (0–100) of sorted durations, nearest rank.
 pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;

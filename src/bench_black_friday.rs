@@ -67,6 +67,10 @@ pub struct BlackFridayOptions {
     pub erp_down_at: u64,
     /// Seconds the ERP stays down.
     pub erp_down_for: u64,
+    /// Keep the databases in this directory (created if missing) instead
+    /// of a temporary one: a later run on the same directory starts from
+    /// the seeded platform and skips seeding (and its opening backlog).
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 /// What the scenario measured.
@@ -336,11 +340,18 @@ async fn erp_down(
 
 /// Runs the scenario.
 pub async fn black_friday(options: BlackFridayOptions) -> anyhow::Result<BlackFridayReport> {
-    let dir = tempfile::tempdir().context("temp dir")?;
+    let temporary = tempfile::tempdir().context("temp dir")?;
+    let dir = match &options.data_dir {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            dir.clone()
+        }
+        None => temporary.path().to_path_buf(),
+    };
     let settings = Settings::defaults();
     let started = Instant::now();
     let (services, experience) = start_services(
-        dir.path(),
+        &dir,
         &ReadOptions {
             seconds: options.seconds,
             concurrency: 16,

@@ -145,6 +145,10 @@ enum BenchScenario {
         /// Seconds the ERP stays down.
         #[arg(long, default_value_t = 60)]
         erp_down_for: u64,
+        /// Keep the databases here and reuse them: a second run on the
+        /// same directory skips seeding.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
     },
     /// POS transactions at system-api timed until their change reaches a
     /// channel's SSE stream at experience-api, under a background ingest
@@ -322,6 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     reserve_rate,
                     erp_down_at,
                     erp_down_for,
+                    data_dir,
                 } => {
                     anyhow::ensure!(stores >= 1 && skus as usize >= lines && lines >= 1);
                     let report = retail_platform::bench_black_friday::black_friday(
@@ -335,6 +340,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             reserve_rate,
                             erp_down_at,
                             erp_down_for,
+                            data_dir,
                         },
                     )
                     .await?;

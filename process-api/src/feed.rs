@@ -18,6 +18,9 @@ const WINDOW: Duration = Duration::from_secs(60);
 const MIN_RUN_GAP: Duration = Duration::from_millis(25);
 /// How often old feed entries are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// Feed entries deleted per write when pruning (SQLite's writer is held
+/// for one page at a time).
+const PRUNE_PAGE: i64 = 20_000;
 
 /// The replica's feed state, shared by the publisher, the ingest routes
 /// and the SSE streams.
@@ -234,7 +237,9 @@ pub async fn publisher(
                         hub.record_propagation(&seconds);
                         hub.advance(last.seq);
                     }
-                    if !published.more {
+                    // A long backlog (seeding publishes a change per
+                    // position) must not hold up shutdown.
+                    if !published.more || *stop.borrow() {
                         break;
                     }
                 }
@@ -259,6 +264,7 @@ pub async fn publisher(
                 .prune_feed(
                     now - micros(settings.retention_seconds),
                     now - micros(settings.max_retention_seconds),
+                    PRUNE_PAGE,
                 )
                 .await
             {

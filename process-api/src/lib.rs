@@ -230,9 +230,13 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
-        let store = Store::connect(&config.database_url, config.max_connections)
-            .await
-            .context("process-api storage")?;
+        let store = Store::connect_with(
+            &config.database_url,
+            config.max_connections,
+            &settings.process.sqlite,
+        )
+        .await
+        .context("process-api storage")?;
         if settings.seed.enabled {
             seed::seed_if_empty(
                 &store,

@@ -323,6 +323,37 @@ pub struct ProcessSettings {
     /// A location with no event for this long is reported `stale` by
     /// `GET /v1/ops/sync-health`.
     pub stale_after_seconds: u64,
+    /// SQLite's memory (ignored on PostgreSQL).
+    #[serde(default)]
+    pub sqlite: SqliteMemory,
+}
+
+/// How much memory process-api's SQLite may hold: its resident size is
+/// about the writer's page cache plus every reader's plus the memory map
+/// (each connection maps the file separately, and every page a mapping
+/// touched counts towards the process's resident size).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqliteMemory {
+    /// The single writer's page cache, MiB: the journal and position
+    /// indexes take random inserts, and a cache that holds their hot pages
+    /// keeps ingest off the disk.
+    pub writer_cache_mib: u32,
+    /// Each reader connection's page cache, MiB.
+    pub reader_cache_mib: u32,
+    /// Memory map per connection, MiB (0: reads go through the page
+    /// caches and the OS's file cache, which is not the process's memory).
+    pub mmap_mib: u32,
+}
+
+impl Default for SqliteMemory {
+    fn default() -> Self {
+        Self {
+            writer_cache_mib: 256,
+            reader_cache_mib: 8,
+            mmap_mib: 0,
+        }
+    }
 }
 
 /// Reservation lifetimes and anti-hoarding caps (OWASP API6: unrestricted

@@ -481,34 +481,59 @@ impl Store {
     /// was published before `hard_before`. Always a prefix of the
     /// sequence (replicas' clocks differ, so times are not monotonic in
     /// seq): readers resuming below the oldest kept seq are told so.
+    ///
+    /// Works through the sequence `page` entries at a time, one short
+    /// write per page, and stops at the first page not wholly deleted: the
+    /// cost follows what is deleted, not the feed's length (there is no
+    /// index on publication time for every publish to pay for).
     /// Returns the number deleted.
-    pub async fn prune_feed(&self, before: i64, hard_before: i64) -> Result<u64, sqlx::Error> {
-        let (soft, hard, min_cursor): (Option<i64>, Option<i64>, Option<i64>) =
-            on_reader!(self.db(), |pool| {
+    pub async fn prune_feed(
+        &self,
+        before: i64,
+        hard_before: i64,
+        page: i64,
+    ) -> Result<u64, sqlx::Error> {
+        let mut deleted = 0;
+        loop {
+            let (soft, hard, min_cursor, page_end): (
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+                Option<i64>,
+            ) = on_reader!(self.db(), |pool| {
                 sqlx::query_as(
-                    "SELECT (SELECT MAX(seq) FROM change_feed WHERE published_at < $1), \
-                     (SELECT MAX(seq) FROM change_feed WHERE published_at < $2), \
-                     (SELECT MIN(cursor) FROM webhook_subscriptions)",
+                    "WITH page AS (SELECT seq, published_at FROM change_feed \
+                         ORDER BY seq LIMIT $3) \
+                     SELECT (SELECT MAX(seq) FROM page WHERE published_at < $1), \
+                     (SELECT MAX(seq) FROM page WHERE published_at < $2), \
+                     (SELECT MIN(cursor) FROM webhook_subscriptions), \
+                     (SELECT MAX(seq) FROM page)",
                 )
                 .bind(before)
                 .bind(hard_before)
+                .bind(page.max(1))
                 .fetch_one(pool)
                 .await
             })?;
-        let soft = match (soft, min_cursor) {
-            (Some(soft), Some(cursor)) => Some(soft.min(cursor)),
-            (soft, None) => soft,
-            (None, Some(_)) => None,
-        };
-        let Some(bound) = soft.max(hard) else {
-            return Ok(0);
-        };
-        crate::on_writer!(self.db(), |pool| {
-            sqlx::query("DELETE FROM change_feed WHERE seq <= $1")
-                .bind(bound)
-                .execute(pool)
-                .await
-                .map(|result| result.rows_affected())
-        })
+            let soft = match (soft, min_cursor) {
+                (Some(soft), Some(cursor)) => Some(soft.min(cursor)),
+                (soft, None) => soft,
+                (None, Some(_)) => None,
+            };
+            let Some(bound) = soft.max(hard) else {
+                return Ok(deleted);
+            };
+            let n = crate::on_writer!(self.db(), |pool| {
+                sqlx::query("DELETE FROM change_feed WHERE seq <= $1")
+                    .bind(bound)
+                    .execute(pool)
+                    .await
+                    .map(|result| result.rows_affected())
+            })?;
+            deleted += n;
+            if n == 0 || Some(bound) != page_end {
+                return Ok(deleted);
+            }
+        }
     }
 }

@@ -30,6 +30,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use retail_shared::config::SqliteMemory;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -211,12 +212,24 @@ pub struct Store {
     group: std::sync::Arc<ledger::GroupCommit>,
     /// Small writes waiting for SQLite's writer (see `group`).
     write_group: std::sync::Arc<group::WriteGroup>,
+    /// See [`Store::posting_counts`].
+    closed_counts: std::sync::Arc<std::sync::Mutex<Option<postings::ClosedCounts>>>,
 }
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH`, `sqlite::memory:` or
     /// `postgres://…`) and runs the migrations.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Self> {
+        Self::connect_with(url, max_connections, &SqliteMemory::default()).await
+    }
+
+    /// [`Store::connect`] with SQLite's memory budget.
+    pub async fn connect_with(
+        url: &str,
+        max_connections: u32,
+        memory: &SqliteMemory,
+    ) -> anyhow::Result<Self> {
+        let kib = |mib: u32| format!("-{}", u64::from(mib) * 1024);
         let db = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections.max(2))
@@ -237,12 +250,11 @@ impl Store {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
-                // The journal and position indexes take random inserts; a
-                // page cache far above the 8 MiB default keeps them off disk.
-                .pragma("cache_size", "-262144")
-                // Reads through a memory map: no read syscall per page once
-                // the database outgrows the page cache.
-                .pragma("mmap_size", "1073741824")
+                .pragma("cache_size", kib(memory.writer_cache_mib))
+                .pragma(
+                    "mmap_size",
+                    (u64::from(memory.mmap_mib) * 1024 * 1024).to_string(),
+                )
                 .pragma("temp_store", "memory")
                 // Checkpoints run in the background (see `checkpointer`);
                 // the writer checkpoints itself only past 256 MiB of WAL, a
@@ -263,19 +275,27 @@ impl Store {
                 .run(&writer)
                 .await
                 .context("SQLite migrations failed")?;
-            // The large page cache is the writer's: readers read through the
-            // memory map and the OS page cache (a cache each would multiply
-            // the process's memory by the number of connections), and the
-            // checkpointer needs none.
+            // The large page cache is the writer's: a reader's is multiplied
+            // by the number of connections, and the checkpointer needs none
+            // (nor a memory map: it copies the WAL into the file).
             let checkpoints = SqlitePoolOptions::new()
                 .max_connections(1)
-                .connect_with(options.clone().pragma("cache_size", "-2048"))
+                .connect_with(
+                    options
+                        .clone()
+                        .pragma("cache_size", "-2048")
+                        .pragma("mmap_size", "0"),
+                )
                 .await
                 .context("cannot open the SQLite database for checkpoints")?;
             tokio::spawn(checkpointer(checkpoints.clone()));
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
-                .connect_with(options.read_only(true).pragma("cache_size", "-32768"))
+                .connect_with(
+                    options
+                        .read_only(true)
+                        .pragma("cache_size", kib(memory.reader_cache_mib)),
+                )
                 .await
                 .context("cannot open the SQLite database for reading")?;
             Db::Sqlite {
@@ -292,6 +312,7 @@ impl Store {
             clock: Clock::System,
             group: std::sync::Arc::default(),
             write_group: std::sync::Arc::default(),
+            closed_counts: std::sync::Arc::default(),
         })
     }
 
@@ -327,6 +348,10 @@ impl Store {
 
     pub(crate) fn write_group(&self) -> &group::WriteGroup {
         &self.write_group
+    }
+
+    pub(crate) fn closed_counts(&self) -> &std::sync::Mutex<Option<postings::ClosedCounts>> {
+        &self.closed_counts
     }
 
     /// The pools, for storage modules.

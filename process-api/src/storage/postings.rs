@@ -17,6 +17,9 @@
 //! - **Dead letters block their key** until an operator replays or
 //!   discards them; the postings behind them wait, visibly.
 
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
 use serde::Serialize;
 use sqlx::Row as _;
 use utoipa::ToSchema;
@@ -140,6 +143,15 @@ pub struct PostingCounts {
     pub blocked_by_dead: i64,
     /// Age of the oldest posting not yet delivered (pending or in flight).
     pub oldest_pending_age_seconds: f64,
+}
+
+/// The last count of delivered and discarded postings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClosedCounts {
+    at: Instant,
+    took: Duration,
+    posted: i64,
+    discarded: i64,
 }
 
 /// One outbox row for operators.
@@ -528,53 +540,113 @@ impl Store {
     }
 
     /// Outbox counts by status and the oldest undelivered posting's age.
+    ///
+    /// The outbox keeps every posting, so its delivered rows grow without
+    /// end; this is asked every few seconds (gauges, sync-health). Open
+    /// rows (pending, in flight, dead) are counted through the status
+    /// index, at a cost that follows the backlog, not the table. Delivered
+    /// and discarded rows are counted afresh when that is cheap (under
+    /// 50 ms); otherwise the last count is reused for 200 times as long as
+    /// it took (a one-second count is redone every 200 s at most).
     pub async fn posting_counts(&self) -> Result<PostingCounts, sqlx::Error> {
         let now = self.now();
-        on_reader!(self.db(), |pool| {
+        let mut counts = on_reader!(self.db(), |pool| {
             let rows = sqlx::query(
-                "SELECT status, COUNT(*), MIN(created_at) FROM outbox_postings GROUP BY status",
+                "SELECT status, COUNT(*), MIN(posting_id) FROM outbox_postings \
+                 WHERE status IN ('pending', 'in_flight', 'dead') GROUP BY status",
             )
             .fetch_all(pool)
             .await?;
             let mut counts = PostingCounts::default();
-            let mut oldest: Option<i64> = None;
+            let mut first_open: Vec<i64> = Vec::new();
             for row in rows {
                 let status: String = row.try_get(0)?;
                 let count: i64 = row.try_get(1)?;
                 let first: Option<i64> = row.try_get(2)?;
                 match status.as_str() {
-                    "pending" | "in_flight" => {
-                        if status == "pending" {
-                            counts.pending = count;
-                        } else {
-                            counts.in_flight = count;
-                        }
-                        if let Some(first) = first {
-                            oldest = Some(oldest.map_or(first, |o| o.min(first)));
-                        }
-                    }
-                    "dead" => counts.dead = count,
-                    "posted" => counts.posted = count,
-                    "discarded" => counts.discarded = count,
-                    _ => {}
+                    "pending" => counts.pending = count,
+                    "in_flight" => counts.in_flight = count,
+                    _ => counts.dead = count,
+                }
+                if status != "dead" {
+                    first_open.extend(first);
                 }
             }
-            counts.blocked_by_dead = sqlx::query_scalar(
-                "WITH dead AS (SELECT location_id, sku, MIN(posting_id) AS first_dead \
-                     FROM outbox_postings WHERE status = 'dead' GROUP BY location_id, sku) \
-                 SELECT COUNT(*) FROM outbox_postings p JOIN dead d \
-                     ON d.location_id = p.location_id AND d.sku = p.sku \
-                 WHERE p.status = 'pending' AND p.posting_id > d.first_dead",
-            )
-            .fetch_one(pool)
-            .await?;
+            // Postings are created in posting_id order: the oldest open one
+            // is the first pending or the first in flight.
+            let oldest: Option<i64> = if first_open.is_empty() {
+                None
+            } else {
+                sqlx::query_scalar(
+                    "SELECT MIN(created_at) FROM outbox_postings \
+                     WHERE posting_id IN ($1, $2)",
+                )
+                .bind(first_open[0])
+                .bind(first_open.last().copied().unwrap_or(first_open[0]))
+                .fetch_one(pool)
+                .await?
+            };
+            if counts.dead > 0 {
+                counts.blocked_by_dead = sqlx::query_scalar(
+                    "WITH dead AS (SELECT location_id, sku, MIN(posting_id) AS first_dead \
+                         FROM outbox_postings WHERE status = 'dead' GROUP BY location_id, sku) \
+                     SELECT COUNT(*) FROM outbox_postings p JOIN dead d \
+                         ON d.location_id = p.location_id AND d.sku = p.sku \
+                     WHERE p.status = 'pending' AND p.posting_id > d.first_dead",
+                )
+                .fetch_one(pool)
+                .await?;
+            }
             #[expect(clippy::cast_precision_loss, reason = "an age in seconds")]
             {
                 counts.oldest_pending_age_seconds =
                     oldest.map_or(0.0, |o| (now - o).max(0) as f64 / 1e6);
             }
-            Ok(counts)
-        })
+            Ok::<_, sqlx::Error>(counts)
+        })?;
+        let (posted, discarded) = self.closed_posting_counts().await?;
+        counts.posted = posted;
+        counts.discarded = discarded;
+        Ok(counts)
+    }
+
+    /// Delivered and discarded postings (see [`Store::posting_counts`]).
+    async fn closed_posting_counts(&self) -> Result<(i64, i64), sqlx::Error> {
+        const CHEAP: Duration = Duration::from_millis(50);
+        if let Some(last) = *self
+            .closed_counts()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            && last.took >= CHEAP
+            && last.at.elapsed() < last.took * 200
+        {
+            return Ok((last.posted, last.discarded));
+        }
+        let started = Instant::now();
+        let rows: Vec<(String, i64)> = on_reader!(self.db(), |pool| {
+            sqlx::query_as(
+                "SELECT status, COUNT(*) FROM outbox_postings \
+                 WHERE status IN ('posted', 'discarded') GROUP BY status",
+            )
+            .fetch_all(pool)
+            .await
+        })?;
+        let count = |wanted: &str| {
+            rows.iter()
+                .find(|(status, _)| status == wanted)
+                .map_or(0, |(_, n)| *n)
+        };
+        let counted = ClosedCounts {
+            at: started,
+            took: started.elapsed(),
+            posted: count("posted"),
+            discarded: count("discarded"),
+        };
+        *self
+            .closed_counts()
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(counted);
+        Ok((counted.posted, counted.discarded))
     }
 
     /// Outbox rows for operators, in posting order.

@@ -226,3 +226,73 @@ async fn one_replica_at_a_time_moves_a_webhook_cursor() {
         assert_eq!(now.delivered, 3);
     }
 }
+
+/// Publishes `n` receipts at distinct positions; returns the seqs given.
+async fn publish_receipts(store: &Store, tag: &str, n: usize) -> Vec<i64> {
+    let head = store.feed_head().await.expect("head");
+    for i in 0..n {
+        let location = ["L1", "L2", "L3"][i % 3];
+        let sku = ["K1", "K2", "K3", "K4"][i % 4];
+        receive(store, &format!("{tag}-{i}"), location, sku, 1).await;
+    }
+    while store.publish_changes().await.expect("publish").rows > 0 {}
+    let seqs: Vec<i64> = all_changes(store)
+        .await
+        .iter()
+        .map(|c| c.seq)
+        .filter(|seq| *seq > head)
+        .collect();
+    assert!(!seqs.is_empty());
+    seqs
+}
+
+#[tokio::test]
+async fn pruning_deletes_an_old_prefix_a_page_at_a_time_and_waits_for_subscribers() {
+    use process_api::storage::webhooks::NewSubscription;
+    use process_api::storage::{Clock, now_micros};
+    for t in backends::all().await {
+        let start = now_micros();
+        let clock = Clock::manual(start);
+        let store = t.store.clone().with_clock(clock.clone());
+        seed(&store, &["L1", "L2", "L3"], &["K1", "K2", "K3", "K4"], 0).await;
+        let first = publish_receipts(&store, "a", 7).await;
+        // A subscriber that has everything up to the first batch.
+        store
+            .create_subscription(&NewSubscription {
+                url: "http://127.0.0.1:9/hook".into(),
+                secret: "s".repeat(32),
+                skus: None,
+                location_ids: None,
+                max_batch: 100,
+                start_after: *first.last().expect("seq"),
+                actor: "t".into(),
+            })
+            .await
+            .expect("subscribe");
+        let second = publish_receipts(&store, "b", 5).await;
+        clock.set(start + 100_000_000);
+        let third = publish_receipts(&store, "c", 3).await;
+        let old = start + 50_000_000;
+        let kept = |store: Store| async move {
+            all_changes(&store)
+                .await
+                .iter()
+                .map(|c| c.seq)
+                .collect::<Vec<i64>>()
+        };
+
+        // Old entries go only as far as the subscriber has read, pages of
+        // 2 at a time; the young ones stay.
+        let deleted = store.prune_feed(old, 0, 2).await.expect("prune");
+        assert_eq!(deleted, first.len() as u64, "{}", t.name);
+        let want: Vec<i64> = second.iter().chain(&third).copied().collect();
+        assert_eq!(kept(store.clone()).await, want, "{}", t.name);
+        // Past the hard bound they go whatever the subscriber has read.
+        let deleted = store.prune_feed(old, old, 2).await.expect("prune");
+        assert_eq!(deleted, second.len() as u64, "{}", t.name);
+        assert_eq!(kept(store.clone()).await, third, "{}", t.name);
+        // Nothing old is left: nothing more goes.
+        assert_eq!(store.prune_feed(old, old, 2).await.expect("prune"), 0);
+        assert_eq!(kept(store.clone()).await, third, "{}", t.name);
+    }
+}

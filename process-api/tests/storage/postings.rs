@@ -47,6 +47,20 @@ async fn postings_go_in_order_per_key_and_wait_behind_failures() {
         receive(&store, "a2", "A", "X", 2).await;
         receive(&store, "b1", "B", "X", 5).await;
         receive(&store, "a3", "A", "X", 3).await;
+        clock.advance(Duration::from_secs(30));
+        let counts = store.posting_counts().await.expect("counts");
+        assert_eq!(
+            (counts.pending, counts.in_flight, counts.dead, counts.posted),
+            (4, 0, 0, 0),
+            "{}",
+            t.name
+        );
+        assert!(
+            (counts.oldest_pending_age_seconds - 30.0).abs() < 1e-6,
+            "{} {}",
+            t.name,
+            counts.oldest_pending_age_seconds
+        );
 
         // One batch carries every due posting, each key in order.
         let claimed = store.claim_postings(10, LEASE).await.expect("claim");
