@@ -35,6 +35,9 @@ pub struct IngestOptions {
     pub database_url: Option<String>,
     /// Run without the change feed publisher (to see what it costs).
     pub without_feed: bool,
+    /// SQLite's memory map per connection, MiB (`None`: the configured
+    /// default).
+    pub sqlite_mmap_mib: Option<u32>,
 }
 
 /// What the ingest scenario measured.
@@ -208,6 +211,9 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     settings.telemetry.log_level = "warn".into();
     settings.feed.enabled = !options.without_feed;
     settings.webhooks.enabled = false;
+    if let Some(mib) = options.sqlite_mmap_mib {
+        settings.process.sqlite.mmap_mib = mib;
+    }
     let backend = match &options.database_url {
         Some(base) => {
             let url = fresh_postgres_schema(base).await?;

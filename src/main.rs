@@ -253,6 +253,10 @@ enum BenchScenario {
         /// production, publishing every change the events make).
         #[arg(long)]
         without_feed: bool,
+        /// SQLite's memory map per connection in MiB (default: the
+        /// configuration's `[process.sqlite] mmap_mib`).
+        #[arg(long)]
+        sqlite_mmap_mib: Option<u32>,
     },
 }
 
@@ -440,6 +444,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     concurrency,
                     database_url,
                     without_feed,
+                    sqlite_mmap_mib,
                 } => {
                     anyhow::ensure!((1..=1000).contains(&batch), "--batch must be 1 to 1000");
                     let report =
@@ -451,6 +456,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             concurrency,
                             database_url,
                             without_feed,
+                            sqlite_mmap_mib,
                         })
                         .await?;
                     print!("{}", report.render());
