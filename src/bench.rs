@@ -214,9 +214,11 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     if let Some(mib) = options.sqlite_mmap_mib {
         settings.process.sqlite.mmap_mib = mib;
     }
+    let mut schema = None;
     let backend = match &options.database_url {
         Some(base) => {
-            let url = fresh_postgres_schema(base).await?;
+            let (name, url) = fresh_postgres_schema(base).await?;
+            schema = Some(name);
             settings.process.database_url = Secret::new(url);
             settings.process.max_connections = 16;
             "postgres"
@@ -330,6 +332,10 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     let groups = store.ingest_groups();
     let _ = stop.send(());
     server.await??;
+    drop(store);
+    if let (Some(schema), Some(base)) = (&schema, &options.database_url) {
+        drop_postgres_schema(base, schema).await?;
+    }
 
     // Events per second in each tenth of the wall time.
     let mut per_tenth = [0usize; 10];
@@ -356,7 +362,9 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     })
 }
 
-async fn fresh_postgres_schema(base: &str) -> anyhow::Result<String> {
+/// A new schema of the database at `base`: (its name, a URL whose
+/// connections use it).
+async fn fresh_postgres_schema(base: &str) -> anyhow::Result<(String, String)> {
     use sqlx::Connection;
     let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
     let mut connection = sqlx::PgConnection::connect(base).await?;
@@ -364,7 +372,17 @@ async fn fresh_postgres_schema(base: &str) -> anyhow::Result<String> {
         .execute(&mut connection)
         .await?;
     let separator = if base.contains('?') { '&' } else { '?' };
-    Ok(format!(
-        "{base}{separator}options=-c%20search_path%3D{schema}"
-    ))
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
+    Ok((schema, url))
+}
+
+/// Drops a schema [`fresh_postgres_schema`] made (a million events leave
+/// about 0.5 GB behind).
+async fn drop_postgres_schema(base: &str, schema: &str) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut connection = sqlx::PgConnection::connect(base).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut connection)
+        .await?;
+    Ok(())
 }

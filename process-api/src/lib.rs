@@ -203,6 +203,7 @@ pub struct Application {
     store: Store,
     audit_writer: tokio::task::JoinHandle<()>,
     sweep_interval: std::time::Duration,
+    table_maintenance: retail_shared::config::TableMaintenance,
     background: Background,
 }
 
@@ -305,6 +306,7 @@ impl Application {
             sweep_interval: std::time::Duration::from_millis(
                 settings.reservations.sweep_interval_ms,
             ),
+            table_maintenance: settings.process.pg_table_maintenance,
         })
     }
 
@@ -340,11 +342,19 @@ impl Application {
             self.sweep_interval,
             stop.subscribe(),
         ));
-        let mut erp_workers = vec![tokio::spawn(workers::backlog_gauges(
-            self.store.clone(),
-            workers::GAUGE_INTERVAL,
-            stop.subscribe(),
-        ))];
+        let mut erp_workers = vec![
+            tokio::spawn(workers::backlog_gauges(
+                self.store.clone(),
+                workers::GAUGE_INTERVAL,
+                stop.subscribe(),
+            )),
+            tokio::spawn(workers::table_maintenance(
+                self.store.clone(),
+                self.table_maintenance,
+                workers::MAINTENANCE_INTERVAL,
+                stop.subscribe(),
+            )),
+        ];
         if self.background.posting.enabled {
             let poster = erp::poster::Poster::new(
                 self.store.clone(),

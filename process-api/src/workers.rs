@@ -143,6 +143,50 @@ pub async fn erp_schedules(state: crate::AppState, mut stop: watch::Receiver<boo
     }
 }
 
+/// How often PostgreSQL table maintenance looks at the tables.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// PostgreSQL table maintenance (`storage::maintenance`): a pass every
+/// `interval`; says once at start when the server's autovacuum is off.
+pub async fn table_maintenance(
+    store: Store,
+    mode: retail_shared::config::TableMaintenance,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    match store.autovacuum_on().await {
+        Ok(Some(false)) if mode != retail_shared::config::TableMaintenance::Off => {
+            tracing::warn!(
+                "PostgreSQL's autovacuum is off: process-api analyses and vacuums its own tables"
+            );
+        }
+        Ok(None) => return,
+        _ => {}
+    }
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = ticker.tick() => {}
+        }
+        match store.maintain_tables(mode).await {
+            Ok(done) => {
+                for table in &done.analyzed {
+                    metrics::counter!("pg_table_maintenance_total", "action" => "analyze", "table" => table.clone()).increment(1);
+                }
+                for table in &done.vacuumed {
+                    metrics::counter!("pg_table_maintenance_total", "action" => "vacuum", "table" => table.clone()).increment(1);
+                }
+                if !done.analyzed.is_empty() {
+                    tracing::debug!(analyzed = ?done.analyzed, vacuumed = ?done.vacuumed, "table maintenance");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "PostgreSQL table maintenance failed"),
+        }
+    }
+}
+
 /// How often the backlog gauges are refreshed.
 pub const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 

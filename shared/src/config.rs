@@ -326,6 +326,23 @@ pub struct ProcessSettings {
     /// SQLite's memory (ignored on PostgreSQL).
     #[serde(default)]
     pub sqlite: SqliteMemory,
+    /// PostgreSQL: whether process-api analyses and vacuums its own tables.
+    #[serde(default)]
+    pub pg_table_maintenance: TableMaintenance,
+}
+
+/// Whether process-api looks after its PostgreSQL tables' statistics and
+/// free space itself (`ANALYZE`, `VACUUM`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TableMaintenance {
+    /// Only when the server's autovacuum is off.
+    #[default]
+    Auto,
+    /// Always, on top of autovacuum.
+    Always,
+    /// Never.
+    Off,
 }
 
 /// How much memory process-api's SQLite may hold: its resident size is

@@ -19,6 +19,7 @@ pub mod feed;
 mod group;
 pub mod idempotency;
 pub mod ledger;
+pub mod maintenance;
 pub mod master;
 pub mod postings;
 pub mod reconciliation;

@@ -6,6 +6,7 @@ mod feed;
 mod group_commit;
 mod idempotency;
 mod ledger_props;
+mod maintenance;
 mod master;
 mod postings;
 mod replicas;
