@@ -8,19 +8,29 @@ use tokio::sync::watch;
 
 use crate::storage::Store;
 
+/// A ticker that skips the ticks a slow pass missed.
+fn ticker(interval: Duration) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker
+}
+
+/// Waits for the next tick; false once `stop` is set.
+async fn tick(ticker: &mut tokio::time::Interval, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = stop.wait_for(|stop| *stop) => false,
+        _ = ticker.tick() => true,
+    }
+}
+
 /// How often parked events are retried besides after master data changes.
 pub const PARKED_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Retries parked events on a schedule (master data can also arrive by
 /// another replica or straight in the database).
 pub async fn parked_sweeper(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = ticker(interval);
+    while tick(&mut ticker, &mut stop).await {
         match store.replay_parked().await {
             Ok(0) => {}
             Ok(applied) => tracing::info!(applied, "parked sweeper applied events"),
@@ -40,13 +50,8 @@ pub async fn reservation_sweeper(
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = ticker(interval);
+    while tick(&mut ticker, &mut stop).await {
         match store.expire_due().await {
             Ok(0) => {}
             Ok(expired) => {
@@ -163,23 +168,18 @@ pub async fn table_maintenance(
         Ok(None) => return,
         _ => {}
     }
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = ticker(interval);
+    while tick(&mut ticker, &mut stop).await {
         match store.maintain_tables(mode).await {
             Ok(done) => {
-                for table in &done.analyzed {
-                    metrics::counter!("pg_table_maintenance_total", "action" => "analyze", "table" => table.clone()).increment(1);
-                }
-                for table in &done.vacuumed {
-                    metrics::counter!("pg_table_maintenance_total", "action" => "vacuum", "table" => table.clone()).increment(1);
+                for (action, tables) in [("analyze", &done.analyzed), ("vacuum", &done.vacuumed)] {
+                    for table in tables {
+                        let labels = [("action", action.to_owned()), ("table", table.clone())];
+                        metrics::counter!("pg_table_maintenance_total", &labels).increment(1);
+                    }
                 }
                 if !done.analyzed.is_empty() {
-                    tracing::debug!(analyzed = ?done.analyzed, vacuumed = ?done.vacuumed, "table maintenance");
+                    tracing::debug!(?done, "table maintenance");
                 }
             }
             Err(error) => tracing::warn!(%error, "PostgreSQL table maintenance failed"),
@@ -194,13 +194,8 @@ pub const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
 /// by status and its oldest age, change feed backlog, parked events,
 /// webhook dead letters): every replica reports the same shared figures.
 pub async fn backlog_gauges(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|stop| *stop) => return,
-            _ = ticker.tick() => {}
-        }
+    let mut ticker = ticker(interval);
+    while tick(&mut ticker, &mut stop).await {
         if let Err(error) = refresh_gauges(&store).await {
             tracing::debug!(%error, "refreshing backlog gauges failed");
         }
