@@ -351,10 +351,6 @@ impl Store {
         &self.write_group
     }
 
-    pub(crate) fn closed_counts(&self) -> &std::sync::Mutex<Option<postings::ClosedCounts>> {
-        &self.closed_counts
-    }
-
     /// The pools, for storage modules.
     pub(crate) fn db(&self) -> &Db {
         &self.db

@@ -614,7 +614,7 @@ impl Store {
     async fn closed_posting_counts(&self) -> Result<(i64, i64), sqlx::Error> {
         const CHEAP: Duration = Duration::from_millis(50);
         if let Some(last) = *self
-            .closed_counts()
+            .closed_counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             && last.took >= CHEAP
@@ -643,7 +643,7 @@ impl Store {
             discarded: count("discarded"),
         };
         *self
-            .closed_counts()
+            .closed_counts
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(counted);
         Ok((counted.posted, counted.discarded))
