@@ -171,6 +171,54 @@ pub struct Authenticator {
     allowed: Vec<Algorithm>,
     hs256: DecodingKey,
     jwks: Option<Arc<Jwks>>,
+    verified: VerifiedTokens,
+}
+
+/// How long a verified token is answered from memory before it is checked
+/// again in full (never past its `exp` plus the leeway). Keys of a JWKS are
+/// trusted for `jwks_cache_seconds` anyway; this bound is shorter.
+const VERIFIED_TTL_SECONDS: u64 = 60;
+/// Most tokens remembered; past it the expired ones go, then all of them.
+/// Only tokens that passed verification are remembered, so a caller
+/// without a valid token cannot grow it.
+const VERIFIED_MAX: usize = 10_000;
+
+/// Tokens this authenticator verified recently, with the principal they
+/// carry and until when (unix seconds, exclusive) that answer holds. A
+/// channel sends the same token with every request until it expires;
+/// decoding and checking its signature again each time was about a tenth
+/// of an availability read's cost. Keyed by the whole token, so only the
+/// exact bytes that were verified hit.
+#[derive(Debug, Default)]
+struct VerifiedTokens {
+    entries: std::sync::RwLock<HashMap<Box<str>, (Principal, u64)>>,
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, now: u64) -> Option<Principal> {
+        let entries = self
+            .entries
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(token)
+            .filter(|(_, until)| now < *until)
+            .map(|(principal, _)| principal.clone())
+    }
+
+    fn insert(&self, token: &str, principal: &Principal, until: u64, now: u64) {
+        let mut entries = self
+            .entries
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= VERIFIED_MAX {
+            entries.retain(|_, (_, until)| now < *until);
+            if entries.len() >= VERIFIED_MAX {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), (principal.clone(), until));
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -205,6 +253,7 @@ impl Authenticator {
             allowed,
             hs256: DecodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
             jwks,
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -225,8 +274,24 @@ impl Authenticator {
         validation
     }
 
-    /// Verifies a compact JWT.
+    /// Verifies a compact JWT (a token verified within the last minute is
+    /// answered from memory while it has not expired).
     pub async fn verify(&self, token: &str) -> Result<Principal, Problem> {
+        let now = unix_now();
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
+        let (principal, expires) = self.verify_in_full(token).await?;
+        let until = expires
+            .saturating_add(self.leeway)
+            .min(now + VERIFIED_TTL_SECONDS);
+        self.verified.insert(token, &principal, until, now);
+        Ok(principal)
+    }
+
+    /// Verifies a token without the memory of [`Authenticator::verify`]:
+    /// its principal and `exp`.
+    async fn verify_in_full(&self, token: &str) -> Result<(Principal, u64), Problem> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthorized("the token is malformed"))?;
         if !self.allowed.contains(&header.alg) {
@@ -257,12 +322,13 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
             .map_err(|error| Problem::unauthorized(describe(&error)))?;
         let claims = data.claims;
-        Ok(Principal {
+        let principal = Principal {
             subject: claims.sub,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
             locations: claims.locations.map(|l| l.into_iter().collect()),
             on_behalf_of: claims.on_behalf_of,
-        })
+        };
+        Ok((principal, claims.exp))
     }
 
     /// Verifies the `Authorization: Bearer` header of a request.
@@ -637,6 +703,65 @@ mod tests {
                 .status(),
             401
         );
+    }
+
+    #[tokio::test]
+    async fn a_verified_token_is_remembered_until_it_expires_and_no_longer() {
+        let (issuer, auth) = setup();
+        let settings = Settings::defaults();
+        let token = issuer.mint(&request(audience::PROCESS, 5)).expect("mint");
+        let now = unix_now();
+        assert!(auth.verified.get(&token, now).is_none());
+        let principal = auth.verify(&token).await.expect("valid");
+        let remembered = auth.verified.get(&token, now).expect("remembered");
+        assert_eq!(remembered, principal);
+        // Never past `exp` plus the leeway full verification allows.
+        let limit = now + 5 + settings.auth.leeway_seconds + 1;
+        assert!(auth.verified.get(&token, limit).is_none());
+        // Nor past the memory's own bound for a long-lived token.
+        let long = issuer
+            .mint(&request(audience::PROCESS, 3_600))
+            .expect("mint");
+        auth.verify(&long).await.expect("valid");
+        assert!(
+            auth.verified
+                .get(&long, unix_now() + VERIFIED_TTL_SECONDS + 1)
+                .is_none()
+        );
+        // Another token (even one byte longer) is verified in full.
+        let mut tampered = token.clone();
+        tampered.push('x');
+        assert_eq!(
+            auth.verify(&tampered).await.expect_err("bad sig").status(),
+            401
+        );
+        assert!(auth.verified.get(&tampered, now).is_none());
+    }
+
+    #[test]
+    fn remembered_tokens_stay_bounded() {
+        let tokens = VerifiedTokens::default();
+        let principal = Principal {
+            subject: "web-shop".into(),
+            scopes: BTreeSet::new(),
+            locations: None,
+            on_behalf_of: None,
+        };
+        for n in 0..VERIFIED_MAX {
+            tokens.insert(&format!("t{n}"), &principal, 100, 50);
+        }
+        // Full of live entries: they all go for the new one.
+        tokens.insert("fresh", &principal, 300, 60);
+        let len = |t: &VerifiedTokens| t.entries.read().expect("lock").len();
+        assert_eq!(len(&tokens), 1);
+        for n in 0..VERIFIED_MAX - 1 {
+            tokens.insert(&format!("t{n}"), &principal, 100, 60);
+        }
+        // Full again, all but one expired by now: only the live one stays.
+        tokens.insert("newer", &principal, 400, 200);
+        assert_eq!(len(&tokens), 2);
+        assert!(tokens.get("fresh", 200).is_some());
+        assert!(tokens.get("t0", 200).is_none());
     }
 
     #[tokio::test]

@@ -10,7 +10,6 @@ use axum::extract::{FromRequestParts, Request};
 use axum::http::{HeaderName, HeaderValue, request::Parts};
 use axum::middleware::Next;
 use axum::response::Response;
-use rand::Rng;
 
 /// `X-Request-Id`.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -43,7 +42,7 @@ impl Correlation {
     /// A new root correlation (background work, CLI calls).
     pub fn new_root() -> Self {
         Self {
-            request_id: uuid::Uuid::new_v4().to_string(),
+            request_id: random_uuid(),
             trace_id: random_hex(16),
             span_id: random_hex(8),
             parent_span_id: None,
@@ -59,7 +58,7 @@ impl Correlation {
             .and_then(|v| v.to_str().ok())
             .filter(|v| is_valid_request_id(v))
             .map(str::to_owned)
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            .unwrap_or_else(random_uuid);
         let parent = headers
             .get(&TRACEPARENT)
             .and_then(|v| v.to_str().ok())
@@ -80,7 +79,11 @@ impl Correlation {
             },
             None => Self {
                 request_id,
-                ..Self::new_root()
+                trace_id: random_hex(16),
+                span_id: random_hex(8),
+                parent_span_id: None,
+                flags: 1,
+                tracestate: None,
             },
         }
     }
@@ -140,15 +143,48 @@ pub fn parse_traceparent(value: &str) -> Option<(String, String, u8)> {
 }
 
 fn random_hex(bytes: usize) -> String {
+    use rand::RngCore as _;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buffer = [0_u8; 16];
+    let raw = &mut buffer[..bytes.min(16)];
     let mut rng = rand::rng();
     loop {
-        let value: String = (0..bytes)
-            .map(|_| format!("{:02x}", rng.random::<u8>()))
-            .collect();
-        if value.bytes().any(|b| b != b'0') {
+        rng.fill_bytes(raw);
+        if raw.iter().any(|b| *b != 0) {
+            let mut value = String::with_capacity(raw.len() * 2);
+            for b in raw.iter() {
+                value.push(char::from(DIGITS[usize::from(b >> 4)]));
+                value.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+            }
             return value;
         }
     }
+}
+
+/// Makes `X-Request-Id` values: random (v4) UUIDs from the thread's
+/// generator. tower-http's `MakeRequestUuid` asks the kernel for every one
+/// (a system call per request).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeRequestUuid;
+
+impl tower_http::request_id::MakeRequestId for MakeRequestUuid {
+    fn make_request_id<B>(
+        &mut self,
+        _request: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut buffer = uuid::Uuid::encode_buffer();
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buffer))
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
+}
+
+/// A random (v4) UUID from the thread's generator, as text.
+fn random_uuid() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 /// Middleware: computes the request's [`Correlation`], stores it in the
@@ -207,6 +243,25 @@ mod tests {
                 .traceparent()
                 .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
         );
+    }
+
+    #[test]
+    fn generated_ids_are_well_formed_and_differ() {
+        use tower_http::request_id::MakeRequestId as _;
+        let trace = random_hex(16);
+        let span = random_hex(8);
+        assert!(parse_traceparent(&format!("00-{trace}-{span}-01")).is_some());
+        assert_ne!(random_hex(16), trace);
+        let request = axum::http::Request::new(());
+        let id = |request: &axum::http::Request<()>| {
+            let id = MakeRequestUuid.make_request_id(request).expect("an id");
+            let id = id.header_value().to_str().expect("ascii").to_owned();
+            uuid::Uuid::parse_str(&id).expect("a uuid")
+        };
+        let first = id(&request);
+        assert_eq!(first.get_version_num(), 4);
+        assert_eq!(first.to_string().len(), 36);
+        assert_ne!(id(&request), first);
     }
 
     #[test]

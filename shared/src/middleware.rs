@@ -48,13 +48,13 @@ use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
-use crate::correlation::{Correlation, REQUEST_ID, correlate};
+use crate::correlation::{Correlation, MakeRequestUuid, REQUEST_ID, correlate};
 use crate::problem::Problem;
 use crate::ratelimit::{RateLimits, authenticate, limit};
 use crate::telemetry::{ServiceName, track_metrics};

@@ -257,6 +257,11 @@ impl Store {
                     (u64::from(memory.mmap_mib) * 1024 * 1024).to_string(),
                 )
                 .pragma("temp_store", "memory")
+                // Rows a statement may hand back before the connection
+                // thread waits for the caller to take them: sqlx's 50 made
+                // every read of a batch's positions (up to 500 rows) stop
+                // and switch threads ten times.
+                .row_buffer_size(ROW_BUFFER)
                 // Checkpoints run in the background (see `checkpointer`);
                 // the writer checkpoints itself only past 256 MiB of WAL, a
                 // backstop for when no runtime drives the checkpointer.
@@ -380,6 +385,11 @@ impl Store {
         }
     }
 }
+
+/// Rows buffered between a SQLite connection's thread and its caller (see
+/// `row_buffer_size` in [`Store::connect_with`]); a batch's reads return at
+/// most 500 rows per statement.
+const ROW_BUFFER: usize = 1024;
 
 /// Copies the WAL back into the database file once a second from its own
 /// connection, so the writer's commits do not pay for checkpoints (a batch
