@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod fast_read;
 pub mod process_client;
 pub mod read_model;
 pub mod relay;
@@ -140,17 +141,36 @@ pub fn router(
         let process = process.clone();
         async move { process.ready().await }
     })];
+    let fast_read = settings.experience.fast_read.then(|| state.clone());
     let app = api
         .with_state(state)
         .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
-    middleware::apply(
+    let authenticator = Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE));
+    let limits = retail_shared::ratelimit::RateLimits::new(
+        &settings.rate_limit,
+        SERVICE,
+        settings.redis_url(),
+        &settings.redis.key_prefix,
+    );
+    let app = middleware::apply_with_limits(
         app,
         SERVICE,
         settings,
-        Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE)),
+        authenticator.clone(),
         idempotency,
         auditor,
-    )
+        limits.clone(),
+    );
+    match fast_read {
+        Some(state) => app.layer(fast_read::FastReadLayer::new(
+            state,
+            authenticator,
+            limits,
+            retail_shared::deprecation::rules(&settings.deprecations),
+            middleware::cors_headers(settings),
+        )),
+        None => app,
+    }
 }
 
 /// Redis when `[redis] url` is set (shared by replicas; this process's

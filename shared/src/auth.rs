@@ -333,21 +333,31 @@ impl Authenticator {
 
     /// Verifies the `Authorization: Bearer` header of a request.
     pub async fn verify_header(&self, parts: &Parts) -> Result<Principal, Problem> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer token"))?;
-        let value = value
-            .to_str()
-            .map_err(|_| Problem::unauthorized("the Authorization header is not ASCII"))?;
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        let token = value
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, token)| token)
-            .ok_or_else(|| Problem::unauthorized("the Authorization scheme must be Bearer"))?;
-        self.verify(token.trim()).await
+        self.verify(bearer(&parts.headers)?).await
     }
+
+    /// The principal of a token this authenticator verified within the
+    /// last minute and that has not expired; `None` for any other token
+    /// (which [`Authenticator::verify`] then checks in full). Never waits.
+    pub fn remembered(&self, token: &str) -> Option<Principal> {
+        self.verified.get(token, unix_now())
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Result<&str, Problem> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| Problem::unauthorized("missing Authorization: Bearer token"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| Problem::unauthorized("the Authorization header is not ASCII"))?;
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    value
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .ok_or_else(|| Problem::unauthorized("the Authorization scheme must be Bearer"))
 }
 
 /// Keys by `kid`, with the algorithm each is for.

@@ -304,6 +304,10 @@ pub struct ExperienceSettings {
     pub read_model_shared: bool,
     /// How long a sku stays in the shared copy after it was loaded.
     pub read_model_shared_ttl_seconds: u64,
+    /// Answer the plain read of one sku (`GET /v1/availability/{sku}`, no
+    /// query) from the read model ahead of the layer stack when everything
+    /// it needs is decided in memory (see experience-api's `fast_read`).
+    pub fast_read: bool,
 }
 
 /// process-api.

@@ -64,6 +64,12 @@ pub fn rules(deprecations: &[Deprecation]) -> Arc<Vec<Rule>> {
     )
 }
 
+/// Whether a deprecation covers `path` (its answers carry lifecycle
+/// headers).
+pub fn covers(rules: &[Rule], path: &str) -> bool {
+    rules.iter().any(|rule| rule.deprecation.covers(path))
+}
+
 /// Middleware: adds the lifecycle headers of the first matching rule.
 pub async fn lifecycle_headers(
     State(rules): State<Arc<Vec<Rule>>>,

@@ -97,6 +97,34 @@ pub fn apply(
     idempotency_store: Arc<dyn crate::idempotency::IdempotencyStore>,
     auditor: crate::audit::Auditor,
 ) -> Router {
+    let limits = RateLimits::new(
+        &settings.rate_limit,
+        service,
+        settings.redis_url(),
+        &settings.redis.key_prefix,
+    );
+    apply_with_limits(
+        router,
+        service,
+        settings,
+        authenticator,
+        idempotency_store,
+        auditor,
+        limits,
+    )
+}
+
+/// [`apply`] with the service's rate limiters made by the caller (who
+/// decides some requests ahead of the stack against the same quotas).
+pub fn apply_with_limits(
+    router: Router,
+    service: &'static str,
+    settings: &Settings,
+    authenticator: Arc<Authenticator>,
+    idempotency_store: Arc<dyn crate::idempotency::IdempotencyStore>,
+    auditor: crate::audit::Auditor,
+    limits: Arc<RateLimits>,
+) -> Router {
     // Install the recorder before the first request is counted.
     crate::telemetry::prometheus();
     let http = &settings.http;
@@ -119,15 +147,7 @@ pub fn apply(
         router = router.layer(CompressionLayer::new().gzip(true));
     }
     router
-        .layer(axum::middleware::from_fn_with_state(
-            RateLimits::new(
-                &settings.rate_limit,
-                service,
-                settings.redis_url(),
-                &settings.redis.key_prefix,
-            ),
-            limit,
-        ))
+        .layer(axum::middleware::from_fn_with_state(limits, limit))
         .layer(axum::middleware::from_fn_with_state(
             auditor,
             crate::audit::audit,
@@ -170,6 +190,23 @@ pub fn apply(
         .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
         .layer(axum::Extension(authenticator))
         .layer(axum::Extension(ServiceName(service)))
+}
+
+/// The headers the CORS layer of [`apply`] puts on the answer to a request
+/// without `Origin` (for an answer made ahead of the stack).
+pub fn cors_headers(settings: &Settings) -> axum::http::HeaderMap {
+    use futures::FutureExt as _;
+    use tower::{Layer as _, ServiceExt as _};
+    let service =
+        cors(&settings.http.cors_allowed_origins).layer(tower::service_fn(|_: Request| async {
+            Ok::<Response, std::convert::Infallible>(Response::default())
+        }));
+    service
+        .oneshot(Request::default())
+        .now_or_never()
+        .and_then(Result::ok)
+        .map(|response| response.headers().clone())
+        .unwrap_or_default()
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

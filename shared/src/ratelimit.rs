@@ -92,6 +92,38 @@ impl ClassLimiter {
     fn window(&self) -> u64 {
         u64::from(self.burst).div_ceil(u64::from(self.per_second))
     }
+
+    /// `RateLimit-Policy` of the class.
+    fn policy(&self, class: RouteClass) -> HeaderValue {
+        header(format!(
+            "\"{}\";q={};w={}",
+            class.name(),
+            self.burst,
+            self.window()
+        ))
+    }
+
+    /// `RateLimit` of an allowed request leaving `remaining`.
+    fn state(&self, class: RouteClass, remaining: u32) -> HeaderValue {
+        let refill =
+            u64::from(self.burst - remaining.min(self.burst)).div_ceil(u64::from(self.per_second));
+        header(format!("\"{}\";r={remaining};t={refill}", class.name()))
+    }
+}
+
+/// A request let through by [`RateLimits::admit_now`], with the quota
+/// headers its answer carries (none while limits are off).
+#[derive(Debug)]
+pub struct Admitted(Option<(HeaderValue, HeaderValue)>);
+
+impl Admitted {
+    /// Puts the quota headers on an answer.
+    pub fn stamp(self, headers: &mut axum::http::HeaderMap) {
+        if let Some((policy, state)) = self.0 {
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
+            headers.insert(RATELIMIT.clone(), state);
+        }
+    }
 }
 
 struct ClientLimits {
@@ -270,6 +302,28 @@ impl RateLimits {
         }
     }
 
+    /// Decides a request of `subject` in this process, without waiting,
+    /// as [`limit`] would: `Some` when it is within quota (counted);
+    /// `None` when it is over quota (not counted: the full stack answers
+    /// the 429) or when quotas are shared through Redis (the full stack
+    /// asks Redis).
+    pub fn admit_now(&self, subject: &str, method: &Method) -> Option<Admitted> {
+        if !self.enabled {
+            return Some(Admitted(None));
+        }
+        if self.redis.read().ok().is_none_or(|slot| slot.is_some()) {
+            return None;
+        }
+        let class = RouteClass::of(method);
+        let limiter = self.limiter(subject, class);
+        let snapshot = limiter.limiter.check_key(&subject.to_owned()).ok()?;
+        let remaining = snapshot.remaining_burst_capacity();
+        Some(Admitted(Some((
+            limiter.policy(class),
+            limiter.state(class, remaining),
+        ))))
+    }
+
     fn limiter(&self, subject: &str, class: RouteClass) -> &ClassLimiter {
         self.clients
             .get(subject)
@@ -318,23 +372,13 @@ pub async fn limit(
     };
     let class = RouteClass::of(request.method());
     let limiter = limits.limiter(&subject, class);
-    let policy = header(format!(
-        "\"{}\";q={};w={}",
-        class.name(),
-        limiter.burst,
-        limiter.window()
-    ));
+    let policy = limiter.policy(class);
     match limits.check(&subject, class, limiter).await {
         Verdict::Allowed { remaining } => {
-            let refill = u64::from(limiter.burst - remaining.min(limiter.burst))
-                .div_ceil(u64::from(limiter.per_second));
             let mut response = next.run(request).await;
             let headers = response.headers_mut();
             headers.insert(RATELIMIT_POLICY.clone(), policy);
-            headers.insert(
-                RATELIMIT.clone(),
-                header(format!("\"{}\";r={remaining};t={refill}", class.name())),
-            );
+            headers.insert(RATELIMIT.clone(), limiter.state(class, remaining));
             response
         }
         Verdict::Denied { retry_after: wait } => {

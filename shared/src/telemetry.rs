@@ -79,17 +79,28 @@ pub async fn track_metrics(request: Request, next: Next) -> Response {
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = request.method().as_str().to_owned();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
+    record_request(service, method, route, response.status(), started);
+    response
+}
+
+/// Counts one answered request and its latency (what [`track_metrics`]
+/// records, for a route answered ahead of the stack).
+pub fn record_request(
+    service: &str,
+    method: String,
+    route: String,
+    status: axum::http::StatusCode,
+    started: Instant,
+) {
     let labels = [
         ("service", service.to_owned()),
         ("method", method),
         ("route", route),
-        ("status", status),
+        ("status", status.as_u16().to_string()),
     ];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
-    response
 }
 
 /// Whether traces are exported (set once by [`init_tracing`]).

@@ -4,6 +4,7 @@
 mod channels;
 mod console;
 mod erp;
+mod fast_read;
 mod feed;
 mod flows;
 mod foundation;

@@ -154,7 +154,7 @@ async fn availability_of_sku(
 pub struct Provenance(Option<std::time::Duration>);
 
 impl Provenance {
-    fn model(staleness: std::time::Duration) -> Self {
+    pub(crate) fn model(staleness: std::time::Duration) -> Self {
         Self(Some(staleness))
     }
 
@@ -312,7 +312,7 @@ async fn from_model(
 
 /// An answer for one caller: only the asked locations, only those the
 /// token may see.
-fn narrow(
+pub(crate) fn narrow(
     sku: &str,
     held: Vec<(String, i64)>,
     locations: Option<&[String]>,
