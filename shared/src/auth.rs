@@ -567,6 +567,8 @@ pub struct TokenIssuer {
     issuer: String,
     key: EncodingKey,
     service_ttl_seconds: u64,
+    /// Service tokens minted recently (see [`TokenIssuer::service_token`]).
+    minted: Arc<std::sync::Mutex<HashMap<String, (String, u64)>>>,
 }
 
 impl std::fmt::Debug for TokenIssuer {
@@ -601,6 +603,7 @@ impl TokenIssuer {
             issuer: settings.issuer.clone(),
             key: EncodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
             service_ttl_seconds: settings.service_token_ttl_seconds,
+            minted: Arc::default(),
         }
     }
 
@@ -629,6 +632,11 @@ impl TokenIssuer {
     /// only `scopes`, for the end user `principal` (its subject is kept for
     /// audit and its location binding carried on, so the inner layer
     /// enforces it too).
+    ///
+    /// A token saying exactly the same is reused for the first half of its
+    /// lifetime: minting one per call cost a signature here and a full
+    /// verification in the inner layer, which remembers a token it has
+    /// verified (see [`Authenticator::verify`]).
     pub fn service_token(
         &self,
         service: &str,
@@ -636,7 +644,7 @@ impl TokenIssuer {
         scopes: &[&str],
         principal: Option<&Principal>,
     ) -> anyhow::Result<String> {
-        self.mint(&TokenRequest {
+        let request = TokenRequest {
             audience: audience.to_owned(),
             subject: format!("svc:{service}"),
             scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
@@ -645,9 +653,37 @@ impl TokenIssuer {
                 .map(|l| l.iter().cloned().collect()),
             on_behalf_of: principal.map(|p| p.actor().to_owned()),
             ttl_seconds: self.service_ttl_seconds,
-        })
+        };
+        // JSON keeps the parts apart whatever characters they hold.
+        let key = serde_json::to_string(&(
+            &request.audience,
+            &request.subject,
+            &request.scopes,
+            &request.locations,
+            &request.on_behalf_of,
+        ))?;
+        let now = unix_now();
+        let mut minted = self
+            .minted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((token, _)) = minted.get(&key).filter(|(_, until)| now < *until) {
+            return Ok(token.clone());
+        }
+        let token = self.mint(&request)?;
+        if minted.len() >= MINTED_MAX {
+            minted.retain(|_, (_, until)| now < *until);
+            if minted.len() >= MINTED_MAX {
+                minted.clear();
+            }
+        }
+        minted.insert(key, (token.clone(), now + self.service_ttl_seconds / 2));
+        Ok(token)
     }
 }
+
+/// Most service tokens kept for reuse (one per end user and scope set).
+const MINTED_MAX: usize = 10_000;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -772,6 +808,34 @@ mod tests {
         assert_eq!(len(&tokens), 2);
         assert!(tokens.get("fresh", 200).is_some());
         assert!(tokens.get("t0", 200).is_none());
+    }
+
+    #[test]
+    fn a_service_token_is_reused_only_for_exactly_the_same_call() {
+        let (issuer, _) = setup();
+        let user = |locations: &[&str]| Principal {
+            subject: "associate-7".into(),
+            scopes: BTreeSet::new(),
+            locations: Some(locations.iter().map(|l| (*l).to_owned()).collect()),
+            on_behalf_of: None,
+        };
+        let token = |scopes: &[&str], principal: &Principal| {
+            issuer
+                .service_token("experience-api", audience::PROCESS, scopes, Some(principal))
+                .expect("mint")
+        };
+        let first = token(&["inventory:read"], &user(&["S001"]));
+        assert_eq!(token(&["inventory:read"], &user(&["S001"])), first);
+        // Another scope set, location binding or user: another token.
+        assert_ne!(token(&["inventory:write"], &user(&["S001"])), first);
+        let two = token(&["inventory:read"], &user(&["S001", "S002"]));
+        assert_ne!(two, first);
+        assert_ne!(token(&["inventory:read"], &user(&["S001,S002"])), two);
+        let other = Principal {
+            subject: "associate-8".into(),
+            ..user(&["S001"])
+        };
+        assert_ne!(token(&["inventory:read"], &other), first);
     }
 
     #[tokio::test]
