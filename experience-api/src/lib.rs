@@ -146,12 +146,7 @@ pub fn router(
         .with_state(state)
         .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
     let authenticator = Arc::new(Authenticator::new(&settings.auth, audience::EXPERIENCE));
-    let limits = retail_shared::ratelimit::RateLimits::new(
-        &settings.rate_limit,
-        SERVICE,
-        settings.redis_url(),
-        &settings.redis.key_prefix,
-    );
+    let limits = retail_shared::ratelimit::RateLimits::for_service(settings, SERVICE);
     let app = middleware::apply_with_limits(
         app,
         SERVICE,

@@ -97,12 +97,6 @@ pub fn apply(
     idempotency_store: Arc<dyn crate::idempotency::IdempotencyStore>,
     auditor: crate::audit::Auditor,
 ) -> Router {
-    let limits = RateLimits::new(
-        &settings.rate_limit,
-        service,
-        settings.redis_url(),
-        &settings.redis.key_prefix,
-    );
     apply_with_limits(
         router,
         service,
@@ -110,7 +104,7 @@ pub fn apply(
         authenticator,
         idempotency_store,
         auditor,
-        limits,
+        RateLimits::for_service(settings, service),
     )
 }
 

@@ -256,6 +256,17 @@ impl RateLimits {
         limits
     }
 
+    /// The limiters of `service` as configured (`[rate_limit]`, shared
+    /// through `[redis]` when a URL is set).
+    pub fn for_service(settings: &crate::config::Settings, service: &'static str) -> Arc<Self> {
+        Self::new(
+            &settings.rate_limit,
+            service,
+            settings.redis_url(),
+            &settings.redis.key_prefix,
+        )
+    }
+
     async fn check(&self, subject: &str, class: RouteClass, limiter: &ClassLimiter) -> Verdict {
         let manager = self.redis.read().ok().and_then(|slot| slot.clone());
         if let Some(mut manager) = manager {
