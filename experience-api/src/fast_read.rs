@@ -8,15 +8,17 @@
 //! guard, deadline, authentication, audit, quotas, compression,
 //! idempotency, body limit), each cloning the inner service and boxing a
 //! future, for an answer the read model holds in memory. This layer sits
-//! outside them and answers such a read itself when **everything** is
-//! decided in memory:
+//! outside them and answers such a read itself when everything is decided
+//! in memory (the quota, when replicas share it, in Redis):
 //!
 //! - the token was verified in full within the last minute and has not
 //!   expired ([`Authenticator::remembered`]) and grants
 //!   `availability:read`;
 //! - the read model may answer (fresh within its bound) and holds the sku;
-//! - the caller's read quota is decided in this process and is not used up
-//!   ([`RateLimits::admit_now`]: the same buckets as the stack's limiter);
+//! - the caller's read quota is not used up (the same buckets as the
+//!   stack's limiter: [`RateLimits::admit_now`] in this process, or
+//!   [`RateLimits::admit`] in Redis when replicas share quotas, the one
+//!   wait of a fast read);
 //! - nothing asks for what only the stack does: no `Origin` (CORS), no
 //!   `traceparent` and no trace export (spans), no deprecation of the
 //!   route, no percent-encoded sku, no `Accept-Encoding` refusing identity.
@@ -32,6 +34,8 @@
 //! bytes). GET is never audited, so nothing is skipped there.
 //! `[experience] fast_read = false` turns the layer off.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -45,6 +49,7 @@ use retail_shared::correlation::{Correlation, REQUEST_ID, TRACEPARENT};
 use retail_shared::deprecation::Rule;
 use retail_shared::problem::ApiJson;
 use retail_shared::ratelimit::RateLimits;
+use tower::ServiceExt as _;
 
 use crate::AppState;
 use crate::routes::availability::{Provenance, narrow};
@@ -108,13 +113,22 @@ pub struct FastRead<S> {
     inner: S,
 }
 
+/// The future of [`FastRead`]: an answer made here, the stack's, or (quotas
+/// in Redis) the quota decision then either.
+type Answering<E, F> = Either<
+    std::future::Ready<Result<Response, E>>,
+    Either<F, Pin<Box<dyn Future<Output = Result<Response, E>> + Send>>>,
+>;
+
 impl<S> tower::Service<Request> for FastRead<S>
 where
-    S: tower::Service<Request, Response = Response>,
+    S: tower::Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Either<std::future::Ready<Result<Response, S::Error>>, S::Future>;
+    type Future = Answering<S::Error, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -122,16 +136,55 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let started = Instant::now();
-        match self.shared.answer(&request, started) {
-            Some(response) => Either::Left(std::future::ready(Ok(response))),
-            None => Either::Right(self.inner.call(request)),
+        let Some(ready) = self.shared.prepare(&request) else {
+            return Either::Right(Either::Left(self.inner.call(request)));
+        };
+        if self.shared.limits.shared_through_redis() {
+            // The quota is decided in Redis: wait for it, then answer, or
+            // hand an over-quota request to the stack (its 429).
+            let shared = self.shared.clone();
+            let inner = self.inner.clone();
+            return Either::Right(Either::Right(Box::pin(async move {
+                let admitted = shared
+                    .limits
+                    .admit(ready.principal.actor(), &Method::GET)
+                    .await;
+                match admitted {
+                    Some(admitted) => {
+                        Ok(shared.respond(request.headers(), ready, admitted, started))
+                    }
+                    None => inner.oneshot(request).await,
+                }
+            })));
+        }
+        match self
+            .shared
+            .limits
+            .admit_now(ready.principal.actor(), &Method::GET)
+        {
+            Some(admitted) => Either::Left(std::future::ready(Ok(self.shared.respond(
+                request.headers(),
+                ready,
+                admitted,
+                started,
+            )))),
+            None => Either::Right(Either::Left(self.inner.call(request))),
         }
     }
 }
 
+/// A read the fast path can answer once its quota allows.
+struct Ready {
+    principal: retail_shared::auth::Principal,
+    staleness: std::time::Duration,
+    sku: String,
+    snapshot: crate::read_model::Snapshot,
+}
+
 impl Shared {
-    /// The answer, when everything it depends on is decided in memory.
-    fn answer(&self, request: &Request, started: Instant) -> Option<Response> {
+    /// What the answer needs, when everything but the quota is decided in
+    /// memory.
+    fn prepare(&self, request: &Request) -> Option<Ready> {
         if request.method() != Method::GET
             || request
                 .extensions()
@@ -160,13 +213,27 @@ impl Shared {
             .filter(|p| p.has_scope(scope::AvailabilityRead::NAME))?;
         let staleness = self.state.model_staleness()?;
         let snapshot = self.state.model.get(sku)?;
-        // Last: a request let through here is counted against the quota.
-        let admitted = self.limits.admit_now(principal.actor(), &Method::GET)?;
+        Some(Ready {
+            principal,
+            staleness,
+            sku: sku.to_owned(),
+            snapshot,
+        })
+    }
+
+    /// The answer to an admitted read.
+    fn respond(
+        &self,
+        request: &axum::http::HeaderMap,
+        ready: Ready,
+        admitted: retail_shared::ratelimit::Admitted,
+        started: Instant,
+    ) -> Response {
         metrics::counter!("read_model_reads_total", "outcome" => "hit").increment(1);
         metrics::counter!("availability_fast_reads_total").increment(1);
-        let item = narrow(sku, snapshot.locations, None, &principal);
-        let mut response = (Provenance::model(staleness), ApiJson(item)).into_response();
-        let correlation = Correlation::from_headers(headers);
+        let item = narrow(&ready.sku, ready.snapshot.locations, None, &ready.principal);
+        let mut response = (Provenance::model(ready.staleness), ApiJson(item)).into_response();
+        let correlation = Correlation::from_headers(request);
         let headers = response.headers_mut();
         if let Ok(value) = HeaderValue::from_str(&correlation.request_id) {
             headers.insert(REQUEST_ID.clone(), value);
@@ -192,7 +259,7 @@ impl Shared {
             StatusCode::OK,
             started,
         );
-        Some(response)
+        response
     }
 }
 

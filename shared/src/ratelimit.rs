@@ -313,16 +313,40 @@ impl RateLimits {
         }
     }
 
+    /// Whether quotas are kept in Redis (a decision waits for it).
+    pub fn shared_through_redis(&self) -> bool {
+        self.enabled && self.redis.read().ok().is_none_or(|slot| slot.is_some())
+    }
+
+    /// Decides a request of `subject` as [`limit`] would (in Redis when
+    /// quotas are shared, else here): `Some` when it is within quota
+    /// (counted), `None` when it is over quota (not counted: the full
+    /// stack answers the 429).
+    pub async fn admit(&self, subject: &str, method: &Method) -> Option<Admitted> {
+        if !self.enabled {
+            return Some(Admitted(None));
+        }
+        let class = RouteClass::of(method);
+        let limiter = self.limiter(subject, class);
+        match self.check(subject, class, limiter).await {
+            Verdict::Allowed { remaining } => Some(Admitted(Some((
+                limiter.policy(class),
+                limiter.state(class, remaining),
+            )))),
+            Verdict::Denied { .. } => None,
+        }
+    }
+
     /// Decides a request of `subject` in this process, without waiting,
     /// as [`limit`] would: `Some` when it is within quota (counted);
     /// `None` when it is over quota (not counted: the full stack answers
-    /// the 429) or when quotas are shared through Redis (the full stack
-    /// asks Redis).
+    /// the 429) or when quotas are shared through Redis (then
+    /// [`RateLimits::admit`] waits for it).
     pub fn admit_now(&self, subject: &str, method: &Method) -> Option<Admitted> {
         if !self.enabled {
             return Some(Admitted(None));
         }
-        if self.redis.read().ok().is_none_or(|slot| slot.is_some()) {
+        if self.shared_through_redis() {
             return None;
         }
         let class = RouteClass::of(method);

@@ -240,3 +240,67 @@ async fn over_quota_the_fast_read_leaves_the_429_to_the_stack() {
     assert!(limited.header("retry-after").parse::<u64>().is_ok());
     assert!(limited.header("ratelimit").starts_with("\"read\";r=0;"));
 }
+
+#[tokio::test]
+async fn with_quotas_in_redis_fast_reads_of_two_replicas_share_one_budget() {
+    let url = match std::env::var("TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ => {
+            eprintln!("note: Redis tests skip: TEST_REDIS_URL is not set");
+            return;
+        }
+    };
+    let app = platform(|s| {
+        s.rate_limit.read_per_second = 1;
+        s.rate_limit.read_burst = 4;
+        s.redis.url = retail_shared::config::Secret::new(url);
+        s.redis.key_prefix = format!("test-{}:", uuid::Uuid::new_v4());
+    })
+    .await;
+    // A second experience-api replica on the same process-api and Redis.
+    let mut settings = app.platform.settings.clone();
+    settings.experience.port = 0;
+    let second = experience_api::Application::build(settings)
+        .await
+        .expect("second replica");
+    let second_base = format!("http://127.0.0.1:{}", second.port());
+    tokio::spawn(second.run_until(std::future::pending()));
+    // Both replicas connect to Redis in the background.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let greedy = app.token_for(Layer::Experience, "greedy", "availability:read", None);
+    let path = "/v1/availability/SKU-000001";
+    let first_base = app.url(Layer::Experience, "");
+    let (mut allowed, mut fast, mut limited) = (0, 0, false);
+    for attempt in 0..12 {
+        let base = if attempt % 2 == 0 {
+            &first_base
+        } else {
+            &second_base
+        };
+        let response = app
+            .http
+            .get(format!("{base}{path}"))
+            .bearer_auth(&greedy)
+            .header("accept-encoding", "gzip")
+            .send()
+            .await
+            .expect("sent");
+        match response.status().as_u16() {
+            200 => {
+                allowed += 1;
+                fast += usize::from(!response.headers().contains_key("content-encoding"));
+            }
+            429 => {
+                limited = true;
+                break;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(limited, "the shared quota ran out");
+    // Four across the two replicas (one more if a second passed): a
+    // replica counting alone would have let eight through.
+    assert!(allowed <= 5, "{allowed} reads allowed");
+    assert!(fast >= 1, "fast reads asked Redis too");
+}
