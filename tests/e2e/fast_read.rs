@@ -12,7 +12,7 @@ use reqwest::header::HeaderMap;
 use serde_json::Value;
 
 use crate::feed::{ingest, receipt};
-use crate::helpers::{Layer, TestApp, problem};
+use crate::helpers::{Layer, TestApp, problem, redis_url};
 
 /// A caller-chosen trace: such a request always takes the stack.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -243,13 +243,7 @@ async fn over_quota_the_fast_read_leaves_the_429_to_the_stack() {
 
 #[tokio::test]
 async fn with_quotas_in_redis_fast_reads_of_two_replicas_share_one_budget() {
-    let url = match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => {
-            eprintln!("note: Redis tests skip: TEST_REDIS_URL is not set");
-            return;
-        }
-    };
+    let Some(url) = redis_url() else { return };
     let app = platform(|s| {
         s.rate_limit.read_per_second = 1;
         s.rate_limit.read_burst = 4;
@@ -258,13 +252,7 @@ async fn with_quotas_in_redis_fast_reads_of_two_replicas_share_one_budget() {
     })
     .await;
     // A second experience-api replica on the same process-api and Redis.
-    let mut settings = app.platform.settings.clone();
-    settings.experience.port = 0;
-    let second = experience_api::Application::build(settings)
-        .await
-        .expect("second replica");
-    let second_base = format!("http://127.0.0.1:{}", second.port());
-    tokio::spawn(second.run_until(std::future::pending()));
+    let second_base = app.spawn_experience_replica().await;
     // Both replicas connect to Redis in the background.
     tokio::time::sleep(Duration::from_millis(500)).await;
 

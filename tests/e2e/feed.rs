@@ -918,12 +918,7 @@ async fn converge(app: &TestApp, base: &str, token: &str, skus: &[String]) {
 
 #[tokio::test]
 async fn with_redis_replicas_share_the_read_model() {
-    let Ok(url) = std::env::var("TEST_REDIS_URL") else {
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr(),
-            "note: Redis tests skip: TEST_REDIS_URL is not set"
-        );
+    let Some(url) = crate::helpers::redis_url() else {
         return;
     };
     let prefix = format!("test-{}:", uuid::Uuid::new_v4());
@@ -959,13 +954,7 @@ async fn with_redis_replicas_share_the_read_model() {
     assert_eq!(status["loaded_process"], 8, "{status}");
 
     // A second replica on the same process-api and Redis.
-    let mut settings = app.platform.settings.clone();
-    settings.experience.port = 0;
-    let replica = experience_api::Application::build(settings)
-        .await
-        .expect("second replica");
-    let second = format!("http://127.0.0.1:{}", replica.port());
-    tokio::spawn(replica.run_until(std::future::pending()));
+    let second = app.spawn_experience_replica().await;
     let started = Instant::now();
     loop {
         let status = read_model_status(&app, &second).await;
@@ -993,13 +982,7 @@ async fn with_redis_replicas_share_the_read_model() {
     ingest(&app, sales).await;
     converge(&app, &first, &channel, &skus).await;
     converge(&app, &second, &channel, &skus).await;
-    let mut settings = app.platform.settings.clone();
-    settings.experience.port = 0;
-    let replica = experience_api::Application::build(settings)
-        .await
-        .expect("third replica");
-    let third = format!("http://127.0.0.1:{}", replica.port());
-    tokio::spawn(replica.run_until(std::future::pending()));
+    let third = app.spawn_experience_replica().await;
     let started = Instant::now();
     while read_model_status(&app, &third).await["answering"] != true {
         assert!(started.elapsed() < Duration::from_secs(10), "never fresh");

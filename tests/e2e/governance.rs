@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{Layer, TestApp, problem};
+use crate::helpers::{Layer, TestApp, problem, redis_url};
 
 #[tokio::test]
 async fn a_burst_beyond_quota_gets_429_with_headers_and_other_clients_are_unaffected() {
@@ -328,20 +328,6 @@ async fn state_changing_requests_are_audited_on_every_layer_they_cross() {
     .await;
 }
 
-fn redis_url() -> Option<String> {
-    match std::env::var("TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: Redis tests skip: TEST_REDIS_URL is not set"
-            );
-            None
-        }
-    }
-}
-
 #[tokio::test]
 async fn with_redis_two_instances_share_one_budget() {
     let Some(url) = redis_url() else { return };
@@ -352,13 +338,7 @@ async fn with_redis_two_instances_share_one_budget() {
     })
     .await;
     // A second experience-api replica on the same process-api and Redis.
-    let mut settings = app.platform.settings.clone();
-    settings.experience.port = 0;
-    let second = experience_api::Application::build(settings)
-        .await
-        .expect("second replica");
-    let second_url = format!("http://127.0.0.1:{}/v1/stores", second.port());
-    tokio::spawn(second.run_until(std::future::pending()));
+    let second_url = format!("{}/v1/stores", app.spawn_experience_replica().await);
     // Both replicas connect to Redis in the background.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
 

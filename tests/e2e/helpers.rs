@@ -54,6 +54,19 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
 }
 
 impl TestApp {
+    /// Starts another experience-api replica on this platform's settings
+    /// (same process-api, same Redis) and returns its base URL.
+    pub async fn spawn_experience_replica(&self) -> String {
+        let mut settings = self.platform.settings.clone();
+        settings.experience.port = 0;
+        let replica = experience_api::Application::build(settings)
+            .await
+            .expect("another experience-api replica");
+        let base = format!("http://127.0.0.1:{}", replica.port());
+        tokio::spawn(replica.run_until(std::future::pending()));
+        base
+    }
+
     pub async fn spawn() -> Self {
         Self::spawn_with(|_| {}).await
     }
@@ -180,4 +193,19 @@ pub async fn fresh_postgres_url(base: &str) -> String {
         .expect("create schema");
     let separator = if base.contains('?') { '&' } else { '?' };
     format!("{base}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// `TEST_REDIS_URL`, after saying once that Redis tests skip without it.
+pub fn redis_url() -> Option<String> {
+    match std::env::var("TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: Redis tests skip: TEST_REDIS_URL is not set"
+            );
+            None
+        }
+    }
 }
