@@ -44,7 +44,9 @@ use anyhow::Context;
 use retail_shared::Settings;
 use retail_shared::auth::{TokenIssuer, TokenRequest};
 
-use crate::bench_read::{LoadFigures, ReadOptions, rss_rows, start_services};
+use crate::bench_read::{
+    LoadFigures, ReadOptions, backlog, drain_opening_backlog, rss_rows, start_services,
+};
 
 /// Options of the black-friday scenario.
 #[derive(Debug, Clone)]
@@ -281,42 +283,6 @@ where
     (all, refused)
 }
 
-/// Postings waiting (pending and in flight) at process-api, from its
-/// `erp_postings` gauges in `/metrics` (refreshed every 5 s by
-/// process-api: cheap to read, unlike `GET /v1/ops/sync-health`, whose
-/// per-location figures read every position).
-async fn backlog(http: &reqwest::Client, process: &str, token: &str) -> anyhow::Result<i64> {
-    let response = http
-        .get(format!("{process}/metrics"))
-        .bearer_auth(token)
-        .send()
-        .await?;
-    anyhow::ensure!(
-        response.status().is_success(),
-        "metrics: {}",
-        response.status()
-    );
-    let text = response.text().await?;
-    let mut waiting = None;
-    for line in text.lines() {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        if series.starts_with("erp_postings{")
-            && (series.contains("status=\"pending\"") || series.contains("status=\"in_flight\""))
-        {
-            let n = value
-                .trim()
-                .parse::<f64>()
-                .context("an erp_postings gauge")?;
-            #[expect(clippy::cast_possible_truncation, reason = "a count")]
-            let n = n as i64;
-            waiting = Some(waiting.unwrap_or(0) + n);
-        }
-    }
-    waiting.context("no erp_postings gauges yet")
-}
-
 /// Sets the ERP sandbox up or down.
 async fn erp_down(
     http: &reqwest::Client,
@@ -409,32 +375,12 @@ pub async fn black_friday(options: BlackFridayOptions) -> anyhow::Result<BlackFr
             .collect::<Result<_, _>>()?,
     );
 
-    // The gauges appear within 5 s of start.
-    let opening_postings = loop {
-        match backlog(&http, &process, &ops).await {
-            Ok(waiting) => break waiting,
-            Err(error) => {
-                anyhow::ensure!(
-                    started.elapsed() < seeded_in + Duration::from_secs(60),
-                    "no ERP backlog figures from process-api: {error}"
-                );
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    };
     eprintln!(
-        "seeded in {:.0} s; draining {opening_postings} opening ERP postings...",
+        "seeded in {:.0} s; draining the opening ERP postings...",
         seeded_in.as_secs_f64()
     );
-    let draining = Instant::now();
-    while backlog(&http, &process, &ops).await.unwrap_or(1) > 0 {
-        anyhow::ensure!(
-            draining.elapsed() < Duration::from_secs(3600),
-            "the opening ERP backlog did not drain within an hour"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let opening_drained_in = draining.elapsed();
+    let (opening_postings, opening_drained_in) =
+        drain_opening_backlog(&http, &process, &ops, Duration::from_secs(3600)).await?;
 
     eprintln!(
         "mixed load for {} s (ERP down from {} s for {} s)...",

@@ -273,6 +273,27 @@ pub(crate) fn start_services(
     Ok((services, format!("http://127.0.0.1:{experience}")))
 }
 
+/// Waits for the opening ERP backlog to drain (see
+/// [`drain_opening_backlog`]), saying so on stderr.
+pub(crate) async fn quiet_start(http: &reqwest::Client, services: &Services) -> anyhow::Result<()> {
+    let process = services.url("process-api")?;
+    let token = TokenIssuer::new(&Settings::defaults().auth).mint(&TokenRequest {
+        audience: "process-api".into(),
+        subject: "bench-ops".into(),
+        scopes: vec!["ops:read".into()],
+        ttl_seconds: 3600,
+        ..TokenRequest::default()
+    })?;
+    eprintln!("waiting for the opening ERP postings to drain...");
+    let (postings, took) =
+        drain_opening_backlog(http, &process, &token, Duration::from_secs(600)).await?;
+    eprintln!(
+        "{postings} opening ERP postings drained in {:.0} s",
+        took.as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Starts the services, then a client with `options.concurrency` × 2 idle
 /// connections, and waits until experience-api is ready: (services,
 /// experience-api's base URL, the client).
@@ -286,7 +307,86 @@ pub(crate) async fn start_ready(
         .tcp_nodelay(true)
         .build()?;
     wait_ready(&http, &experience).await?;
+    quiet_start(&http, &services).await?;
     Ok((services, experience, http))
+}
+
+/// Postings waiting (pending and in flight) at process-api, from its
+/// `erp_postings` gauges in `/metrics` (refreshed every 5 s by
+/// process-api: cheap to read, unlike `GET /v1/ops/sync-health`, whose
+/// per-location figures read every position).
+pub(crate) async fn backlog(
+    http: &reqwest::Client,
+    process: &str,
+    token: &str,
+) -> anyhow::Result<i64> {
+    let response = http
+        .get(format!("{process}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "metrics: {}",
+        response.status()
+    );
+    let text = response.text().await?;
+    let mut waiting = None;
+    for line in text.lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if series.starts_with("erp_postings{")
+            && (series.contains("status=\"pending\"") || series.contains("status=\"in_flight\""))
+        {
+            let n = value
+                .trim()
+                .parse::<f64>()
+                .context("an erp_postings gauge")?;
+            #[expect(clippy::cast_possible_truncation, reason = "a count")]
+            let n = n as i64;
+            waiting = Some(waiting.unwrap_or(0) + n);
+        }
+    }
+    waiting.context("no erp_postings gauges yet")
+}
+
+/// Waits until process-api's ERP backlog is empty: the opening count of
+/// every seeded position is journalled and so queued for the ERP, and a
+/// scenario measured while those postings drain would measure the drain
+/// as much as itself (the black-friday scenario reports the drain; the
+/// others start once it is over). Answers (postings seen at the start, how
+/// long the drain took). The gauges appear within 5 s of process-api's
+/// start and are refreshed every 5 s, so the wait may run up to 5 s long.
+pub(crate) async fn drain_opening_backlog(
+    http: &reqwest::Client,
+    process: &str,
+    token: &str,
+    give_up_after: Duration,
+) -> anyhow::Result<(i64, Duration)> {
+    let started = Instant::now();
+    let opening = loop {
+        match backlog(http, process, token).await {
+            Ok(waiting) => break waiting,
+            Err(error) => {
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "no ERP backlog figures from process-api: {error}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let draining = Instant::now();
+    while backlog(http, process, token).await.unwrap_or(1) > 0 {
+        anyhow::ensure!(
+            draining.elapsed() < give_up_after,
+            "the opening ERP backlog did not drain within {} s",
+            give_up_after.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok((opening, draining.elapsed()))
 }
 
 pub(crate) async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
@@ -542,6 +642,7 @@ pub async fn propagation(options: PropagationOptions) -> anyhow::Result<Propagat
     let system = services.url("system-api")?;
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
     wait_ready(&http, &experience).await?;
+    quiet_start(&http, &services).await?;
     let issuer = TokenIssuer::new(&settings.auth);
     let mint = |audience: &str, scopes: &[&str]| {
         issuer.mint(&TokenRequest {

@@ -4,30 +4,50 @@
 //! the reservation, and the stored answer. Each alone is a transaction
 //! whose commit syncs the WAL, and the single writer does one at a time, so
 //! the sync, not the work, would bound reservations per second. Instead
-//! every such write waits here, and the next transaction carries all that
-//! are waiting (up to [`GROUP_WRITES`]): each runs in its own savepoint (a
-//! write that refuses or fails rolls back only itself), one commit makes
-//! them durable together, and only then does each caller get its answer.
-//! The writes of one transaction run one after the other on one
-//! connection, so each sees those before it (no oversell).
+//! such requests wait in a [`Batch`] of their kind, and one write of the
+//! shared transaction decides and writes a whole batch with a handful of
+//! statements; the next transaction carries every batch that is waiting
+//! (up to [`GROUP_WRITES`]), each in its own savepoint where it needs one
+//! (a batch that fails rolls back only itself). One commit makes them
+//! durable together, and only then does each caller get its answer. The
+//! writes of one transaction run one after the other on one connection, so
+//! each sees those before it (no oversell).
+//!
+//! **The committer thread.** Every statement is a round trip to the
+//! connection's own thread, and a transaction is a chain of them. Driven
+//! from the service's runtime, each link waited behind HTTP work for a
+//! worker, and the chain (not SQLite) bounded the writes per second. The
+//! transactions are therefore driven by one thread of their own (a
+//! single-threaded runtime that does nothing else), started with the first
+//! write, ending once the store is closed or dropped.
 //!
 //! A failed commit fails every write of the group: nothing of it is kept,
 //! and every caller hears so. PostgreSQL needs none of this: its
 //! connections commit concurrently, so callers there run their own
 //! transactions.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
 use futures::future::BoxFuture;
-use sqlx::{Sqlite, Transaction};
+use sqlx::{Sqlite, SqlitePool, Transaction};
 
 use super::{BeginWrite as _, Db, Store};
 
 /// Writes one shared transaction carries at most.
 const GROUP_WRITES: usize = 128;
 
-/// Tells a write's caller the transaction's fate.
+/// The pause before writes that a failed transaction never ran go again.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// How often an idle committer looks whether its store is gone.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Tells a write's callers the transaction's fate.
 type Tell = Box<dyn FnOnce(Result<(), &sqlx::Error>) + Send>;
 
-/// What a write hands back: whether to keep it, and how to tell its caller
+/// What a write hands back: whether to keep it, and how to tell its callers
 /// once the transaction's fate is known.
 type Settled = (bool, Tell);
 
@@ -39,9 +59,17 @@ type Write =
 #[derive(Default)]
 pub(crate) struct WriteGroup {
     /// (needs a savepoint, the write).
-    waiting: std::sync::Mutex<std::collections::VecDeque<(bool, Write)>>,
-    /// Held by the task committing; the others queue behind it.
-    turn: tokio::sync::Mutex<()>,
+    waiting: Mutex<std::collections::VecDeque<(bool, Write)>>,
+    /// Wakes the committer.
+    wake: tokio::sync::Notify,
+    /// Set once the committer thread runs.
+    committer: OnceLock<()>,
+    /// Reservations waiting to be decided and written together.
+    pub(crate) reservations: Batch<super::reservations::Pending, super::reservations::Outcome>,
+    /// `Idempotency-Key` claims waiting.
+    pub(crate) claims: Batch<super::idempotency::Claim, retail_shared::idempotency::Begin>,
+    /// Stored answers of claimed keys waiting.
+    pub(crate) completions: Batch<(String, retail_shared::idempotency::StoredResponse), ()>,
 }
 
 impl std::fmt::Debug for WriteGroup {
@@ -49,7 +77,7 @@ impl std::fmt::Debug for WriteGroup {
         let waiting = self.waiting.lock().map(|w| w.len()).unwrap_or_default();
         f.debug_struct("WriteGroup")
             .field("waiting", &waiting)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,145 +85,308 @@ impl WriteGroup {
     fn push(&self, savepoint: bool, write: Write) {
         self.waiting
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
             .push_back((savepoint, write));
+        self.wake.notify_one();
+    }
+
+    /// Drops everything waiting (the store is closed): each caller hears
+    /// that its write ended without an answer.
+    fn abandon(&self) {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        self.reservations.lock().clear();
+        self.claims.lock().clear();
+        self.completions.lock().clear();
+    }
+
+    /// Puts writes a failed transaction never ran back at the front.
+    fn requeue(&self, writes: Vec<(bool, Write)>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        for write in writes.into_iter().rev() {
+            waiting.push_front(write);
+        }
     }
 
     fn take(&self) -> Vec<(bool, Write)> {
-        let mut waiting = self
-            .waiting
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let n = waiting.len().min(GROUP_WRITES);
         waiting.drain(..n).collect()
     }
 }
 
+/// Requests of one kind that one write of the group decides and writes
+/// together: a handful of statements for the whole batch instead of a
+/// handful per request.
+///
+/// The first request into an empty batch schedules a run (a write of the
+/// group); the run takes what is waiting when the writer reaches it, so
+/// requests arriving meanwhile ride along. A run that leaves requests
+/// behind (over its weight) schedules the next. A run that fails is rolled
+/// back (its savepoint) and every request of it hears the error; answers
+/// go out only once the shared transaction has committed.
+pub(crate) struct Batch<I, O> {
+    waiting: Mutex<Vec<Waiting<I, O>>>,
+    /// Runs that carried requests, and the requests they carried.
+    runs: AtomicU64,
+    carried: AtomicU64,
+}
+
+/// A request and where its answer goes.
+type Waiting<I, O> = (I, tokio::sync::oneshot::Sender<Result<O, sqlx::Error>>);
+
+/// Decides and writes a batch inside the shared transaction: one answer
+/// per request, in order.
+pub(crate) type BatchRun<I, O> = for<'c> fn(
+    &'c mut Transaction<'static, Sqlite>,
+    &'c Store,
+    Vec<I>,
+) -> BoxFuture<'c, Result<Vec<O>, sqlx::Error>>;
+
+/// How a kind of request is batched.
+pub(crate) struct BatchKind<I: 'static, O: 'static> {
+    /// Where its requests wait.
+    pub(crate) queue: fn(&Store) -> &Batch<I, O>,
+    /// The work of one run.
+    pub(crate) run: BatchRun<I, O>,
+    /// A request's weight (e.g. its lines) …
+    pub(crate) weight: fn(&I) -> usize,
+    /// … and the most one run takes (at least one request).
+    pub(crate) max_weight: usize,
+    /// Whether a run needs a savepoint: false only for a run of one
+    /// statement (SQLite undoes a failed statement on its own).
+    pub(crate) savepoint: bool,
+}
+
+impl<I, O> Default for Batch<I, O> {
+    fn default() -> Self {
+        Self {
+            waiting: Mutex::new(Vec::new()),
+            runs: AtomicU64::new(0),
+            carried: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<I, O> Batch<I, O> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Waiting<I, O>>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// (runs that carried requests, requests they carried) so far.
+    pub(crate) fn runs(&self) -> (u64, u64) {
+        (
+            self.runs.load(Ordering::Relaxed),
+            self.carried.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Adds a request; true when the batch was empty (no run scheduled).
+    fn push(&self, waiting: Waiting<I, O>) -> bool {
+        let mut queue = self.lock();
+        queue.push(waiting);
+        queue.len() == 1
+    }
+
+    /// Takes requests from the front up to `max_weight` (at least one);
+    /// also answers whether any are left.
+    fn take(&self, weight: fn(&I) -> usize, max_weight: usize) -> (Vec<Waiting<I, O>>, bool) {
+        let mut queue = self.lock();
+        let mut total = 0;
+        let mut n = 0;
+        for (item, _) in queue.iter() {
+            total += weight(item);
+            if n > 0 && total > max_weight {
+                break;
+            }
+            n += 1;
+        }
+        let taken: Vec<_> = queue.drain(..n).collect();
+        (taken, !queue.is_empty())
+    }
+}
+
 impl Store {
-    /// Runs `write` on SQLite's writer inside a transaction shared with the
-    /// other waiting writes, in a savepoint of its own. `write` answers
-    /// `(value, keep)`: `keep == false` rolls its savepoint back (a
-    /// refusal). The value comes back once the transaction has committed;
-    /// an error of `write` rolls back only its own savepoint.
+    /// Adds `item` to its kind's batch and waits for its answer, given
+    /// once the transaction carrying the batch has committed. A caller
+    /// that goes away cancels nothing: the batch runs without it.
     ///
     /// SQLite only (callers branch on the backend).
-    pub(crate) async fn grouped<T, F>(&self, write: F) -> Result<T, sqlx::Error>
+    pub(crate) async fn batched<I, O>(
+        &self,
+        kind: &'static BatchKind<I, O>,
+        item: I,
+    ) -> Result<O, sqlx::Error>
     where
-        T: Send + 'static,
-        F: for<'c> FnOnce(
-                &'c mut Transaction<'static, Sqlite>,
-            ) -> BoxFuture<'c, Result<(T, bool), sqlx::Error>>
-            + Send
-            + 'static,
+        I: Send + 'static,
+        O: Send + 'static,
     {
-        self.enqueue(true, write).await
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if (kind.queue)(self).push((item, reply)) {
+            self.schedule_batch(kind);
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(sqlx::Error::Protocol(
+                "the batched write ended without an answer".into(),
+            ))
+        })
     }
 
-    /// Like [`Store::grouped`] without the savepoint (two statements fewer),
-    /// for a write that always keeps what it did and whose statements each
-    /// either change nothing or complete the write: a statement that fails
-    /// is undone by SQLite on its own, so nothing is left half done.
-    pub(crate) async fn grouped_atomic<T, F>(&self, write: F) -> Result<T, sqlx::Error>
+    /// Queues one run of `kind`'s batch as a write of the group.
+    fn schedule_batch<I, O>(&self, kind: &'static BatchKind<I, O>)
     where
-        T: Send + 'static,
-        F: for<'c> FnOnce(
-                &'c mut Transaction<'static, Sqlite>,
-            ) -> BoxFuture<'c, Result<(T, bool), sqlx::Error>>
-            + Send
-            + 'static,
+        I: Send + 'static,
+        O: Send + 'static,
     {
-        self.enqueue(false, write).await
-    }
-
-    async fn enqueue<T, F>(&self, savepoint: bool, write: F) -> Result<T, sqlx::Error>
-    where
-        T: Send + 'static,
-        F: for<'c> FnOnce(
-                &'c mut Transaction<'static, Sqlite>,
-            ) -> BoxFuture<'c, Result<(T, bool), sqlx::Error>>
-            + Send
-            + 'static,
-    {
-        let (reply, answer) = tokio::sync::oneshot::channel::<Result<T, sqlx::Error>>();
-        let boxed: Write = Box::new(move |tx| {
+        let runner = self.clone();
+        let write: Write = Box::new(move |tx| {
             Box::pin(async move {
-                match write(tx).await {
-                    Ok((value, keep)) => {
-                        let tell: Tell = Box::new(move |committed| {
-                            let _ = reply.send(match committed {
-                                Ok(()) => Ok(value),
-                                Err(error) => Err(sqlx::Error::Protocol(format!(
-                                    "the grouped transaction failed: {error}"
-                                ))),
-                            });
+                let (taken, more) = (kind.queue)(&runner).take(kind.weight, kind.max_weight);
+                if more {
+                    runner.schedule_batch(kind);
+                }
+                let (items, replies): (Vec<I>, Vec<_>) = taken.into_iter().unzip();
+                if items.is_empty() {
+                    let tell: Tell = Box::new(|_| {});
+                    return (false, tell);
+                }
+                let queue = (kind.queue)(&runner);
+                queue.runs.fetch_add(1, Ordering::Relaxed);
+                queue
+                    .carried
+                    .fetch_add(items.len() as u64, Ordering::Relaxed);
+                match (kind.run)(tx, &runner, items).await {
+                    Ok(answers) => {
+                        let tell: Tell = Box::new(move |committed| match committed {
+                            Ok(()) => {
+                                for (reply, answer) in replies.into_iter().zip(answers) {
+                                    let _ = reply.send(Ok(answer));
+                                }
+                            }
+                            Err(error) => {
+                                for reply in replies {
+                                    let _ = reply.send(Err(sqlx::Error::Protocol(format!(
+                                        "the grouped transaction failed: {error}"
+                                    ))));
+                                }
+                            }
                         });
-                        (keep, tell)
+                        (true, tell)
                     }
                     Err(error) => {
+                        let message = format!("the batched write failed: {error}");
                         let tell: Tell = Box::new(move |_| {
-                            let _ = reply.send(Err(error));
+                            for reply in replies {
+                                let _ = reply.send(Err(sqlx::Error::Protocol(message.clone())));
+                            }
                         });
                         (false, tell)
                     }
                 }
             })
         });
-        self.write_group().push(savepoint, boxed);
-        // The commit runs in its own task: a caller that goes away never
-        // cancels a transaction other callers' writes ride in.
-        let store = self.clone();
-        tokio::spawn(async move { store.commit_group().await });
-        answer.await.unwrap_or_else(|_| {
-            Err(sqlx::Error::Protocol(
-                "the grouped transaction failed before this write ran".into(),
-            ))
-        })
+        self.write_group().push(kind.savepoint, write);
+        self.start_committer();
     }
 
-    async fn commit_group(&self) {
+    /// Starts the committer thread once per store (SQLite only).
+    fn start_committer(&self) {
         let Db::Sqlite { writer, .. } = self.db() else {
             return;
         };
-        let group = self.write_group();
-        let _turn = group.turn.lock().await;
-        loop {
-            let writes = group.take();
-            if writes.is_empty() {
-                return;
-            }
-            let mut tells = Vec::with_capacity(writes.len());
-            let committed = async {
-                let mut tx = writer.begin_write().await?;
-                for (savepoint, write) in writes {
-                    if !savepoint {
-                        let (_, tell) = write(&mut tx).await;
-                        tells.push(tell);
-                        continue;
+        let group = self.write_group_arc();
+        group.committer.get_or_init(|| {
+            let (group, writer) = (Arc::downgrade(group), writer.clone());
+            let spawned = std::thread::Builder::new()
+                .name("sqlite-commits".into())
+                .spawn(move || {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime.block_on(commit_loop(group, writer)),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot start the SQLite committer");
+                        }
                     }
-                    sqlx::query("SAVEPOINT grouped_write")
-                        .execute(&mut *tx)
-                        .await?;
-                    let (keep, tell) = write(&mut tx).await;
-                    tells.push(tell);
-                    if !keep {
-                        sqlx::query("ROLLBACK TO grouped_write")
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query("RELEASE grouped_write")
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                tx.commit().await
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start the SQLite committer thread");
             }
-            .await;
-            match committed {
-                Ok(()) => tells.into_iter().for_each(|tell| tell(Ok(()))),
-                Err(error) => {
-                    tracing::warn!(%error, "grouped write transaction failed");
-                    tells.into_iter().for_each(|tell| tell(Err(&error)));
-                }
-            }
+        });
+    }
+}
+
+/// The committer: carries the waiting writes in shared transactions until
+/// the store is closed or dropped (then fails what still waits).
+async fn commit_loop(group: Weak<WriteGroup>, writer: SqlitePool) {
+    loop {
+        let Some(group) = group.upgrade() else {
+            return;
+        };
+        if writer.is_closed() {
+            group.abandon();
+            return;
+        }
+        let writes = group.take();
+        if writes.is_empty() {
+            // A write pushed since `take` left a permit: no wake is lost.
+            let _ = tokio::time::timeout(IDLE_CHECK, group.wake.notified()).await;
+            continue;
+        }
+        let unrun = commit(&writer, writes).await;
+        if !unrun.is_empty() {
+            group.requeue(unrun);
+            // The writer failed before they ran: give it a moment.
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
+}
+
+/// One shared transaction: every write (in its savepoint where it asked for
+/// one), one commit, then every caller told. Answers the writes that never
+/// ran (the transaction failed before them): they go to the next one.
+async fn commit(writer: &SqlitePool, writes: Vec<(bool, Write)>) -> Vec<(bool, Write)> {
+    let mut tells = Vec::with_capacity(writes.len());
+    let started = std::time::Instant::now();
+    #[expect(clippy::cast_precision_loss, reason = "a count for a histogram")]
+    metrics::histogram!("sqlite_group_commit_writes").record(writes.len() as f64);
+    let mut writes = writes.into_iter();
+    let committed = async {
+        let mut tx = writer.begin_write().await?;
+        for (savepoint, write) in writes.by_ref() {
+            if !savepoint {
+                let (_, tell) = write(&mut tx).await;
+                tells.push(tell);
+                continue;
+            }
+            sqlx::query("SAVEPOINT grouped_write")
+                .execute(&mut *tx)
+                .await?;
+            let (keep, tell) = write(&mut tx).await;
+            tells.push(tell);
+            if !keep {
+                sqlx::query("ROLLBACK TO grouped_write")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("RELEASE grouped_write")
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+    .await;
+    metrics::histogram!("sqlite_group_commit_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    match committed {
+        Ok(()) => tells.into_iter().for_each(|tell| tell(Ok(()))),
+        Err(error) => {
+            tracing::warn!(%error, "grouped write transaction failed");
+            tells.into_iter().for_each(|tell| tell(Err(&error)));
+        }
+    }
+    writes.collect()
 }

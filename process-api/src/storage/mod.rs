@@ -356,6 +356,10 @@ impl Store {
         &self.write_group
     }
 
+    pub(crate) fn write_group_arc(&self) -> &std::sync::Arc<group::WriteGroup> {
+        &self.write_group
+    }
+
     /// The pools, for storage modules.
     pub(crate) fn db(&self) -> &Db {
         &self.db

@@ -37,6 +37,10 @@ pub use retail_shared::model::{Reservation, ReservationLine, ReservationStatus};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use futures::future::BoxFuture;
+use sqlx::{Sqlite, Transaction};
+
+use super::group::BatchKind;
 use super::ledger::{EventResult, EventStatus, IngestContext};
 use super::{Store, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
@@ -507,6 +511,186 @@ reservation_backend!(
     postgres_ledger
 );
 
+/// A reservation waiting in SQLite's batch (see `group::Batch`).
+pub(crate) struct Pending {
+    request: NewReservation,
+    row: Row,
+    keys: BTreeSet<Key>,
+}
+
+/// What a reservation request comes to.
+pub(crate) type Outcome = Result<Reservation, ReserveRefusal>;
+
+/// Reservations on SQLite: decided and written a batch at a time.
+static RESERVATION_BATCH: BatchKind<Pending, Outcome> = BatchKind {
+    queue: |store| &store.write_group().reservations,
+    run: run_reservation_batch,
+    weight: |pending| pending.request.lines.len(),
+    // Lines per run: keeps every statement well inside SQLite's bound
+    // parameters (a request has at most 100 lines).
+    max_weight: 512,
+    savepoint: true,
+};
+
+fn run_reservation_batch<'c>(
+    tx: &'c mut Transaction<'static, Sqlite>,
+    store: &'c Store,
+    batch: Vec<Pending>,
+) -> BoxFuture<'c, Result<Vec<Outcome>, sqlx::Error>> {
+    Box::pin(reserve_batch(tx, store.master_cache(), batch, store.now()))
+}
+
+/// A batch of reservations in one pass, each decided as if alone and in
+/// arrival order: one query each for the clients' active counts, the
+/// master data, the positions and their holds, then the decisions in
+/// memory (a reservation sees the holds of those before it in the batch),
+/// then one insert each for the reservations, their holds and the change
+/// notifications. SQLite's single writer makes the reads current for the
+/// whole batch.
+async fn reserve_batch(
+    tx: &mut Transaction<'static, Sqlite>,
+    cache: &crate::storage::cache::MasterCache,
+    batch: Vec<Pending>,
+    now: i64,
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    use sqlx::{QueryBuilder, Row as _};
+
+    // The clients' active reservations, each counted up to the largest cap
+    // (enough to compare with any of them).
+    let clients: BTreeSet<&str> = batch.iter().map(|p| p.request.client_id.as_str()).collect();
+    let cap = batch
+        .iter()
+        .map(|p| p.request.max_active_per_client)
+        .max()
+        .unwrap_or(0);
+    let mut qb = QueryBuilder::<Sqlite>::new("WITH c (id) AS (");
+    qb.push_values(&clients, |mut row, client| {
+        row.push_bind(*client);
+    });
+    qb.push(
+        ") SELECT c.id, (SELECT COUNT(*) FROM (SELECT 1 FROM reservations \
+         WHERE client_id = c.id AND status = 'active' AND expires_at > ",
+    );
+    qb.push_bind(now);
+    qb.push(" LIMIT ");
+    qb.push_bind(cap);
+    qb.push(")) FROM c");
+    let mut active: HashMap<String, i64> = HashMap::with_capacity(clients.len());
+    for row in qb.build().fetch_all(&mut **tx).await? {
+        active.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+
+    let skus: BTreeSet<&str> = batch
+        .iter()
+        .flat_map(|p| p.request.lines.iter().map(|l| l.sku.as_str()))
+        .collect();
+    let locations: BTreeSet<&str> = batch
+        .iter()
+        .flat_map(|p| p.request.lines.iter().map(|l| l.location_id.as_str()))
+        .collect();
+    let (known_skus, known_locations) =
+        sqlite_reservations::known(tx, cache, &skus, &locations).await?;
+    let keys: BTreeSet<Key> = batch.iter().flat_map(|p| p.keys.iter().cloned()).collect();
+    let positions = sqlite_reservations::lock_positions(tx, &keys).await?;
+    let mut held = sqlite_reservations::held(tx, &keys, now).await?;
+
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut made: Vec<(&Row, &str)> = Vec::new();
+    for pending in &batch {
+        let request = &pending.request;
+        let count = active.entry(request.client_id.clone()).or_insert(0);
+        if *count >= request.max_active_per_client {
+            outcomes.push(Err(ReserveRefusal::TooManyActive(
+                request.max_active_per_client,
+            )));
+            continue;
+        }
+        let mut unknown = Vec::new();
+        for (index, line) in request.lines.iter().enumerate() {
+            if !known_skus.contains(&line.sku) {
+                unknown.push((index, "sku", line.sku.clone()));
+            }
+            if !known_locations.contains(&line.location_id) {
+                unknown.push((index, "location_id", line.location_id.clone()));
+            }
+        }
+        if !unknown.is_empty() {
+            outcomes.push(Err(ReserveRefusal::Unknown(unknown)));
+            continue;
+        }
+        let short = shortages(&request.lines, &positions, &held);
+        if !short.is_empty() {
+            outcomes.push(Err(ReserveRefusal::InsufficientStock(short)));
+            continue;
+        }
+        *count += 1;
+        for line in &request.lines {
+            *held
+                .entry((line.location_id.clone(), line.sku.clone()))
+                .or_default() += line.quantity;
+        }
+        made.push((&pending.row, request.request_id.as_str()));
+        outcomes.push(Ok(pending.row.clone().view(now)));
+    }
+    if made.is_empty() {
+        return Ok(outcomes);
+    }
+
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO reservations (reservation_id, client_id, channel, order_ref, status, \
+         lines, created_at, expires_at, request_id) ",
+    );
+    let mut encoded = Vec::with_capacity(made.len());
+    for (row, _) in &made {
+        encoded
+            .push(serde_json::to_string(&row.lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
+    }
+    qb.push_values(
+        made.iter().zip(&encoded),
+        |mut values, ((row, request_id), lines)| {
+            values
+                .push_bind(row.reservation_id.as_str())
+                .push_bind(row.client_id.as_str())
+                .push_bind(row.channel.as_str())
+                .push_bind(row.order_ref.as_str())
+                .push_bind("active")
+                .push_bind(lines.as_str())
+                .push_bind(row.created_at)
+                .push_bind(row.expires_at)
+                .push_bind(*request_id);
+        },
+    );
+    qb.build().execute(&mut **tx).await?;
+
+    let lines: Vec<(&Row, &ReservationLine)> = made
+        .iter()
+        .flat_map(|(row, _)| row.lines.iter().map(move |line| (*row, line)))
+        .collect();
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO reservation_holds (sku, location_id, reservation_id, quantity, expires_at) ",
+    );
+    qb.push_values(&lines, |mut values, (row, line)| {
+        values
+            .push_bind(line.sku.as_str())
+            .push_bind(line.location_id.as_str())
+            .push_bind(row.reservation_id.as_str())
+            .push_bind(line.quantity)
+            .push_bind(row.expires_at);
+    });
+    qb.build().execute(&mut **tx).await?;
+
+    let mut qb =
+        QueryBuilder::<Sqlite>::new("INSERT INTO outbox_changes (location_id, sku, created_at) ");
+    qb.push_values(&lines, |mut values, (row, line)| {
+        values
+            .push_bind(line.location_id.as_str())
+            .push_bind(line.sku.as_str())
+            .push_bind(row.created_at);
+    });
+    qb.build().execute(&mut **tx).await?;
+    Ok(outcomes)
+}
+
 impl Store {
     /// Holds every line or none. `Ok(Err(_))` is a refusal (nothing held).
     pub async fn reserve(
@@ -533,25 +717,15 @@ impl Store {
             .iter()
             .map(|l| (l.location_id.clone(), l.sku.clone()))
             .collect();
-        // SQLite: in a savepoint of a transaction shared with the other
-        // waiting writes (see `group`).
+        // SQLite: decided and written with the other waiting reservations
+        // (see `RESERVATION_BATCH`).
         if let super::Db::Sqlite { .. } = self.db() {
-            let (request, store) = (request.clone(), self.clone());
-            return self
-                .grouped(move |tx| {
-                    Box::pin(async move {
-                        sqlite_reservations::attempt(
-                            tx,
-                            store.master_cache(),
-                            &request,
-                            &row,
-                            &keys,
-                            now,
-                        )
-                        .await
-                    })
-                })
-                .await;
+            let pending = Pending {
+                request: request.clone(),
+                row,
+                keys,
+            };
+            return self.batched(&RESERVATION_BATCH, pending).await;
         }
         let outcome = crate::transact!(
             self,
@@ -562,6 +736,12 @@ impl Store {
             }
         )?;
         Ok(outcome)
+    }
+
+    /// SQLite's reservation batches so far: (runs, reservations they
+    /// carried). Both 0 on PostgreSQL.
+    pub fn reservation_batches(&self) -> (u64, u64) {
+        self.write_group().reservations.runs()
     }
 
     /// One reservation, with its status as of now.

@@ -77,3 +77,42 @@ async fn concurrent_claims_from_two_replicas_start_once() {
         assert_eq!(started, 1);
     }
 }
+
+/// Many keys claimed and answered at once (on SQLite in shared batches):
+/// each key replays its own answer, never another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_keys_keep_their_own_answers() {
+    for backend in backends::all().await {
+        let name = backend.name;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let store = backend.store.clone();
+            tasks.push(tokio::spawn(async move {
+                let key = format!("key-{i}");
+                assert_eq!(
+                    store.begin(&key, "f", clock(0)).await.expect("begin"),
+                    Begin::Started
+                );
+                let response = StoredResponse {
+                    status: 200 + i,
+                    content_type: (i % 2 == 0).then(|| "application/json".into()),
+                    body: format!("answer {i}").into_bytes(),
+                };
+                store.complete(&key, &response).await.expect("complete");
+                response
+            }));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            let response = task.await.expect("task");
+            assert_eq!(
+                backend
+                    .store
+                    .begin(&format!("key-{i}"), "f", clock(1))
+                    .await
+                    .expect("begin"),
+                Begin::Replay(response),
+                "{name}"
+            );
+        }
+    }
+}
