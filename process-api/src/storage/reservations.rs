@@ -470,15 +470,7 @@ macro_rules! reservation_backend {
                         .collect();
                     let (known_skus, known_locations) =
                         known(tx, cache, &skus, &locations).await?;
-                    let mut unknown = Vec::new();
-                    for (index, line) in request.lines.iter().enumerate() {
-                        if !known_skus.contains(&line.sku) {
-                            unknown.push((index, "sku", line.sku.clone()));
-                        }
-                        if !known_locations.contains(&line.location_id) {
-                            unknown.push((index, "location_id", line.location_id.clone()));
-                        }
-                    }
+                    let unknown = unknown_lines(&request.lines, &known_skus, &known_locations);
                     if !unknown.is_empty() {
                         (Err(ReserveRefusal::Unknown(unknown)), false)
                     } else {
@@ -605,15 +597,7 @@ async fn reserve_batch(
             )));
             continue;
         }
-        let mut unknown = Vec::new();
-        for (index, line) in request.lines.iter().enumerate() {
-            if !known_skus.contains(&line.sku) {
-                unknown.push((index, "sku", line.sku.clone()));
-            }
-            if !known_locations.contains(&line.location_id) {
-                unknown.push((index, "location_id", line.location_id.clone()));
-            }
-        }
+        let unknown = unknown_lines(&request.lines, &known_skus, &known_locations);
         if !unknown.is_empty() {
             outcomes.push(Err(ReserveRefusal::Unknown(unknown)));
             continue;
@@ -901,6 +885,25 @@ impl Store {
 /// attempt whose transaction committed).
 fn sale_counts(result: &EventResult) -> bool {
     matches!(result.status, EventStatus::Applied | EventStatus::Duplicate)
+}
+
+/// The lines naming a sku or location the registry does not know: (line,
+/// field, value).
+fn unknown_lines(
+    lines: &[ReservationLine],
+    known_skus: &HashSet<String>,
+    known_locations: &HashSet<String>,
+) -> Vec<(usize, &'static str, String)> {
+    let mut unknown = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        if !known_skus.contains(&line.sku) {
+            unknown.push((index, "sku", line.sku.clone()));
+        }
+        if !known_locations.contains(&line.location_id) {
+            unknown.push((index, "location_id", line.location_id.clone()));
+        }
+    }
+    unknown
 }
 
 /// The lines that do not fit in what is available now.
