@@ -319,33 +319,49 @@ macro_rules! reservation_backend {
                 Ok(held)
             }
 
+            /// Inserts reservations (with the request id of each), their
+            /// holds and the change notifications: one statement each.
             pub(super) async fn insert(
                 tx: &mut Tx<'_>,
-                row: &Row,
-                request_id: &str,
+                made: &[(&Row, &str)],
             ) -> Result<(), sqlx::Error> {
-                let lines = serde_json::to_string(&row.lines)
-                    .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                sqlx::query(
+                let mut encoded = Vec::with_capacity(made.len());
+                for (row, _) in made {
+                    encoded.push(
+                        serde_json::to_string(&row.lines)
+                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
+                    );
+                }
+                let mut qb = QueryBuilder::<$db>::new(
                     "INSERT INTO reservations (reservation_id, client_id, channel, order_ref, \
-                     status, lines, created_at, expires_at, request_id) \
-                     VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8)",
-                )
-                .bind(&row.reservation_id)
-                .bind(&row.client_id)
-                .bind(&row.channel)
-                .bind(&row.order_ref)
-                .bind(lines)
-                .bind(row.created_at)
-                .bind(row.expires_at)
-                .bind(request_id)
-                .execute(&mut **tx)
-                .await?;
+                     status, lines, created_at, expires_at, request_id) ",
+                );
+                qb.push_values(
+                    made.iter().zip(&encoded),
+                    |mut values, ((row, request_id), lines)| {
+                        values
+                            .push_bind(row.reservation_id.as_str())
+                            .push_bind(row.client_id.as_str())
+                            .push_bind(row.channel.as_str())
+                            .push_bind(row.order_ref.as_str())
+                            .push_bind("active")
+                            .push_bind(lines.as_str())
+                            .push_bind(row.created_at)
+                            .push_bind(row.expires_at)
+                            .push_bind(*request_id);
+                    },
+                );
+                qb.build().execute(&mut **tx).await?;
+
+                let lines: Vec<(&Row, &ReservationLine)> = made
+                    .iter()
+                    .flat_map(|(row, _)| row.lines.iter().map(move |line| (*row, line)))
+                    .collect();
                 let mut qb = QueryBuilder::<$db>::new(
                     "INSERT INTO reservation_holds (sku, location_id, reservation_id, quantity, \
                      expires_at) ",
                 );
-                qb.push_values(&row.lines, |mut values, line| {
+                qb.push_values(&lines, |mut values, (row, line)| {
                     values
                         .push_bind(line.sku.as_str())
                         .push_bind(line.location_id.as_str())
@@ -354,23 +370,24 @@ macro_rules! reservation_backend {
                         .push_bind(row.expires_at);
                 });
                 qb.build().execute(&mut **tx).await?;
-                changed(tx, &row.lines, row.created_at).await
+                let changes: Vec<(&ReservationLine, i64)> =
+                    lines.iter().map(|(row, line)| (*line, row.created_at)).collect();
+                changed(tx, &changes).await
             }
 
             /// Availability-change notifications for the lines' positions.
             async fn changed(
                 tx: &mut Tx<'_>,
-                lines: &[ReservationLine],
-                now: i64,
+                changes: &[(&ReservationLine, i64)],
             ) -> Result<(), sqlx::Error> {
                 let mut qb = QueryBuilder::<$db>::new(
                     "INSERT INTO outbox_changes (location_id, sku, created_at) ",
                 );
-                qb.push_values(lines, |mut values, line| {
+                qb.push_values(changes, |mut values, (line, at)| {
                     values
                         .push_bind(line.location_id.as_str())
                         .push_bind(line.sku.as_str())
-                        .push_bind(now);
+                        .push_bind(*at);
                 });
                 qb.build().execute(&mut **tx).await?;
                 Ok(())
@@ -411,7 +428,9 @@ macro_rules! reservation_backend {
                     .bind(&row.reservation_id)
                     .execute(&mut **tx)
                     .await?;
-                changed(tx, &row.lines, now).await?;
+                let changes: Vec<(&ReservationLine, i64)> =
+                    row.lines.iter().map(|line| (line, now)).collect();
+                changed(tx, &changes).await?;
                 row.status = status;
                 row.closed_at = Some(now);
                 Ok(())
@@ -478,7 +497,7 @@ macro_rules! reservation_backend {
                         let held = held(tx, &keys, now).await?;
                         let short = shortages(&request.lines, &positions, &held);
                         if short.is_empty() {
-                            insert(tx, &row, &request.request_id).await?;
+                            insert(tx, &[(row, request.request_id.as_str())]).await?;
                             (Ok(row.clone().view(now)), true)
                         } else {
                             (Err(ReserveRefusal::InsufficientStock(short)), false)
@@ -620,58 +639,7 @@ async fn reserve_batch(
         return Ok(outcomes);
     }
 
-    let mut qb = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO reservations (reservation_id, client_id, channel, order_ref, status, \
-         lines, created_at, expires_at, request_id) ",
-    );
-    let mut encoded = Vec::with_capacity(made.len());
-    for (row, _) in &made {
-        encoded
-            .push(serde_json::to_string(&row.lines).map_err(|e| sqlx::Error::Encode(Box::new(e)))?);
-    }
-    qb.push_values(
-        made.iter().zip(&encoded),
-        |mut values, ((row, request_id), lines)| {
-            values
-                .push_bind(row.reservation_id.as_str())
-                .push_bind(row.client_id.as_str())
-                .push_bind(row.channel.as_str())
-                .push_bind(row.order_ref.as_str())
-                .push_bind("active")
-                .push_bind(lines.as_str())
-                .push_bind(row.created_at)
-                .push_bind(row.expires_at)
-                .push_bind(*request_id);
-        },
-    );
-    qb.build().execute(&mut **tx).await?;
-
-    let lines: Vec<(&Row, &ReservationLine)> = made
-        .iter()
-        .flat_map(|(row, _)| row.lines.iter().map(move |line| (*row, line)))
-        .collect();
-    let mut qb = QueryBuilder::<Sqlite>::new(
-        "INSERT INTO reservation_holds (sku, location_id, reservation_id, quantity, expires_at) ",
-    );
-    qb.push_values(&lines, |mut values, (row, line)| {
-        values
-            .push_bind(line.sku.as_str())
-            .push_bind(line.location_id.as_str())
-            .push_bind(row.reservation_id.as_str())
-            .push_bind(line.quantity)
-            .push_bind(row.expires_at);
-    });
-    qb.build().execute(&mut **tx).await?;
-
-    let mut qb =
-        QueryBuilder::<Sqlite>::new("INSERT INTO outbox_changes (location_id, sku, created_at) ");
-    qb.push_values(&lines, |mut values, (row, line)| {
-        values
-            .push_bind(line.location_id.as_str())
-            .push_bind(line.sku.as_str())
-            .push_bind(row.created_at);
-    });
-    qb.build().execute(&mut **tx).await?;
+    sqlite_reservations::insert(tx, &made).await?;
     Ok(outcomes)
 }
 
