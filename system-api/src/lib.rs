@@ -156,6 +156,15 @@ pub fn router(
 }
 
 async fn open_pool(url: &str) -> anyhow::Result<SqlitePool> {
+    // Before the first connection, as process-api does (one SQLite per
+    // process, and the embedded default runs both in one).
+    match sqlite_pagecache::install() {
+        Ok(()) => {}
+        Err(sqlite_pagecache::InstallError::Disabled) => {
+            tracing::info!("SQLite's default page cache chosen")
+        }
+        Err(error) => tracing::warn!(%error, "SQLite's bounded page cache is not in use"),
+    }
     let options = SqliteConnectOptions::from_str(url)
         .context("system.database_url must be a sqlite:// URL")?
         .create_if_missing(true)

@@ -244,6 +244,15 @@ impl Store {
                 .context("PostgreSQL migrations failed")?;
             Db::Postgres(pool)
         } else if url.starts_with("sqlite:") {
+            // Before the first connection: SQLite takes its page cache only
+            // before it initialises (see the crate's documentation).
+            match sqlite_pagecache::install() {
+                Ok(()) => {}
+                Err(sqlite_pagecache::InstallError::Disabled) => {
+                    tracing::info!("SQLite's default page cache chosen")
+                }
+                Err(error) => tracing::warn!(%error, "SQLite's bounded page cache is not in use"),
+            }
             let options = SqliteConnectOptions::from_str(url)
                 .with_context(|| "invalid SQLite URL")?
                 .create_if_missing(true)
@@ -408,6 +417,12 @@ async fn checkpointer(pool: SqlitePool) {
         if pool.is_closed() {
             return;
         }
+        // The page cache's truncations (process-wide), with the ticks.
+        let cache = sqlite_pagecache::stats();
+        metrics::counter!("sqlite_page_cache_truncations_total", "outcome" => "skipped")
+            .absolute(cache.truncations_skipped);
+        metrics::counter!("sqlite_page_cache_truncations_total", "outcome" => "forwarded")
+            .absolute(cache.truncations_forwarded);
         if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
             .execute(&pool)
             .await
