@@ -33,6 +33,18 @@ async fn insert(conn: &mut sqlx::SqliteConnection, keys: &mut Keys, rows: usize)
     (rows as i64, sum)
 }
 
+async fn run(conn: &mut sqlx::SqliteConnection, sql: &'static str) {
+    sqlx::query(sql).execute(&mut *conn).await.expect(sql);
+}
+
+/// `rows` random rows in a transaction of their own, committed.
+async fn committed(conn: &mut sqlx::SqliteConnection, keys: &mut Keys, rows: usize) -> (i64, i64) {
+    run(conn, "BEGIN").await;
+    let inserted = insert(conn, keys, rows).await;
+    run(conn, "COMMIT").await;
+    inserted
+}
+
 #[tokio::test]
 async fn commits_rollbacks_and_savepoints_keep_the_database_whole() {
     sqlite_pagecache::install().expect("installed before any connection of this test");
@@ -48,95 +60,56 @@ async fn commits_rollbacks_and_savepoints_keep_the_database_whole() {
         .await
         .expect("open");
     let mut conn = writer.acquire().await.expect("connection");
-    sqlx::query("CREATE TABLE t (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v BLOB NOT NULL)")
-        .execute(&mut *conn)
-        .await
-        .expect("table");
-    sqlx::query("CREATE INDEX t_k ON t (k)")
-        .execute(&mut *conn)
-        .await
-        .expect("index");
+    run(
+        &mut conn,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, k INTEGER NOT NULL, v BLOB NOT NULL)",
+    )
+    .await;
+    run(&mut conn, "CREATE INDEX t_k ON t (k)").await;
 
     let mut keys = Keys(7);
     let (mut count, mut sum) = (0, 0);
     let start = sqlite_pagecache::stats();
     // Committed batches of random keys: the index splits pages all along.
     for _ in 0..40 {
-        sqlx::query("BEGIN")
-            .execute(&mut *conn)
-            .await
-            .expect("begin");
-        let (n, s) = insert(&mut conn, &mut keys, 250).await;
-        sqlx::query("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .expect("commit");
+        let (n, s) = committed(&mut conn, &mut keys, 250).await;
         count += n;
         sum += s;
     }
-    let committed = sqlite_pagecache::stats();
+    let after_commits = sqlite_pagecache::stats();
     assert!(
-        committed.truncations_skipped > start.truncations_skipped,
-        "commits after page splits skip the cache's truncation: {committed:?}"
+        after_commits.truncations_skipped > start.truncations_skipped,
+        "commits after page splits skip the cache's truncation: {after_commits:?}"
     );
 
     // A transaction that grows the database by thousands of pages, rolled
     // back: its pages must leave the cache.
-    sqlx::query("BEGIN")
-        .execute(&mut *conn)
-        .await
-        .expect("begin");
+    run(&mut conn, "BEGIN").await;
     let _ = insert(&mut conn, &mut keys, 6_000).await;
-    sqlx::query("ROLLBACK")
-        .execute(&mut *conn)
-        .await
-        .expect("rollback");
+    run(&mut conn, "ROLLBACK").await;
     let rolled_back = sqlite_pagecache::stats();
     assert!(
-        rolled_back.truncations_forwarded > committed.truncations_forwarded,
+        rolled_back.truncations_forwarded > after_commits.truncations_forwarded,
         "a rollback that shrinks the database is forwarded: {rolled_back:?}"
     );
 
     // A savepoint rolled back inside a transaction that commits.
-    sqlx::query("BEGIN")
-        .execute(&mut *conn)
-        .await
-        .expect("begin");
+    run(&mut conn, "BEGIN").await;
     let (n, s) = insert(&mut conn, &mut keys, 500).await;
     count += n;
     sum += s;
-    sqlx::query("SAVEPOINT inner_work")
-        .execute(&mut *conn)
-        .await
-        .expect("savepoint");
+    run(&mut conn, "SAVEPOINT inner_work").await;
     let _ = insert(&mut conn, &mut keys, 3_000).await;
-    sqlx::query("ROLLBACK TO inner_work")
-        .execute(&mut *conn)
-        .await
-        .expect("rollback to");
-    sqlx::query("RELEASE inner_work")
-        .execute(&mut *conn)
-        .await
-        .expect("release");
+    run(&mut conn, "ROLLBACK TO inner_work").await;
+    run(&mut conn, "RELEASE inner_work").await;
     let (n, s) = insert(&mut conn, &mut keys, 500).await;
     count += n;
     sum += s;
-    sqlx::query("COMMIT")
-        .execute(&mut *conn)
-        .await
-        .expect("commit");
+    run(&mut conn, "COMMIT").await;
 
     // Reused page numbers after the rollbacks hold what was written since.
     for _ in 0..10 {
-        sqlx::query("BEGIN")
-            .execute(&mut *conn)
-            .await
-            .expect("begin");
-        let (n, s) = insert(&mut conn, &mut keys, 300).await;
-        sqlx::query("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .expect("commit");
+        let (n, s) = committed(&mut conn, &mut keys, 300).await;
         count += n;
         sum += s;
     }
