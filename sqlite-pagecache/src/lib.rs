@@ -29,7 +29,20 @@
 //!
 //! Soundness rests on one fact of SQLite's page-cache interface: a page
 //! enters a cache under a number only through `xFetch` (which returns it)
-//! or `xRekey` (which gives it the new number). The bound sees both.
+//! or `xRekey` (which gives it the new number). The bound sees both; calls
+//! the default cache makes on its own (recycling a page, shrinking, a
+//! discard on unpin) only ever remove pages. In debug builds every skipped
+//! truncation is checked: it is forwarded anyway and the cache's page count
+//! must not change (so the test suites, which run debug builds, exercise
+//! the guard on every commit).
+//!
+//! What it does not change: the default cache still remembers the parking
+//! number as its largest key, so a truncation that is forwarded (a rollback
+//! that shrinks the database) still walks the whole cache, as before.
+//!
+//! It wraps whatever cache is registered when [`install`] runs, which in
+//! this workspace is always SQLite's default one (nothing else registers a
+//! cache).
 //!
 //! This crate is the one place of the workspace with `unsafe` code: it
 //! implements a C interface.
@@ -42,8 +55,9 @@ use libsqlite3_sys as ffi;
 
 /// An upper bound on the page numbers a cache holds.
 ///
-/// Calls for one cache come one at a time (SQLite's default cache relies on
-/// the same); the atomics and the mutex make the type safe to share anyway.
+/// Calls for one cache come one at a time, serialised by the connection
+/// that owns it (SQLite's default cache relies on the same for its own
+/// state); the atomics and the mutex make the type safe to share anyway.
 #[derive(Debug, Default)]
 pub struct KeyBound {
     /// At least every number fetched since the last truncation below it.
@@ -144,7 +158,10 @@ pub const DISABLE_VARIABLE: &str = "SQLITE_PAGE_CACHE";
 
 /// Registers the cache for every SQLite connection this process opens
 /// afterwards. Call it before the first connection: SQLite takes page-cache
-/// settings only before it initialises. Later calls return the first
+/// settings only before it initialises, and changing them is not
+/// thread-safe, so no other thread may be using SQLite while the first call
+/// runs (every place that opens SQLite must call this first; concurrent
+/// callers wait for the first call to finish). Later calls return the first
 /// call's result. On an error SQLite's default cache stays in use, which is
 /// correct, only slower.
 pub fn install() -> Result<(), InstallError> {
@@ -335,6 +352,21 @@ unsafe extern "C" fn truncate(p: *mut ffi::sqlite3_pcache, limit: c_uint) {
         unsafe { f(cache.inner, limit) }
     } else {
         SKIPPED.fetch_add(1, Ordering::Relaxed);
+        // The guard checked: the truncation skipped would have discarded
+        // nothing (a failure aborts the process: no unwinding out of C).
+        #[cfg(debug_assertions)]
+        if let Some(count) = methods().xPagecount {
+            // SAFETY: the default cache's instance, as above.
+            let before = unsafe { count(cache.inner) };
+            // SAFETY: as above.
+            unsafe { f(cache.inner, limit) };
+            // SAFETY: as above.
+            let after = unsafe { count(cache.inner) };
+            assert_eq!(
+                before, after,
+                "a skipped page-cache truncation to {limit} had pages to discard"
+            );
+        }
     }
 }
 
@@ -397,7 +429,7 @@ mod tests {
             4 => (1u32..80).prop_map(Op::Fetch),
             3 => (any::<usize>(), key).prop_map(|(at, new)| Op::Rekey(at, new)),
             1 => any::<usize>().prop_map(Op::Discard),
-            2 => (1u32..90).prop_map(Op::Truncate),
+            2 => prop_oneof![1u32..90, PARKING - 2..PARKING + 3].prop_map(Op::Truncate),
         ]
     }
 
@@ -421,8 +453,11 @@ mod tests {
                         if old == new {
                             continue;
                         }
-                        // SQLite drops a page already under the new number.
-                        cached.remove(&new);
+                        // SQLite looks up the new number first (a fetch)
+                        // and drops the page it finds there.
+                        if cached.remove(&new) {
+                            bound.fetched(new);
+                        }
                         cached.remove(&old);
                         cached.insert(new);
                         bound.rekeyed(old, new);

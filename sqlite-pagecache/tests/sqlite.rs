@@ -47,6 +47,13 @@ async fn committed(conn: &mut sqlx::SqliteConnection, keys: &mut Keys, rows: usi
 
 #[tokio::test]
 async fn commits_rollbacks_and_savepoints_keep_the_database_whole() {
+    if std::env::var(sqlite_pagecache::DISABLE_VARIABLE).is_ok_and(|value| value == "default") {
+        eprintln!(
+            "skipped: {}=default keeps SQLite's own page cache",
+            sqlite_pagecache::DISABLE_VARIABLE
+        );
+        return;
+    }
     sqlite_pagecache::install().expect("installed before any connection of this test");
     let dir = tempfile::tempdir().expect("temporary directory");
     let options = SqliteConnectOptions::new()
