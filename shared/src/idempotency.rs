@@ -17,6 +17,7 @@
 //! are kept for the configured retention (default 24 h).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -81,6 +82,92 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     async fn complete(&self, key: &str, response: &StoredResponse) -> anyhow::Result<()>;
     /// Releases a claimed key without a response (the request failed).
     async fn abandon(&self, key: &str) -> anyhow::Result<()>;
+    /// POST paths whose route claims the key, does its work and stores
+    /// the answer in one transaction of this store (see [`InlineClaim`]).
+    /// None by default.
+    fn inline_paths(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// A key the middleware leaves to the route, on the paths a store names in
+/// [`IdempotencyStore::inline_paths`]: the route claims it, does its work
+/// and stores its answer in one transaction, so a retry can never find the
+/// work done without the answer, and the request waits for one commit
+/// instead of three. A route that answers without reaching the store (a
+/// 422 of its own checks, say) leaves the claim untaken, and the
+/// middleware then applies the key as everywhere else, after the fact:
+/// such an answer changed nothing.
+#[derive(Debug, Clone)]
+pub struct InlineClaim {
+    /// The scoped key.
+    pub key: String,
+    /// The request's fingerprint.
+    pub fingerprint: String,
+    /// Times of the claim.
+    pub clock: Clock,
+    taken: Arc<AtomicBool>,
+}
+
+impl InlineClaim {
+    /// A claim of `key` (already scoped to its caller) for a request with
+    /// `fingerprint`.
+    pub fn new(key: String, fingerprint: String, clock: Clock) -> Self {
+        Self {
+            key,
+            fingerprint,
+            clock,
+            taken: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Marks the claim as the route's: the middleware then passes the
+    /// route's answer through untouched (the store has settled the key,
+    /// or the work failed with nothing kept). Call it just before handing
+    /// the claim to the store.
+    pub fn take(&self) -> &Self {
+        self.taken.store(true, Ordering::Release);
+        self
+    }
+}
+
+/// The answer to a decision other than [`Begin::Started`] (a replay, a
+/// key reused for another request, a key in flight), counted in
+/// `idempotency_keys_total`; `None` for `Started` (counted as `first`).
+pub fn answer(service: &'static str, decision: Begin) -> Option<Response> {
+    let outcome = match &decision {
+        Begin::Started => "first",
+        Begin::Replay(_) => "replayed",
+        Begin::Mismatch => "mismatch",
+        Begin::InFlight => "in_flight",
+    };
+    metrics::counter!("idempotency_keys_total", "service" => service, "outcome" => outcome)
+        .increment(1);
+    match decision {
+        Begin::Started => None,
+        Begin::Mismatch => Some(
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency-Key reused",
+            )
+            .with_detail("this Idempotency-Key was used for a different request")
+            .into_response(),
+        ),
+        Begin::InFlight => Some(
+            Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-in-flight",
+                "Request in progress",
+            )
+            .with_detail(
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            .into_response(),
+        ),
+        Begin::Replay(stored) => Some(replay(stored)),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -256,76 +343,81 @@ pub async fn idempotency(
         lease_until: now + config.lease_micros,
         expires_at: now + config.retention_micros,
     };
-    match config.store.begin(&scoped, &fingerprint, clock).await {
+    if config.store.inline_paths().contains(&parts.uri.path()) {
+        let claim = InlineClaim::new(scoped.clone(), fingerprint.clone(), clock);
+        let taken = claim.taken.clone();
+        let mut request = Request::from_parts(parts, Body::from(bytes));
+        request.extensions_mut().insert(claim);
+        let response = next.run(request).await;
+        if taken.load(Ordering::Acquire) {
+            return response;
+        }
+        // The route answered on its own checks, before its store: nothing
+        // changed, so the key applies now as it would have before.
+        return match begin(&config, &scoped, &fingerprint, clock).await {
+            Err(response) => response,
+            Ok(()) => settle(&config, &scoped, response).await,
+        };
+    }
+    if let Err(response) = begin(&config, &scoped, &fingerprint, clock).await {
+        return response;
+    }
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let response = next.run(request).await;
+    settle(&config, &scoped, response).await
+}
+
+/// Claims the key: `Ok` when the request is to run, else the answer.
+async fn begin(
+    config: &Idempotency,
+    scoped: &str,
+    fingerprint: &str,
+    clock: Clock,
+) -> Result<(), Response> {
+    match config.store.begin(scoped, fingerprint, clock).await {
         Err(error) => {
             tracing::error!(%error, "idempotency store unavailable");
-            Problem::upstream(
+            Err(Problem::upstream(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "idempotency keys cannot be checked right now; retry later",
             )
-            .into_response()
+            .into_response())
         }
-        Ok(Begin::Mismatch) => {
-            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "mismatch").increment(1);
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
-                "Idempotency-Key reused",
-            )
-            .with_detail("this Idempotency-Key was used for a different request")
-            .into_response()
+        Ok(decision) => answer(config.service, decision).map_or(Ok(()), Err),
+    }
+}
+
+/// Stores the answer of a claimed key (a 5xx releases the key instead, so
+/// a retry runs again) and passes it on.
+async fn settle(config: &Idempotency, scoped: &str, response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(error) => {
+            tracing::error!(%error, "response body could not be read for storing");
+            let _ = config.store.abandon(scoped).await;
+            return Problem::internal().into_response();
         }
-        Ok(Begin::InFlight) => {
-            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "in_flight").increment(1);
-            Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency-key-in-flight",
-                "Request in progress",
-            )
-            .with_detail(
-                "a request with this Idempotency-Key is still being processed; retry shortly",
-            )
-            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-            .into_response()
+    };
+    if parts.status.is_server_error() {
+        if let Err(error) = config.store.abandon(scoped).await {
+            tracing::warn!(%error, "could not release an idempotency key");
         }
-        Ok(Begin::Replay(stored)) => {
-            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "replayed").increment(1);
-            replay(stored)
-        }
-        Ok(Begin::Started) => {
-            metrics::counter!("idempotency_keys_total", "service" => config.service, "outcome" => "first").increment(1);
-            let request = Request::from_parts(parts, Body::from(bytes));
-            let response = next.run(request).await;
-            let (parts, body) = response.into_parts();
-            let body = match axum::body::to_bytes(body, usize::MAX).await {
-                Ok(body) => body,
-                Err(error) => {
-                    tracing::error!(%error, "response body could not be read for storing");
-                    let _ = config.store.abandon(&scoped).await;
-                    return Problem::internal().into_response();
-                }
-            };
-            if parts.status.is_server_error() {
-                if let Err(error) = config.store.abandon(&scoped).await {
-                    tracing::warn!(%error, "could not release an idempotency key");
-                }
-            } else {
-                let stored = StoredResponse {
-                    status: parts.status.as_u16(),
-                    content_type: parts
-                        .headers
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned),
-                    body: body.to_vec(),
-                };
-                if let Err(error) = config.store.complete(&scoped, &stored).await {
-                    tracing::error!(%error, "could not store an idempotent response");
-                }
-            }
-            Response::from_parts(parts, Body::from(body))
+    } else {
+        let stored = StoredResponse {
+            status: parts.status.as_u16(),
+            content_type: parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            body: body.to_vec(),
+        };
+        if let Err(error) = config.store.complete(scoped, &stored).await {
+            tracing::error!(%error, "could not store an idempotent response");
         }
     }
+    Response::from_parts(parts, Body::from(body))
 }
 
 fn replay(stored: StoredResponse) -> Response {

@@ -438,3 +438,107 @@ async fn flash_sale_on_two_postgres_replicas_never_oversells() {
     }
     flash_sale(&apps).await;
 }
+
+/// process-api's own `POST /v1/reservations` with an `Idempotency-Key`
+/// (what experience-api always sends): on SQLite the key, the reservation
+/// and the answer share one transaction. A retry replays the first answer
+/// byte for byte and holds nothing more; a key reused for another body is
+/// refused; concurrent retries of one key reserve once; and a request the
+/// route refuses on its own checks (before the store) still binds its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_api_keys_are_claimed_with_the_reservation() {
+    let app = TestApp::spawn().await;
+    stock(&app, "r1", "S001", SKU, 20).await;
+    let base = available(&app, SKU, "S001").await;
+    let token = app.token(Layer::Process, "reservations:write");
+    let post = |body: String, key: &'static str| {
+        app.http
+            .post(app.url(Layer::Process, "/v1/reservations"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let replayed = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true")
+    };
+
+    let body = reservation(&[(SKU, "S001", 2)]);
+    let first = post(body.clone(), "inline-1").await.expect("sent");
+    assert_eq!(first.status(), 201);
+    assert!(!replayed(&first));
+    let location = first.headers().get("location").cloned().expect("Location");
+    let first = first.bytes().await.expect("body");
+    let again = post(body.clone(), "inline-1").await.expect("sent");
+    assert_eq!(again.status(), 201);
+    assert!(replayed(&again));
+    assert_eq!(again.bytes().await.expect("body"), first, "the same bytes");
+    let created: Value = serde_json::from_slice(&first).expect("json");
+    assert_eq!(
+        location.to_str().expect("ascii"),
+        format!(
+            "/v1/reservations/{}",
+            created["reservation_id"].as_str().expect("id")
+        )
+    );
+    assert_eq!(available(&app, SKU, "S001").await, base - 2);
+
+    // The key for another body.
+    let reused = post(reservation(&[(SKU, "S001", 3)]), "inline-1")
+        .await
+        .expect("sent");
+    let reused = problem(reused, 422).await;
+    assert!(
+        reused["type"]
+            .as_str()
+            .expect("type")
+            .ends_with("idempotency-key-reused")
+    );
+
+    // Concurrent retries of one new key: one reservation, every 201 the same.
+    let body = reservation(&[(SKU, "S001", 1)]);
+    let answers = futures::future::join_all((0..12).map(|_| post(body.clone(), "inline-2"))).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for answer in answers {
+        let answer = answer.expect("sent");
+        match answer.status().as_u16() {
+            201 => {
+                let made: Value = answer.json().await.expect("json");
+                ids.insert(made["reservation_id"].as_str().expect("id").to_owned());
+            }
+            409 => {
+                let refused = problem(answer, 409).await;
+                assert!(
+                    refused["type"]
+                        .as_str()
+                        .expect("type")
+                        .ends_with("idempotency-key-in-flight")
+                );
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(available(&app, SKU, "S001").await, base - 3);
+
+    // Refused by the route's own checks: the key still answers that.
+    let invalid = post(reservation(&[(SKU, "S001", 0)]), "inline-3")
+        .await
+        .expect("sent");
+    problem(invalid, 422).await;
+    let later = post(reservation(&[(SKU, "S001", 1)]), "inline-3")
+        .await
+        .expect("sent");
+    let later = problem(later, 422).await;
+    assert!(
+        later["type"]
+            .as_str()
+            .expect("type")
+            .ends_with("idempotency-key-reused")
+    );
+    assert_eq!(available(&app, SKU, "S001").await, base - 3);
+}

@@ -2,22 +2,25 @@
 //! DESIGN.md §6). A reservation belongs to the client that created it (the
 //! end user behind the service token): another client gets 404 for it.
 
+use axum::Extension;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::correlation::Correlation;
+use retail_shared::idempotency::{self, InlineClaim, StoredResponse};
 use retail_shared::model::ReservationRequest;
-use retail_shared::problem::{ApiJson, ApiPath, FieldError, Problem, ProblemBody};
+use retail_shared::problem::{ApiJson, ApiPath, FieldError, PROBLEM_JSON, Problem, ProblemBody};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::AppState;
 use crate::error::Result;
 use crate::storage::ledger::IngestContext;
 use crate::storage::reservations::{
-    CloseRefusal, NewReservation, Reservation, ReservationStatus, ReserveRefusal,
+    CloseRefusal, Keyed, NewReservation, Outcome, Render, Reservation, ReservationStatus,
+    ReserveRefusal,
 };
+use crate::{AppState, SERVICE};
 
 /// Routes of this area.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -117,8 +120,9 @@ async fn create_reservation(
     State(state): State<AppState>,
     auth: Authorized<scope::ReservationsWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiJson(request): ApiJson<ReservationRequest>,
-) -> Result<impl IntoResponse> {
+) -> Result<Response> {
     request.check(&state.reservations)?;
     for line in &request.lines {
         auth.require_location(&line.location_id)?;
@@ -132,7 +136,20 @@ async fn create_reservation(
         max_active_per_client: state.reservations.max_active_per_client,
         request_id: correlation.request_id.clone(),
     };
-    let outcome = state.store.reserve(&new).await?;
+    // The key (on the paths the store claims inline): claimed, decided and
+    // answered in one transaction.
+    let claim = claim
+        .as_ref()
+        .map(|Extension(claim)| (claim.take(), render as Render));
+    let (outcome, stored) = match state.store.reserve_keyed(&new, claim).await? {
+        Keyed::Decided(outcome, stored) => (outcome, stored),
+        Keyed::Key(decision) => {
+            return Ok(idempotency::answer(SERVICE, decision).unwrap_or_else(|| {
+                tracing::error!("a new key came back undecided");
+                Problem::internal().into_response()
+            }));
+        }
+    };
     let result = match &outcome {
         Ok(_) => "reserved",
         Err(ReserveRefusal::InsufficientStock(_)) => "insufficient_stock",
@@ -140,33 +157,74 @@ async fn create_reservation(
         Err(ReserveRefusal::TooManyActive(_)) => "limit",
     };
     metrics::counter!("reservations_total", "result" => result).increment(1);
-    match outcome {
-        Ok(reservation) => {
-            let location = format!("/v1/reservations/{}", reservation.reservation_id);
-            Ok((
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                ApiJson(reservation),
-            ))
+    let stored = stored.unwrap_or_else(|| render(&outcome));
+    let mut response = (
+        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        stored.body,
+    )
+        .into_response();
+    if let Some(content_type) = stored
+        .content_type
+        .and_then(|c| HeaderValue::from_str(&c).ok())
+    {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    if let Ok(reservation) = &outcome
+        && let Ok(location) =
+            HeaderValue::from_str(&format!("/v1/reservations/{}", reservation.reservation_id))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// The answer to a reservation's outcome, as sent and as stored with its
+/// `Idempotency-Key` (a replay sends these bytes again): 201 with the
+/// reservation, or the refusal's problem.
+fn render(outcome: &Outcome) -> StoredResponse {
+    let (status, content_type, body) = match outcome {
+        Ok(reservation) => (
+            StatusCode::CREATED,
+            "application/json",
+            serde_json::to_vec(reservation),
+        ),
+        Err(refusal) => {
+            let problem = refused(refusal);
+            (
+                problem.status(),
+                PROBLEM_JSON,
+                serde_json::to_vec(&problem.body()),
+            )
         }
-        Err(ReserveRefusal::InsufficientStock(short)) => Err(insufficient_stock(&short).into()),
-        Err(ReserveRefusal::Unknown(unknown)) => Err(Problem::validation(
+    };
+    StoredResponse {
+        status: status.as_u16(),
+        content_type: Some(content_type.to_owned()),
+        body: body.unwrap_or_default(),
+    }
+}
+
+/// The problem answering a refusal.
+fn refused(refusal: &ReserveRefusal) -> Problem {
+    match refusal {
+        ReserveRefusal::InsufficientStock(short) => insufficient_stock(short),
+        ReserveRefusal::Unknown(unknown) => Problem::validation(
             unknown
-                .into_iter()
+                .iter()
                 .map(|(line, field, value)| FieldError {
                     pointer: format!("/lines/{line}/{field}"),
                     detail: format!("unknown {field} `{value}`"),
                 })
                 .collect(),
-        )
-        .into()),
-        Err(ReserveRefusal::TooManyActive(cap)) => Err(Problem::conflict(
+        ),
+        ReserveRefusal::TooManyActive(cap) => Problem::conflict(
             "active-reservation-limit",
             format!(
                 "this client already holds {cap} active reservations; release or fulfil some first"
             ),
-        )
-        .into()),
+        ),
     }
 }
 

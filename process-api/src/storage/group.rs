@@ -69,7 +69,7 @@ pub(crate) struct WriteGroup {
     /// start).
     committer: OnceLock<Option<tokio::runtime::Handle>>,
     /// Reservations waiting to be decided and written together.
-    pub(crate) reservations: Batch<super::reservations::Pending, super::reservations::Outcome>,
+    pub(crate) reservations: Batch<super::reservations::Pending, super::reservations::Keyed>,
     /// `Idempotency-Key` claims waiting.
     pub(crate) claims: Batch<super::idempotency::Claim, retail_shared::idempotency::Begin>,
     /// Stored answers of claimed keys waiting.

@@ -2,7 +2,9 @@
 //! ledger, so several replicas share it).
 
 use async_trait::async_trait;
-use retail_shared::idempotency::{Begin, Clock, IdempotencyStore, StoredResponse, decide};
+use retail_shared::idempotency::{
+    Begin, Clock, IdempotencyStore, InlineClaim, StoredResponse, decide,
+};
 use std::collections::HashSet;
 
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
@@ -83,10 +85,21 @@ const SELECT_LOCKED: &str = "SELECT fingerprint, lease_until, expires_at, respon
      response_content_type, response_body FROM idempotency_keys WHERE key = $1 FOR UPDATE";
 
 /// A claim waiting in SQLite's batch.
+#[derive(Clone)]
 pub(crate) struct Claim {
-    key: String,
+    pub(crate) key: String,
     fingerprint: String,
     clock: Clock,
+}
+
+impl From<&InlineClaim> for Claim {
+    fn from(claim: &InlineClaim) -> Self {
+        Self {
+            key: claim.key.clone(),
+            fingerprint: claim.fingerprint.clone(),
+            clock: claim.clock,
+        }
+    }
 }
 
 /// Claims on SQLite, a batch at a time.
@@ -111,7 +124,7 @@ static COMPLETIONS: BatchKind<(String, StoredResponse), ()> = BatchKind {
 /// One insert claims every key that is new; the others (a retry, a replay,
 /// a key used twice in the batch) are decided one by one as before. A key
 /// twice in the batch: the first claims it, the second finds it in flight.
-async fn claim_batch(
+pub(crate) async fn claim_batch(
     tx: &mut Transaction<'static, Sqlite>,
     claims: Vec<Claim>,
 ) -> Result<Vec<Begin>, sqlx::Error> {
@@ -146,7 +159,7 @@ async fn claim_batch(
 }
 
 /// Stores a batch's answers with one update.
-async fn complete_batch(
+pub(crate) async fn complete_batch(
     tx: &mut Transaction<'static, Sqlite>,
     completions: Vec<(String, StoredResponse)>,
 ) -> Result<Vec<()>, sqlx::Error> {
@@ -214,6 +227,16 @@ impl IdempotencyStore for Store {
             }
         }
         Ok(())
+    }
+
+    /// On SQLite `POST /v1/reservations` claims its key, reserves and
+    /// stores its answer in one transaction (see
+    /// [`Store::reserve_keyed`](crate::storage::Store::reserve_keyed)).
+    fn inline_paths(&self) -> &'static [&'static str] {
+        match self.db() {
+            super::Db::Sqlite { .. } => &["/v1/reservations"],
+            super::Db::Postgres(_) => &[],
+        }
     }
 
     async fn abandon(&self, key: &str) -> anyhow::Result<()> {

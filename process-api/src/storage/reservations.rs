@@ -40,7 +40,10 @@ use utoipa::ToSchema;
 use futures::future::BoxFuture;
 use sqlx::{Sqlite, Transaction};
 
+use retail_shared::idempotency::{Begin, InlineClaim, StoredResponse};
+
 use super::group::BatchKind;
+use super::idempotency::{Claim, claim_batch, complete_batch};
 use super::ledger::{EventResult, EventStatus, IngestContext};
 use super::{Store, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
@@ -527,13 +530,31 @@ pub(crate) struct Pending {
     request: NewReservation,
     row: Row,
     keys: BTreeSet<Key>,
+    /// Its `Idempotency-Key`, claimed and answered in the batch.
+    claim: Option<(Claim, Render)>,
 }
 
 /// What a reservation request comes to.
-pub(crate) type Outcome = Result<Reservation, ReserveRefusal>;
+pub type Outcome = Result<Reservation, ReserveRefusal>;
+
+/// The route's answer to an outcome, as stored for replays of its
+/// `Idempotency-Key`.
+pub type Render = fn(&Outcome) -> StoredResponse;
+
+/// What a reservation with an `Idempotency-Key` claimed in its own
+/// transaction comes to.
+#[derive(Debug)]
+pub enum Keyed {
+    /// The key was new: the reservation was decided, and its answer stored
+    /// with it (the rendered answer, when the key was claimed here).
+    Decided(Outcome, Option<StoredResponse>),
+    /// The key was not new (a replay, a key reused for another request or
+    /// still in flight): nothing was decided.
+    Key(Begin),
+}
 
 /// Reservations on SQLite: decided and written a batch at a time.
-static RESERVATION_BATCH: BatchKind<Pending, Outcome> = BatchKind {
+static RESERVATION_BATCH: BatchKind<Pending, Keyed> = BatchKind {
     queue: |store| &store.write_group().reservations,
     run: run_reservation_batch,
     weight: |pending| pending.request.lines.len(),
@@ -547,7 +568,7 @@ fn run_reservation_batch<'c>(
     tx: &'c mut Transaction<'static, Sqlite>,
     store: &'c Store,
     batch: Vec<Pending>,
-) -> BoxFuture<'c, Result<Vec<Outcome>, sqlx::Error>> {
+) -> BoxFuture<'c, Result<Vec<Keyed>, sqlx::Error>> {
     Box::pin(reserve_batch(tx, store.master_cache(), batch, store.now()))
 }
 
@@ -563,8 +584,29 @@ async fn reserve_batch(
     cache: &crate::storage::cache::MasterCache,
     batch: Vec<Pending>,
     now: i64,
-) -> Result<Vec<Outcome>, sqlx::Error> {
+) -> Result<Vec<Keyed>, sqlx::Error> {
     use sqlx::{QueryBuilder, Row as _};
+
+    // The keys first, with one insert for the new ones: a request whose
+    // key is not new is answered from the key and decides nothing.
+    let claims: Vec<Claim> = batch
+        .iter()
+        .filter_map(|p| p.claim.as_ref().map(|(claim, _)| claim.clone()))
+        .collect();
+    let mut decisions = if claims.is_empty() {
+        Vec::new()
+    } else {
+        claim_batch(tx, claims).await?
+    }
+    .into_iter();
+    let mut refused_keys: Vec<Option<Begin>> = Vec::with_capacity(batch.len());
+    for pending in &batch {
+        let decision = match pending.claim {
+            Some(_) => decisions.next().filter(|d| *d != Begin::Started),
+            None => None,
+        };
+        refused_keys.push(decision);
+    }
 
     // The clients' active reservations, each counted up to the largest cap
     // (enough to compare with any of them).
@@ -599,48 +641,69 @@ async fn reserve_batch(
         .iter()
         .flat_map(|p| p.request.lines.iter().map(|l| l.location_id.as_str()))
         .collect();
-    let (known_skus, known_locations) =
-        sqlite_reservations::known(tx, cache, &skus, &locations).await?;
+    let known = sqlite_reservations::known(tx, cache, &skus, &locations).await?;
     let keys: BTreeSet<Key> = batch.iter().flat_map(|p| p.keys.iter().cloned()).collect();
     let positions = sqlite_reservations::lock_positions(tx, &keys).await?;
     let mut held = sqlite_reservations::held(tx, &keys, now).await?;
 
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut answers = Vec::with_capacity(batch.len());
     let mut made: Vec<(&Row, &str)> = Vec::new();
-    for pending in &batch {
-        let request = &pending.request;
-        let count = active.entry(request.client_id.clone()).or_insert(0);
-        if *count >= request.max_active_per_client {
-            outcomes.push(Err(ReserveRefusal::TooManyActive(
-                request.max_active_per_client,
-            )));
+    let mut completions: Vec<(String, StoredResponse)> = Vec::new();
+    for (pending, refused_key) in batch.iter().zip(refused_keys) {
+        if let Some(decision) = refused_key {
+            answers.push(Keyed::Key(decision));
             continue;
         }
-        let unknown = unknown_lines(&request.lines, &known_skus, &known_locations);
-        if !unknown.is_empty() {
-            outcomes.push(Err(ReserveRefusal::Unknown(unknown)));
-            continue;
+        let outcome = decide(pending, &mut active, &known, &positions, &mut held, now);
+        if outcome.is_ok() {
+            made.push((&pending.row, pending.request.request_id.as_str()));
         }
-        let short = shortages(&request.lines, &positions, &held);
-        if !short.is_empty() {
-            outcomes.push(Err(ReserveRefusal::InsufficientStock(short)));
-            continue;
-        }
-        *count += 1;
-        for line in &request.lines {
-            *held
-                .entry((line.location_id.clone(), line.sku.clone()))
-                .or_default() += line.quantity;
-        }
-        made.push((&pending.row, request.request_id.as_str()));
-        outcomes.push(Ok(pending.row.clone().view(now)));
+        let stored = pending.claim.as_ref().map(|(claim, render)| {
+            let stored = render(&outcome);
+            completions.push((claim.key.clone(), stored.clone()));
+            stored
+        });
+        answers.push(Keyed::Decided(outcome, stored));
     }
-    if made.is_empty() {
-        return Ok(outcomes);
+    if !made.is_empty() {
+        sqlite_reservations::insert(tx, &made).await?;
     }
+    if !completions.is_empty() {
+        complete_batch(tx, completions).await?;
+    }
+    Ok(answers)
+}
 
-    sqlite_reservations::insert(tx, &made).await?;
-    Ok(outcomes)
+/// One reservation of a batch, decided in memory against the counts and
+/// holds of those before it (which it then joins when it is made).
+fn decide(
+    pending: &Pending,
+    active: &mut HashMap<String, i64>,
+    (known_skus, known_locations): &(HashSet<String>, HashSet<String>),
+    positions: &HashMap<Key, (PositionState, i64)>,
+    held: &mut HashMap<Key, i64>,
+    now: i64,
+) -> Outcome {
+    let request = &pending.request;
+    let count = active.entry(request.client_id.clone()).or_insert(0);
+    if *count >= request.max_active_per_client {
+        return Err(ReserveRefusal::TooManyActive(request.max_active_per_client));
+    }
+    let unknown = unknown_lines(&request.lines, known_skus, known_locations);
+    if !unknown.is_empty() {
+        return Err(ReserveRefusal::Unknown(unknown));
+    }
+    let short = shortages(&request.lines, positions, held);
+    if !short.is_empty() {
+        return Err(ReserveRefusal::InsufficientStock(short));
+    }
+    *count += 1;
+    for line in &request.lines {
+        *held
+            .entry((line.location_id.clone(), line.sku.clone()))
+            .or_default() += line.quantity;
+    }
+    Ok(pending.row.clone().view(now))
 }
 
 impl Store {
@@ -649,6 +712,27 @@ impl Store {
         &self,
         request: &NewReservation,
     ) -> Result<Result<Reservation, ReserveRefusal>, sqlx::Error> {
+        match self.reserve_keyed(request, None).await? {
+            Keyed::Decided(outcome, _) => Ok(outcome),
+            Keyed::Key(_) => Err(sqlx::Error::Protocol(
+                "a reservation without a key was answered from a key".into(),
+            )),
+        }
+    }
+
+    /// [`Store::reserve`] with the request's `Idempotency-Key` (`claim`,
+    /// with the route's answer for each outcome): on SQLite the key is
+    /// claimed, the reservation decided and the answer stored in one
+    /// transaction (see [`InlineClaim`]); a key that is not new decides
+    /// nothing. On PostgreSQL (whose store names no inline paths, so the
+    /// middleware keeps the key there) a claim given anyway is applied
+    /// around the reservation's own transaction, as the middleware would.
+    pub async fn reserve_keyed(
+        &self,
+        request: &NewReservation,
+        claim: Option<(&InlineClaim, Render)>,
+    ) -> Result<Keyed, sqlx::Error> {
+        use retail_shared::idempotency::IdempotencyStore as _;
         let now = self.now();
         let ttl_micros = i64::try_from(request.ttl_seconds)
             .unwrap_or(i64::MAX / 1_000_000)
@@ -676,18 +760,47 @@ impl Store {
                 request: request.clone(),
                 row,
                 keys,
+                claim: claim.map(|(claim, render)| (Claim::from(claim), render)),
             };
             return self.batched(&RESERVATION_BATCH, pending).await;
         }
-        let outcome = crate::transact!(
+        let store_failed = |error: anyhow::Error| sqlx::Error::Protocol(error.to_string());
+        if let Some((claim, _)) = claim {
+            let decision = self
+                .begin(&claim.key, &claim.fingerprint, claim.clock)
+                .await
+                .map_err(store_failed)?;
+            if decision != Begin::Started {
+                return Ok(Keyed::Key(decision));
+            }
+        }
+        let attempt = crate::transact!(
             self,
             sqlite_reservations,
             postgres_reservations,
             |tx, backend| {
                 backend::attempt(&mut tx, self.master_cache(), request, &row, &keys, now).await?
             }
-        )?;
-        Ok(outcome)
+        );
+        let outcome = match (attempt, claim) {
+            (Ok(outcome), _) => outcome,
+            (Err(error), Some((claim, _))) => {
+                // Nothing was kept: a retry with the key runs again.
+                if let Err(abandon) = self.abandon(&claim.key).await {
+                    tracing::warn!(error = %abandon, "could not release an idempotency key");
+                }
+                return Err(error);
+            }
+            (Err(error), None) => return Err(error),
+        };
+        let Some((claim, render)) = claim else {
+            return Ok(Keyed::Decided(outcome, None));
+        };
+        let stored = render(&outcome);
+        self.complete(&claim.key, &stored)
+            .await
+            .map_err(store_failed)?;
+        Ok(Keyed::Decided(outcome, Some(stored)))
     }
 
     /// SQLite's reservation batches so far: (runs, reservations they

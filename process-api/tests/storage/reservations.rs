@@ -11,9 +11,11 @@ use process_api::inventory::event::EventInput;
 use process_api::storage::ledger::{EventStatus, IngestContext};
 use process_api::storage::master::ChangeContext;
 use process_api::storage::reservations::{
-    CloseRefusal, NewReservation, ReservationLine, ReservationStatus, ReserveRefusal,
+    CloseRefusal, Keyed, NewReservation, Outcome, ReservationLine, ReservationStatus,
+    ReserveRefusal,
 };
 use process_api::storage::{Clock, Store, now_micros};
+use retail_shared::idempotency::{Begin, Clock as IdemClock, InlineClaim, StoredResponse};
 use retail_shared::model::{LocationInput, LocationType, ProductInput};
 use rust_decimal::Decimal;
 
@@ -500,5 +502,128 @@ async fn a_burst_decided_in_batches_keeps_every_rule() {
         } else {
             assert_eq!((runs, carried), (0, 0), "{name}: no batches");
         }
+    }
+}
+
+/// The answer a route would give, for the keyed reservations below.
+fn render(outcome: &Outcome) -> StoredResponse {
+    let (status, body) = match outcome {
+        Ok(reservation) => (201, reservation.reservation_id.clone()),
+        Err(refusal) => (409, format!("{refusal:?}")),
+    };
+    StoredResponse {
+        status,
+        content_type: Some("text/plain".into()),
+        body: body.into_bytes(),
+    }
+}
+
+fn claim(key: &str, fingerprint: &str) -> InlineClaim {
+    let now = now_micros();
+    InlineClaim::new(
+        key.into(),
+        fingerprint.into(),
+        IdemClock {
+            now,
+            lease_until: now + 60_000_000,
+            expires_at: now + 3_600_000_000,
+        },
+    )
+}
+
+/// A reservation with an `Idempotency-Key` claimed with it: the key and the
+/// answer are kept with the reservation, a retry is answered from the key
+/// and reserves nothing, a key reused for another request or raced by
+/// concurrent retries never reserves twice, and a refusal is kept too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
+    for t in backends::all().await {
+        let (name, store) = (t.name, &t.store);
+        seed(store, &["S1"], &["K"], 0).await;
+        receive(store, "k1", "S1", "K", 10).await;
+        let one = request("shopper", &[("K", "S1", 2)], 600);
+
+        let first = claim("shopper|k-1", "fp-1");
+        let Keyed::Decided(Ok(made), Some(stored)) = store
+            .reserve_keyed(&one, Some((&first, render)))
+            .await
+            .expect("reserve")
+        else {
+            panic!("{name}: the first use of a key decides");
+        };
+        assert_eq!(stored.body, made.reservation_id.as_bytes(), "{name}");
+        assert_eq!(figures(store, "K", "S1").await, (10, 2, 8), "{name}");
+
+        // The same key and request: the stored answer, nothing reserved.
+        match store
+            .reserve_keyed(&one, Some((&claim("shopper|k-1", "fp-1"), render)))
+            .await
+            .expect("retry")
+        {
+            Keyed::Key(Begin::Replay(again)) => assert_eq!(again, stored, "{name}"),
+            other => panic!("{name}: a retry replays, got {other:?}"),
+        }
+        // The same key for another request.
+        match store
+            .reserve_keyed(&one, Some((&claim("shopper|k-1", "fp-2"), render)))
+            .await
+            .expect("reuse")
+        {
+            Keyed::Key(Begin::Mismatch) => {}
+            other => panic!("{name}: a reused key is refused, got {other:?}"),
+        }
+        assert_eq!(figures(store, "K", "S1").await, (10, 2, 8), "{name}");
+
+        // Sixteen concurrent retries of one new key: one reservation.
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let store = store.clone();
+            let one = request("shopper", &[("K", "S1", 1)], 600);
+            tasks.push(tokio::spawn(async move {
+                store
+                    .reserve_keyed(&one, Some((&claim("shopper|k-2", "fp-3"), render)))
+                    .await
+                    .expect("concurrent")
+            }));
+        }
+        let mut made_ids = std::collections::BTreeSet::new();
+        let mut decided = 0;
+        for task in tasks {
+            match task.await.expect("task") {
+                Keyed::Decided(Ok(r), _) => {
+                    decided += 1;
+                    made_ids.insert(r.reservation_id);
+                }
+                Keyed::Key(Begin::Replay(stored)) => {
+                    made_ids.insert(String::from_utf8(stored.body).expect("utf-8"));
+                }
+                Keyed::Key(Begin::InFlight) => {}
+                other => panic!("{name}: unexpected {other:?}"),
+            }
+        }
+        assert_eq!(decided, 1, "{name}: one request decided");
+        assert_eq!(made_ids.len(), 1, "{name}: one reservation answered");
+        assert_eq!(figures(store, "K", "S1").await, (10, 3, 7), "{name}");
+
+        // A refusal is an answer too: kept, and replayed after stock arrives.
+        let big = request("shopper", &[("K", "S1", 9)], 600);
+        let short = claim("shopper|k-3", "fp-4");
+        let Keyed::Decided(Err(ReserveRefusal::InsufficientStock(_)), Some(refused)) = store
+            .reserve_keyed(&big, Some((&short, render)))
+            .await
+            .expect("short")
+        else {
+            panic!("{name}: not enough stock");
+        };
+        receive(store, "k2", "S1", "K", 10).await;
+        match store
+            .reserve_keyed(&big, Some((&claim("shopper|k-3", "fp-4"), render)))
+            .await
+            .expect("retry")
+        {
+            Keyed::Key(Begin::Replay(again)) => assert_eq!(again, refused, "{name}"),
+            other => panic!("{name}: the refusal replays, got {other:?}"),
+        }
+        assert_eq!(figures(store, "K", "S1").await, (20, 3, 17), "{name}");
     }
 }
