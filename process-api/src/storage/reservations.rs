@@ -31,7 +31,7 @@
 //! hoarding without serialising every reservation of a busy web shop on
 //! one row).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 pub use retail_shared::model::{Reservation, ReservationLine, ReservationStatus};
 use serde::Serialize;
@@ -608,29 +608,59 @@ async fn reserve_batch(
         refused_keys.push(decision);
     }
 
-    // The clients' active reservations, each counted up to the largest cap
-    // (enough to compare with any of them).
-    let clients: BTreeSet<&str> = batch.iter().map(|p| p.request.client_id.as_str()).collect();
-    let cap = batch
-        .iter()
-        .map(|p| p.request.max_active_per_client)
-        .max()
-        .unwrap_or(0);
-    let mut qb = QueryBuilder::<Sqlite>::new("WITH c (id) AS (");
-    qb.push_values(&clients, |mut row, client| {
-        row.push_bind(*client);
-    });
-    qb.push(
-        ") SELECT c.id, (SELECT COUNT(*) FROM (SELECT 1 FROM reservations \
-         WHERE client_id = c.id AND status = 'active' AND expires_at > ",
+    // The clients' active reservations: the bound kept by triggers
+    // (migration 0011) for each client, and an exact count (up to the
+    // largest cap) only for the clients whose bound plus their requests in
+    // this batch could reach their cap; below it the count decides nothing.
+    let mut per_client: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for pending in &batch {
+        let request = &pending.request;
+        let (requests, cap) = per_client
+            .entry(request.client_id.as_str())
+            .or_insert((0, i64::MAX));
+        *requests += 1;
+        *cap = (*cap).min(request.max_active_per_client);
+    }
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "SELECT client_id, active FROM reservation_client_counts WHERE client_id IN (",
     );
-    qb.push_bind(now);
-    qb.push(" LIMIT ");
-    qb.push_bind(cap);
-    qb.push(")) FROM c");
-    let mut active: HashMap<String, i64> = HashMap::with_capacity(clients.len());
+    let mut separated = qb.separated(", ");
+    for client in per_client.keys() {
+        separated.push_bind(*client);
+    }
+    qb.push(")");
+    let mut active: HashMap<String, i64> = HashMap::with_capacity(per_client.len());
     for row in qb.build().fetch_all(&mut **tx).await? {
         active.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    let near: Vec<&str> = per_client
+        .iter()
+        .filter(|(client, (requests, cap))| {
+            active.get(**client).copied().unwrap_or(0) + requests > *cap
+        })
+        .map(|(client, _)| *client)
+        .collect();
+    if !near.is_empty() {
+        let cap = batch
+            .iter()
+            .map(|p| p.request.max_active_per_client)
+            .max()
+            .unwrap_or(0);
+        let mut qb = QueryBuilder::<Sqlite>::new("WITH c (id) AS (");
+        qb.push_values(&near, |mut row, client| {
+            row.push_bind(*client);
+        });
+        qb.push(
+            ") SELECT c.id, (SELECT COUNT(*) FROM (SELECT 1 FROM reservations \
+             WHERE client_id = c.id AND status = 'active' AND expires_at > ",
+        );
+        qb.push_bind(now);
+        qb.push(" LIMIT ");
+        qb.push_bind(cap);
+        qb.push(")) FROM c");
+        for row in qb.build().fetch_all(&mut **tx).await? {
+            active.insert(row.try_get(0)?, row.try_get(1)?);
+        }
     }
 
     let skus: BTreeSet<&str> = batch

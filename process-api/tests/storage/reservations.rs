@@ -354,6 +354,12 @@ async fn the_per_client_cap_bounds_active_reservations() {
             .await
             .expect("storage call")
             .expect("slot freed");
+        // At the cap again: refused (on SQLite the triggers' bound must have
+        // counted the release and the new reservation).
+        assert!(matches!(
+            store.reserve(&capped).await.expect("storage call"),
+            Err(ReserveRefusal::TooManyActive(2))
+        ));
     }
 }
 
