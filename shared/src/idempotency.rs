@@ -84,7 +84,8 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     async fn abandon(&self, key: &str) -> anyhow::Result<()>;
     /// POST paths whose route claims the key, does its work and stores
     /// the answer in one transaction of this store (see [`InlineClaim`]).
-    /// None by default.
+    /// None by default. Such a route must change nothing before it takes
+    /// the claim: until then the key protects nothing.
     fn inline_paths(&self) -> &'static [&'static str] {
         &[]
     }
@@ -344,6 +345,7 @@ pub async fn idempotency(
         expires_at: now + config.retention_micros,
     };
     if config.store.inline_paths().contains(&parts.uri.path()) {
+        let path = parts.uri.path().to_owned();
         let claim = InlineClaim::new(scoped.clone(), fingerprint.clone(), clock);
         let taken = claim.taken.clone();
         let mut request = Request::from_parts(parts, Body::from(bytes));
@@ -353,7 +355,14 @@ pub async fn idempotency(
             return response;
         }
         // The route answered on its own checks, before its store: nothing
-        // changed, so the key applies now as it would have before.
+        // changed, so the key applies now as it would have before. A
+        // success here means a route broke its side of the contract.
+        if response.status().is_success() {
+            tracing::error!(
+                path = %path,
+                "a route on an inline Idempotency-Key path answered success without taking its claim"
+            );
+        }
         return match begin(&config, &scoped, &fingerprint, clock).await {
             Err(response) => response,
             Ok(()) => settle(&config, &scoped, response).await,

@@ -1,7 +1,7 @@
 //! The common layer stack, applied by every service in one place.
 //!
-//! Order, outermost first (axum applies the last `.layer()` outermost, so
-//! the code below lists them innermost first):
+//! Order, outermost first (as the `ServiceBuilder` stacks below list
+//! them; compression sits between the outer stack and the inner one):
 //!
 //! 1. `Extension`s: the service name and the [`Authenticator`].
 //! 2. `SetRequestId`: a UUID `X-Request-Id` when the caller sent none.

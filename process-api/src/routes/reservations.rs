@@ -157,7 +157,14 @@ async fn create_reservation(
         Err(ReserveRefusal::TooManyActive(_)) => "limit",
     };
     metrics::counter!("reservations_total", "result" => result).increment(1);
-    let stored = stored.unwrap_or_else(|| render(&outcome));
+    let stored = match stored {
+        Some(stored) => {
+            // Counted as the middleware counts a key's first use.
+            let _ = idempotency::answer(SERVICE, idempotency::Begin::Started);
+            stored
+        }
+        None => render(&outcome),
+    };
     let mut response = (
         StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         stored.body,

@@ -1,7 +1,8 @@
 //! Group commit of small writes on SQLite's single writer.
 //!
-//! A reservation request writes three times: its `Idempotency-Key` claim,
-//! the reservation, and the stored answer. Each alone is a transaction
+//! A request with an `Idempotency-Key` writes three times: its claim, its
+//! work, and the stored answer (a reservation carries all three in its own
+//! batch: see `reservations::reserve_batch`). Each alone is a transaction
 //! whose commit syncs the WAL, and the single writer does one at a time, so
 //! the sync, not the work, would bound reservations per second. Instead
 //! such requests wait in a [`Batch`] of their kind, and one write of the

@@ -573,12 +573,16 @@ fn run_reservation_batch<'c>(
 }
 
 /// A batch of reservations in one pass, each decided as if alone and in
-/// arrival order: one query each for the clients' active counts, the
-/// master data, the positions and their holds, then the decisions in
-/// memory (a reservation sees the holds of those before it in the batch),
-/// then one insert each for the reservations, their holds and the change
-/// notifications. SQLite's single writer makes the reads current for the
-/// whole batch.
+/// arrival order: one insert claiming the `Idempotency-Key`s that are new
+/// (a request whose key is not new is answered from it and decides
+/// nothing), one query each for the clients' active counts, the master
+/// data, the positions and their holds, then the decisions in memory (a
+/// reservation sees the holds of those before it in the batch), then one
+/// insert each for the reservations, their holds and the change
+/// notifications, and one update storing the keyed requests' answers.
+/// SQLite's single writer makes the reads current for the whole batch, and
+/// its savepoint makes the keys, the reservations and the answers one
+/// write: all kept or none.
 async fn reserve_batch(
     tx: &mut Transaction<'static, Sqlite>,
     cache: &crate::storage::cache::MasterCache,
@@ -827,9 +831,10 @@ impl Store {
             return Ok(Keyed::Decided(outcome, None));
         };
         let stored = render(&outcome);
-        self.complete(&claim.key, &stored)
-            .await
-            .map_err(store_failed)?;
+        if let Err(error) = self.complete(&claim.key, &stored).await {
+            // The reservation stands: answer it (as the middleware does).
+            tracing::error!(%error, "could not store an idempotent response");
+        }
         Ok(Keyed::Decided(outcome, Some(stored)))
     }
 
