@@ -429,17 +429,25 @@ async fn settle(config: &Idempotency, scoped: &str, response: Response) -> Respo
     Response::from_parts(parts, Body::from(body))
 }
 
-fn replay(stored: StoredResponse) -> Response {
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    let mut response = (status, Bytes::from(stored.body)).into_response();
-    if let Some(content_type) = stored
-        .content_type
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
+impl IntoResponse for StoredResponse {
+    /// The stored status, content type and body.
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        let mut response = (status, Bytes::from(self.body)).into_response();
+        if let Some(content_type) = self
+            .content_type
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, content_type);
+        }
         response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, content_type);
     }
+}
+
+fn replay(stored: StoredResponse) -> Response {
+    let mut response = stored.into_response();
     response
         .headers_mut()
         .insert(REPLAYED.clone(), HeaderValue::from_static("true"));

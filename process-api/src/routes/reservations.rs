@@ -165,19 +165,7 @@ async fn create_reservation(
         }
         None => render(&outcome),
     };
-    let mut response = (
-        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        stored.body,
-    )
-        .into_response();
-    if let Some(content_type) = stored
-        .content_type
-        .and_then(|c| HeaderValue::from_str(&c).ok())
-    {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, content_type);
-    }
+    let mut response = stored.into_response();
     if let Ok(reservation) = &outcome
         && let Ok(location) =
             HeaderValue::from_str(&format!("/v1/reservations/{}", reservation.reservation_id))
