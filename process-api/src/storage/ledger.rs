@@ -1006,7 +1006,15 @@ macro_rules! ledger_backend {
                                         .sum()
                                 })
                                 .unwrap_or(0);
-                            let journalled = journal_sum_after(tx, &key, mark.at).await?;
+                            // Every journal entry of a position is at or
+                            // before its `last_event_at` (each one touched
+                            // it): when that is not after the count, no
+                            // entry can be, and the journal is not read.
+                            let latest = states.get(&key).and_then(|s| s.last_event_at);
+                            let journalled = match latest {
+                                Some(latest) if latest <= mark.at => 0,
+                                _ => journal_sum_after(tx, &key, mark.at).await?,
+                            };
                             states
                                 .entry(key.clone())
                                 .or_default()

@@ -5,6 +5,7 @@ mod backends;
 mod feed;
 mod group_commit;
 mod idempotency;
+mod journal_index;
 mod ledger_props;
 mod maintenance;
 mod master;
