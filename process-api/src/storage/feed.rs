@@ -28,8 +28,9 @@ use crate::storage::ledger::state_from_row;
 /// Outbox rows taken per publishing run (a batch row can expand to up to
 /// 2,000 positions: 1,000 events and their counterparties).
 const ROWS_PER_RUN: i64 = 64;
-/// Position pairs per figures query (two binds each).
-const PAIRS_PER_QUERY: usize = 400;
+/// Position pairs per figures query (two binds each; a shorter last chunk
+/// is padded to this length, see `gather`).
+const PAIRS_PER_QUERY: usize = 100;
 
 /// One entry of the change feed: a position's figures after a change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
@@ -206,26 +207,32 @@ macro_rules! feed_backend {
                 // The touched positions' figures now.
                 let mut figures: HashMap<(String, String), PositionFiguresRow> = HashMap::new();
                 for chunk in order.chunks(PAIRS_PER_QUERY) {
-                    let mut qb = QueryBuilder::<$db>::new(FIGURES_SELECT);
+                    // A join with the key list (one primary-key probe per
+                    // pair on both backends), padded to a fixed length by
+                    // repeating the last pair: every query of a run is the
+                    // same statement, prepared once per connection, where
+                    // a statement per chunk length was prepared again on
+                    // almost every run.
+                    let Some(last) = chunk.last() else { continue };
+                    let padded = chunk
+                        .iter()
+                        .chain(std::iter::repeat(last))
+                        .take(PAIRS_PER_QUERY);
+                    let mut qb = QueryBuilder::<$db>::new("WITH k (l, s) AS (");
+                    qb.push_values(padded, |mut row, (location, sku)| {
+                        row.push_bind(location.as_str()).push_bind(sku.as_str());
+                    });
+                    qb.push(") ");
+                    qb.push(FIGURES_SELECT);
                     qb.push_bind(now);
                     qb.push(
                         ") AS reserved, p.last_event_at, p.updated_at, \
                          p.safety_stock AS position_safety, \
                          pr.safety_stock AS product_safety, l.safety_stock_default \
-                         FROM positions p JOIN products pr ON pr.sku = p.sku \
-                         JOIN locations l ON l.location_id = p.location_id \
-                         WHERE ",
+                         FROM k JOIN positions p ON p.sku = k.s AND p.location_id = k.l \
+                         JOIN products pr ON pr.sku = p.sku \
+                         JOIN locations l ON l.location_id = p.location_id",
                     );
-                    // One primary-key probe per pair on both backends (row
-                    // value IN lists are not SQLite syntax).
-                    let mut list = qb.separated(" OR ");
-                    for (location, sku) in chunk {
-                        list.push("(p.sku = ");
-                        list.push_bind_unseparated(sku.as_str());
-                        list.push_unseparated(" AND p.location_id = ");
-                        list.push_bind_unseparated(location.as_str());
-                        list.push_unseparated(")");
-                    }
                     for row in qb.build().fetch_all(&mut **tx).await? {
                         let state = state_from_row(&row)?;
                         let safety = resolve_safety_stock(

@@ -5,11 +5,13 @@
 
 use std::collections::HashMap;
 
+use process_api::inventory::event::EventInput;
 use process_api::storage::Store;
 use process_api::storage::feed::{Change, FeedFilter};
+use process_api::storage::ledger::EventStatus;
 
 use crate::backends;
-use crate::reservations::{receive, seed};
+use crate::reservations::{ctx, receive, seed};
 
 async fn all_changes(store: &Store) -> Vec<Change> {
     let mut out: Vec<Change> = Vec::new();
@@ -294,5 +296,64 @@ async fn pruning_deletes_an_old_prefix_a_page_at_a_time_and_waits_for_subscriber
         // Nothing old is left: nothing more goes.
         assert_eq!(store.prune_feed(old, old, 2).await.expect("prune"), 0);
         assert_eq!(kept(store.clone()).await, third, "{}", t.name);
+    }
+}
+
+/// One batch touching more positions than one figures query reads (the
+/// publisher reads them in padded chunks): each position is published
+/// exactly once, with its figures.
+#[tokio::test]
+async fn a_batch_wider_than_one_figures_query_publishes_each_position_once() {
+    for backends::TestStore { name, store, .. } in backends::all().await {
+        let locations = ["W1", "W2", "W3"];
+        let skus: Vec<String> = (0..90).map(|i| format!("P{i:03}")).collect();
+        let sku_refs: Vec<&str> = skus.iter().map(String::as_str).collect();
+        seed(&store, &locations, &sku_refs, 2).await;
+        let events: Vec<EventInput> = skus
+            .iter()
+            .enumerate()
+            .flat_map(|(i, sku)| {
+                locations
+                    .iter()
+                    .enumerate()
+                    .map(move |(l, location)| EventInput {
+                        event_id: format!("wide-{i}-{l}"),
+                        r#type: "receipt".into(),
+                        location_id: (*location).into(),
+                        sku: sku.clone(),
+                        quantity: 1 + (i * 3 + l) as i64 % 7,
+                        occurred_at: "2026-11-20T08:00:00Z".into(),
+                        source: "test".into(),
+                        reference: None,
+                        reason: None,
+                        counterparty_location_id: None,
+                        disposition: None,
+                    })
+            })
+            .collect();
+        let (results, _) = store.ingest(&events, &ctx()).await.expect("ingest");
+        assert!(results.iter().all(|r| r.status == EventStatus::Applied));
+        // Drain whatever seeding and the batch left.
+        while store.publish_changes().await.expect("publish").rows > 0 {}
+        let changes = all_changes(&store).await;
+        let wide: Vec<&Change> = changes
+            .iter()
+            .filter(|c| c.sku.starts_with('P') && c.on_hand > 0)
+            .collect();
+        assert_eq!(wide.len(), 270, "{name}: one entry per position");
+        for change in wide {
+            let expected = events
+                .iter()
+                .find(|e| e.sku == change.sku && e.location_id == change.location_id)
+                .map(|e| e.quantity)
+                .expect("event");
+            assert_eq!(change.on_hand, expected, "{name}: {change:?}");
+            assert_eq!(change.safety_stock, 2, "{name}: {change:?}");
+            assert_eq!(
+                change.available,
+                (expected - 2).max(0),
+                "{name}: {change:?}"
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@ use rust_decimal::Decimal;
 
 use crate::backends;
 
-fn ctx() -> IngestContext {
+pub fn ctx() -> IngestContext {
     IngestContext {
         actor: "tester".into(),
         request_id: "req".into(),
