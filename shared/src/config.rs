@@ -356,9 +356,9 @@ pub enum TableMaintenance {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqliteMemory {
-    /// The single writer's page cache, MiB: the journal and position
-    /// indexes take random inserts, and a cache that holds their hot pages
-    /// keeps ingest off the disk.
+    /// The single writer's page cache, MiB: positions take random updates
+    /// (and the journal's indexes appends), and a cache that holds their
+    /// hot pages keeps ingest off the disk.
     pub writer_cache_mib: u32,
     /// Each reader connection's page cache, MiB.
     pub reader_cache_mib: u32,
