@@ -135,6 +135,58 @@ macro_rules! feed_backend {
 
             type Tx<'c> = Transaction<'c, $db>;
 
+            /// The current figures of `keys` (positions that do not exist
+            /// are left out).
+            async fn read_figures(
+                tx: &mut Tx<'_>,
+                keys: &[(String, String)],
+                now: i64,
+            ) -> Result<HashMap<(String, String), PositionFiguresRow>, sqlx::Error> {
+                let mut figures: HashMap<(String, String), PositionFiguresRow> = HashMap::new();
+                for chunk in keys.chunks(PAIRS_PER_QUERY) {
+                    // A join with the key list (one primary-key probe per
+                    // pair on both backends), padded to a fixed length by
+                    // repeating the last pair: every query of a run is the
+                    // same statement, prepared once per connection, where
+                    // a statement per chunk length was prepared again on
+                    // almost every run.
+                    let Some(last) = chunk.last() else { continue };
+                    let padded = chunk
+                        .iter()
+                        .chain(std::iter::repeat(last))
+                        .take(PAIRS_PER_QUERY);
+                    let mut qb = QueryBuilder::<$db>::new("WITH k (l, s) AS (");
+                    qb.push_values(padded, |mut row, (location, sku)| {
+                        row.push_bind(location.as_str()).push_bind(sku.as_str());
+                    });
+                    qb.push(") ");
+                    qb.push(FIGURES_SELECT);
+                    qb.push_bind(now);
+                    qb.push(
+                        ") AS reserved, p.last_event_at, p.updated_at, \
+                         p.safety_stock AS position_safety, \
+                         pr.safety_stock AS product_safety, l.safety_stock_default \
+                         FROM k JOIN positions p ON p.sku = k.s AND p.location_id = k.l \
+                         JOIN products pr ON pr.sku = p.sku \
+                         JOIN locations l ON l.location_id = p.location_id",
+                    );
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let state = state_from_row(&row)?;
+                        let safety = resolve_safety_stock(
+                            row.try_get("position_safety")?,
+                            row.try_get("product_safety")?,
+                            row.try_get("safety_stock_default")?,
+                        );
+                        let view = state.view(safety);
+                        figures.insert(
+                            (row.try_get("location_id")?, row.try_get("sku")?),
+                            PositionFiguresRow(view),
+                        );
+                    }
+                }
+                Ok(figures)
+            }
+
             /// Reads what to publish: the oldest outbox rows, the positions
             /// they touched and those positions' figures.
             pub(super) async fn gather(tx: &mut Tx<'_>, now: i64) -> Result<Gathered, sqlx::Error> {
@@ -147,6 +199,13 @@ macro_rules! feed_backend {
                 )
                 .bind(ROWS_PER_RUN + 1)
                 .fetch_all(&mut **tx)
+                .await?;
+                // The newest outbox row this snapshot sees: a row above it
+                // was committed after these figures were read.
+                let horizon: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(MAX(change_id), 0) AS BIGINT) FROM outbox_changes",
+                )
+                .fetch_one(&mut **tx)
                 .await?;
                 let more = rows.len() > ROWS_PER_RUN as usize;
                 let rows = &rows[..rows.len().min(ROWS_PER_RUN as usize)];
@@ -205,48 +264,7 @@ macro_rules! feed_backend {
                     }
                 }
                 // The touched positions' figures now.
-                let mut figures: HashMap<(String, String), PositionFiguresRow> = HashMap::new();
-                for chunk in order.chunks(PAIRS_PER_QUERY) {
-                    // A join with the key list (one primary-key probe per
-                    // pair on both backends), padded to a fixed length by
-                    // repeating the last pair: every query of a run is the
-                    // same statement, prepared once per connection, where
-                    // a statement per chunk length was prepared again on
-                    // almost every run.
-                    let Some(last) = chunk.last() else { continue };
-                    let padded = chunk
-                        .iter()
-                        .chain(std::iter::repeat(last))
-                        .take(PAIRS_PER_QUERY);
-                    let mut qb = QueryBuilder::<$db>::new("WITH k (l, s) AS (");
-                    qb.push_values(padded, |mut row, (location, sku)| {
-                        row.push_bind(location.as_str()).push_bind(sku.as_str());
-                    });
-                    qb.push(") ");
-                    qb.push(FIGURES_SELECT);
-                    qb.push_bind(now);
-                    qb.push(
-                        ") AS reserved, p.last_event_at, p.updated_at, \
-                         p.safety_stock AS position_safety, \
-                         pr.safety_stock AS product_safety, l.safety_stock_default \
-                         FROM k JOIN positions p ON p.sku = k.s AND p.location_id = k.l \
-                         JOIN products pr ON pr.sku = p.sku \
-                         JOIN locations l ON l.location_id = p.location_id",
-                    );
-                    for row in qb.build().fetch_all(&mut **tx).await? {
-                        let state = state_from_row(&row)?;
-                        let safety = resolve_safety_stock(
-                            row.try_get("position_safety")?,
-                            row.try_get("product_safety")?,
-                            row.try_get("safety_stock_default")?,
-                        );
-                        let view = state.view(safety);
-                        figures.insert(
-                            (row.try_get("location_id")?, row.try_get("sku")?),
-                            PositionFiguresRow(view),
-                        );
-                    }
-                }
+                let mut figures = read_figures(tx, &order, now).await?;
                 let entries = order
                     .into_iter()
                     .filter_map(|key| {
@@ -255,7 +273,94 @@ macro_rules! feed_backend {
                         Some((key, view, changed_at))
                     })
                     .collect();
-                Ok(Gathered { ids, entries, more })
+                Ok(Gathered {
+                    ids,
+                    entries,
+                    more,
+                    horizon,
+                })
+            }
+
+            /// Re-reads, inside the writing transaction, the figures of
+            /// gathered positions that a change committed after the
+            /// gathering snapshot touched (an outbox row above its
+            /// horizon). Without it an entry could carry figures older than
+            /// a write a client already had answered: a reader that loaded
+            /// the position afresh after its write, then applied the entry
+            /// (numbered after its load), would go back to the figures
+            /// before its own write until the next entry came. SQLite
+            /// only: PostgreSQL gathers and appends in one transaction (and
+            /// its ids are not commit-ordered, so a horizon would not say
+            /// what came after).
+            #[allow(dead_code)]
+            pub(super) async fn refresh(
+                tx: &mut Tx<'_>,
+                gathered: &mut Gathered,
+                now: i64,
+            ) -> Result<(), sqlx::Error> {
+                if gathered.entries.is_empty() {
+                    return Ok(());
+                }
+                let rows = sqlx::query(
+                    "SELECT batch_id, location_id, sku FROM outbox_changes WHERE change_id > $1",
+                )
+                .bind(gathered.horizon)
+                .fetch_all(&mut **tx)
+                .await?;
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                let mut newer: std::collections::HashSet<(String, String)> =
+                    std::collections::HashSet::new();
+                let mut batches: Vec<i64> = Vec::new();
+                for row in &rows {
+                    match row.try_get::<Option<i64>, _>("batch_id")? {
+                        Some(batch) => batches.push(batch),
+                        None => {
+                            let location: Option<String> = row.try_get("location_id")?;
+                            let sku: Option<String> = row.try_get("sku")?;
+                            if let (Some(location), Some(sku)) = (location, sku) {
+                                newer.insert((location, sku));
+                            }
+                        }
+                    }
+                }
+                for chunk in batches.chunks(500) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT location_id, sku, counterparty_location_id FROM journal \
+                         WHERE batch_id IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for batch in chunk {
+                        list.push_bind(*batch);
+                    }
+                    list.push_unseparated(")");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let sku: String = row.try_get("sku")?;
+                        let counterparty: Option<String> =
+                            row.try_get("counterparty_location_id")?;
+                        if let Some(counterparty) = counterparty {
+                            newer.insert((counterparty, sku.clone()));
+                        }
+                        newer.insert((row.try_get("location_id")?, sku));
+                    }
+                }
+                let stale: Vec<(String, String)> = gathered
+                    .entries
+                    .iter()
+                    .filter(|(key, _, _)| newer.contains(key))
+                    .map(|(key, _, _)| key.clone())
+                    .collect();
+                if stale.is_empty() {
+                    return Ok(());
+                }
+                let mut fresh = read_figures(tx, &stale, now).await?;
+                for (key, view, _) in &mut gathered.entries {
+                    if let Some(PositionFiguresRow(figures)) = fresh.remove(key) {
+                        *view = figures;
+                    }
+                }
+                Ok(())
             }
 
             /// Numbers and appends the gathered entries and deletes their
@@ -266,7 +371,9 @@ macro_rules! feed_backend {
                 gathered: Gathered,
                 now: i64,
             ) -> Result<Option<Published>, sqlx::Error> {
-                let Gathered { ids, entries, more } = gathered;
+                let Gathered {
+                    ids, entries, more, ..
+                } = gathered;
                 if ids.is_empty() {
                     return Ok(Some(Published::default()));
                 }
@@ -353,6 +460,8 @@ pub(crate) struct Gathered {
         i64,
     )>,
     more: bool,
+    /// The newest outbox row the gathering snapshot saw.
+    horizon: i64,
 }
 /// A position's figures, named for the publisher's map.
 #[derive(Debug, Clone, Copy)]
@@ -386,6 +495,8 @@ impl Store {
                     return Ok(Published::default());
                 }
                 let mut tx = writer.begin_write().await?;
+                let mut gathered = gathered;
+                sqlite_feed::refresh(&mut tx, &mut gathered, now).await?;
                 match sqlite_feed::append(&mut tx, gathered, now).await? {
                     Some(published) => {
                         tx.commit().await?;
@@ -542,5 +653,114 @@ impl Store {
                 return Ok(deleted);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::event::EventInput;
+    use crate::storage::BeginWrite as _;
+    use crate::storage::ledger::IngestContext;
+    use crate::storage::master::ChangeContext;
+    use retail_shared::model::{LocationInput, LocationType, ProductInput};
+
+    fn receipt(id: &str, quantity: i64) -> EventInput {
+        EventInput {
+            event_id: id.into(),
+            r#type: "receipt".into(),
+            location_id: "L1".into(),
+            sku: "S1".into(),
+            quantity,
+            occurred_at: "2026-11-20T08:00:00Z".into(),
+            source: "test".into(),
+            reference: None,
+            reason: None,
+            counterparty_location_id: None,
+            disposition: None,
+        }
+    }
+
+    /// A change committed between the publisher's read (on a reader
+    /// snapshot) and its append: the entry carries the figures after it,
+    /// not the snapshot's.
+    #[tokio::test]
+    async fn an_entry_is_not_older_than_a_change_committed_while_it_was_gathered() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("feed.db").display());
+        let store = Store::connect(&url, 2).await.expect("store");
+        let change = ChangeContext {
+            actor: "t".into(),
+            request_id: "r".into(),
+        };
+        store
+            .upsert_locations(
+                &[LocationInput {
+                    location_id: "L1".into(),
+                    name: "L1".into(),
+                    r#type: LocationType::Store,
+                    latitude: None,
+                    longitude: None,
+                    capabilities: vec![],
+                    safety_stock_default: 0,
+                }],
+                &change,
+            )
+            .await
+            .expect("locations");
+        store
+            .upsert_products(
+                &[ProductInput {
+                    sku: "S1".into(),
+                    name: "S1".into(),
+                    unit_cost: rust_decimal::Decimal::ONE,
+                    currency: "USD".into(),
+                    gtin: None,
+                    safety_stock: None,
+                }],
+                &change,
+            )
+            .await
+            .expect("products");
+        // Nothing from the master data left to publish.
+        while store.publish_changes().await.expect("publish").rows > 0 {}
+        let ctx = IngestContext {
+            actor: "t".into(),
+            request_id: "r".into(),
+            trace_id: "t".into(),
+            span_id: None,
+        };
+        store
+            .ingest(&[receipt("first", 5)], &ctx)
+            .await
+            .expect("ingest");
+        let crate::storage::Db::Sqlite { reader, writer, .. } = store.db() else {
+            unreachable!("a SQLite store")
+        };
+        let now = store.now();
+        let mut read = reader.begin().await.expect("read");
+        let mut gathered = sqlite_feed::gather(&mut read, now).await.expect("gather");
+        read.rollback().await.expect("end read");
+        assert_eq!(gathered.entries.len(), 1);
+        assert_eq!(gathered.entries[0].1.on_hand, 5, "the snapshot's figures");
+
+        // Committed after the read: its own outbox row is above the horizon.
+        store
+            .ingest(&[receipt("second", 7)], &ctx)
+            .await
+            .expect("ingest");
+
+        let mut tx = writer.begin_write().await.expect("write");
+        sqlite_feed::refresh(&mut tx, &mut gathered, now)
+            .await
+            .expect("refresh");
+        let published = sqlite_feed::append(&mut tx, gathered, now)
+            .await
+            .expect("append")
+            .expect("appended");
+        tx.commit().await.expect("commit");
+        assert_eq!(published.changes.len(), 1);
+        assert_eq!(published.changes[0].on_hand, 12, "the figures after it");
+        store.close().await;
     }
 }
