@@ -484,9 +484,10 @@ impl Store {
         match self.db() {
             // Read on a reader snapshot, so the single writer (which every
             // ingest waits for) is held only to number, append and delete.
-            // Figures read a moment early are fine: a change committed
-            // since has its own outbox row, published next with a higher
-            // seq.
+            // Positions that a change committed since the snapshot touched
+            // are read again in the writing transaction (`refresh`), so no
+            // entry carries figures older than a write answered before it
+            // was numbered; the change's own outbox row is published next.
             super::Db::Sqlite { reader, writer, .. } => {
                 let mut read = reader.begin().await?;
                 let gathered = sqlite_feed::gather(&mut read, now).await?;
