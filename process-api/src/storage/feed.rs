@@ -187,6 +187,38 @@ macro_rules! feed_backend {
                 Ok(figures)
             }
 
+            /// The positions the journal entries of `batches` touched (each
+            /// entry's own and its counterparty's), with their batch, in
+            /// journal order.
+            async fn batch_positions(
+                tx: &mut Tx<'_>,
+                batches: &[i64],
+            ) -> Result<Vec<(i64, (String, String))>, sqlx::Error> {
+                let mut out = Vec::new();
+                for chunk in batches.chunks(500) {
+                    let mut qb = QueryBuilder::<$db>::new(
+                        "SELECT batch_id, location_id, sku, counterparty_location_id \
+                         FROM journal WHERE batch_id IN (",
+                    );
+                    let mut list = qb.separated(", ");
+                    for batch in chunk {
+                        list.push_bind(*batch);
+                    }
+                    list.push_unseparated(") ORDER BY seq");
+                    for row in qb.build().fetch_all(&mut **tx).await? {
+                        let batch: i64 = row.try_get("batch_id")?;
+                        let sku: String = row.try_get("sku")?;
+                        let counterparty: Option<String> =
+                            row.try_get("counterparty_location_id")?;
+                        out.push((batch, (row.try_get("location_id")?, sku.clone())));
+                        if let Some(counterparty) = counterparty {
+                            out.push((batch, (counterparty, sku)));
+                        }
+                    }
+                }
+                Ok(out)
+            }
+
             /// Reads what to publish: the oldest outbox rows, the positions
             /// they touched and those positions' figures.
             pub(super) async fn gather(tx: &mut Tx<'_>, now: i64) -> Result<Gathered, sqlx::Error> {
@@ -242,25 +274,9 @@ macro_rules! feed_backend {
                 }
                 if !batches.is_empty() {
                     let created: HashMap<i64, i64> = batches.iter().copied().collect();
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT batch_id, location_id, sku, counterparty_location_id \
-                         FROM journal WHERE batch_id IN (",
-                    );
-                    let mut list = qb.separated(", ");
-                    for (batch, _) in &batches {
-                        list.push_bind(*batch);
-                    }
-                    list.push_unseparated(") ORDER BY seq");
-                    for row in qb.build().fetch_all(&mut **tx).await? {
-                        let batch: i64 = row.try_get("batch_id")?;
-                        let at = created.get(&batch).copied().unwrap_or(now);
-                        let sku: String = row.try_get("sku")?;
-                        let counterparty: Option<String> =
-                            row.try_get("counterparty_location_id")?;
-                        touch((row.try_get("location_id")?, sku.clone()), at);
-                        if let Some(counterparty) = counterparty {
-                            touch((counterparty, sku), at);
-                        }
+                    let ids: Vec<i64> = batches.iter().map(|(batch, _)| *batch).collect();
+                    for (batch, key) in batch_positions(tx, &ids).await? {
+                        touch(key, created.get(&batch).copied().unwrap_or(now));
                     }
                 }
                 // The touched positions' figures now.
@@ -325,26 +341,12 @@ macro_rules! feed_backend {
                         }
                     }
                 }
-                for chunk in batches.chunks(500) {
-                    let mut qb = QueryBuilder::<$db>::new(
-                        "SELECT location_id, sku, counterparty_location_id FROM journal \
-                         WHERE batch_id IN (",
-                    );
-                    let mut list = qb.separated(", ");
-                    for batch in chunk {
-                        list.push_bind(*batch);
-                    }
-                    list.push_unseparated(")");
-                    for row in qb.build().fetch_all(&mut **tx).await? {
-                        let sku: String = row.try_get("sku")?;
-                        let counterparty: Option<String> =
-                            row.try_get("counterparty_location_id")?;
-                        if let Some(counterparty) = counterparty {
-                            newer.insert((counterparty, sku.clone()));
-                        }
-                        newer.insert((row.try_get("location_id")?, sku));
-                    }
-                }
+                newer.extend(
+                    batch_positions(tx, &batches)
+                        .await?
+                        .into_iter()
+                        .map(|(_, key)| key),
+                );
                 let stale: Vec<(String, String)> = gathered
                     .entries
                     .iter()
@@ -490,13 +492,12 @@ impl Store {
             // was numbered; the change's own outbox row is published next.
             super::Db::Sqlite { reader, writer, .. } => {
                 let mut read = reader.begin().await?;
-                let gathered = sqlite_feed::gather(&mut read, now).await?;
+                let mut gathered = sqlite_feed::gather(&mut read, now).await?;
                 read.rollback().await?;
                 if gathered.ids.is_empty() {
                     return Ok(Published::default());
                 }
                 let mut tx = writer.begin_write().await?;
-                let mut gathered = gathered;
                 sqlite_feed::refresh(&mut tx, &mut gathered, now).await?;
                 match sqlite_feed::append(&mut tx, gathered, now).await? {
                     Some(published) => {
