@@ -13,24 +13,25 @@ impl AuditSink for Store {
         if entries.is_empty() {
             return Ok(());
         }
+        if let super::Db::Sqlite { .. } = self.db()
+            && self.committer().is_some()
+        {
+            // On SQLite the entries ride in the next shared transaction of
+            // the small writes (see `group`): a transaction of their own
+            // made reservations wait for the writer and its WAL sync.
+            let entries = entries.to_vec();
+            let write: super::group::GroupedWrite<()> = Box::new(move |tx| {
+                Box::pin(async move {
+                    insert(&entries).build().execute(&mut **tx).await?;
+                    Ok(Some(()))
+                })
+            });
+            self.grouped(write, false).await?;
+            return Ok(());
+        }
         on_writer!(self.db(), |pool| async {
             let mut tx = pool.begin_write().await?;
-            let mut qb = sqlx::QueryBuilder::new(
-                "INSERT INTO audit_log (at, service, actor, client, method, path, status, \
-                 request_id, trace_id) ",
-            );
-            qb.push_values(entries, |mut row, e| {
-                row.push_bind(e.at_micros)
-                    .push_bind(e.service.as_str())
-                    .push_bind(e.actor.as_str())
-                    .push_bind(e.client.as_str())
-                    .push_bind(e.method.as_str())
-                    .push_bind(e.path.as_str())
-                    .push_bind(i64::from(e.status))
-                    .push_bind(e.request_id.as_str())
-                    .push_bind(e.trace_id.as_str());
-            });
-            qb.build().execute(&mut *tx).await?;
+            insert(entries).build().execute(&mut *tx).await?;
             tx.commit().await
         }
         .await)?;
@@ -75,4 +76,28 @@ impl AuditSink for Store {
         })?;
         Ok(rows)
     }
+}
+
+/// The insert of `entries` into the audit log.
+fn insert<DB: sqlx::Database>(entries: &[AuditEntry]) -> sqlx::QueryBuilder<DB>
+where
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    for<'a> &'a str: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut qb = sqlx::QueryBuilder::new(
+        "INSERT INTO audit_log (at, service, actor, client, method, path, status, \
+         request_id, trace_id) ",
+    );
+    qb.push_values(entries, |mut row, e| {
+        row.push_bind(e.at_micros)
+            .push_bind(e.service.as_str())
+            .push_bind(e.actor.as_str())
+            .push_bind(e.client.as_str())
+            .push_bind(e.method.as_str())
+            .push_bind(e.path.as_str())
+            .push_bind(i64::from(e.status))
+            .push_bind(e.request_id.as_str())
+            .push_bind(e.trace_id.as_str());
+    });
+    qb
 }

@@ -497,6 +497,24 @@ impl Store {
                 if gathered.ids.is_empty() {
                     return Ok(Published::default());
                 }
+                // The numbering rides, last, in the next shared transaction
+                // of the small writes (see `group`): no transaction and WAL
+                // sync of its own for reservations to queue behind, and its
+                // entries see every write committed with them.
+                if self.committer().is_some() {
+                    let write: super::group::GroupedWrite<Published> = Box::new(move |tx| {
+                        Box::pin(async move {
+                            sqlite_feed::refresh(tx, &mut gathered, now).await?;
+                            sqlite_feed::append(tx, gathered, now).await
+                        })
+                    });
+                    // `None`: another publisher (a replica on the same file)
+                    // took some rows; try again.
+                    return Ok(self.grouped(write, true).await?.unwrap_or(Published {
+                        more: true,
+                        ..Published::default()
+                    }));
+                }
                 let mut tx = writer.begin_write().await?;
                 sqlite_feed::refresh(&mut tx, &mut gathered, now).await?;
                 match sqlite_feed::append(&mut tx, gathered, now).await? {

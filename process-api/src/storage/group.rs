@@ -48,6 +48,14 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// How often an idle committer looks whether its store is gone.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// A write for [`Store::grouped`]: `Ok(None)` rolls it back.
+pub(crate) type GroupedWrite<T> = Box<
+    dyn for<'c> FnOnce(
+            &'c mut Transaction<'static, Sqlite>,
+        ) -> BoxFuture<'c, Result<Option<T>, sqlx::Error>>
+        + Send,
+>;
+
 /// Tells a write's callers the transaction's fate.
 type Tell = Box<dyn FnOnce(Result<(), &sqlx::Error>) + Send>;
 
@@ -59,11 +67,23 @@ type Settled = (bool, Tell);
 type Write =
     Box<dyn for<'c> FnOnce(&'c mut Transaction<'static, Sqlite>) -> BoxFuture<'c, Settled> + Send>;
 
+/// A write waiting for the next shared transaction.
+struct Queued {
+    /// Whether it runs in its own savepoint.
+    savepoint: bool,
+    /// Whether it goes after every other write of its transaction.
+    last: bool,
+    write: Write,
+}
+
 /// The writes waiting for SQLite's writer.
 #[derive(Default)]
 pub(crate) struct WriteGroup {
-    /// (needs a savepoint, the write).
-    waiting: Mutex<std::collections::VecDeque<(bool, Write)>>,
+    waiting: Mutex<std::collections::VecDeque<Queued>>,
+    /// Writes that go after every other write of the next transaction
+    /// (the change feed's, so its entries carry the figures every write of
+    /// their commit left; see [`Store::grouped`]).
+    last: Mutex<std::collections::VecDeque<Queued>>,
     /// Wakes the committer.
     wake: tokio::sync::Notify,
     /// The committer thread's runtime, once it runs (`None`: it could not
@@ -91,7 +111,23 @@ impl WriteGroup {
         self.waiting
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_back((savepoint, write));
+            .push_back(Queued {
+                savepoint,
+                last: false,
+                write,
+            });
+        self.wake.notify_one();
+    }
+
+    fn push_last(&self, write: Write) {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(Queued {
+                savepoint: true,
+                last: true,
+                write,
+            });
         self.wake.notify_one();
     }
 
@@ -102,23 +138,44 @@ impl WriteGroup {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         self.reservations.lock().clear();
         self.claims.lock().clear();
         self.completions.lock().clear();
     }
 
     /// Puts writes a failed transaction never ran back at the front.
-    fn requeue(&self, writes: Vec<(bool, Write)>) {
+    fn requeue(&self, writes: Vec<Queued>) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
         for write in writes.into_iter().rev() {
-            waiting.push_front(write);
+            if write.last {
+                last.push_front(write);
+            } else {
+                waiting.push_front(write);
+            }
         }
     }
 
-    fn take(&self) -> Vec<(bool, Write)> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = waiting.len().min(GROUP_WRITES);
-        waiting.drain(..n).collect()
+    /// The next transaction's writes: those waiting (up to
+    /// [`GROUP_WRITES`]), then every write asked to go last (each in its
+    /// savepoint).
+    fn take(&self) -> Vec<Queued> {
+        let mut writes: Vec<Queued> = {
+            let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = waiting.len().min(GROUP_WRITES);
+            waiting.drain(..n).collect()
+        };
+        writes.extend(
+            self.last
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain(..),
+        );
+        writes
     }
 }
 
@@ -239,6 +296,65 @@ impl Store {
         })
     }
 
+    /// Runs `write` in the next shared transaction, in its own savepoint
+    /// (with `last`: after every other write of that transaction), and
+    /// answers once the transaction's fate is known: `Ok(Some(_))` only
+    /// once it committed. `Ok(None)` from the write rolls it back (its
+    /// savepoint) and is answered at once, as is an error. SQLite only;
+    /// without a committer thread (see [`Store::committer`]) the write is
+    /// dropped and answered with an error.
+    ///
+    /// Going last, a write sees every other write of its commit: the
+    /// change feed numbers its entries so, and an entry never carries
+    /// figures older than a write that became visible with it.
+    pub(crate) async fn grouped<T: Send + 'static>(
+        &self,
+        write: GroupedWrite<T>,
+        last: bool,
+    ) -> Result<Option<T>, sqlx::Error> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued: Write = Box::new(move |tx| {
+            Box::pin(async move {
+                match write(tx).await {
+                    Ok(Some(value)) => {
+                        let tell: Tell = Box::new(move |committed| {
+                            let _ = reply.send(committed.map(|()| Some(value)).map_err(|error| {
+                                sqlx::Error::Protocol(format!(
+                                    "the grouped transaction failed: {error}"
+                                ))
+                            }));
+                        });
+                        (true, tell)
+                    }
+                    Ok(None) => {
+                        let _ = reply.send(Ok(None));
+                        let tell: Tell = Box::new(|_| {});
+                        (false, tell)
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                        let tell: Tell = Box::new(|_| {});
+                        (false, tell)
+                    }
+                }
+            })
+        });
+        if last {
+            self.write_group().push_last(queued);
+        } else {
+            self.write_group().push(true, queued);
+        }
+        let closed = matches!(self.db(), Db::Sqlite { writer, .. } if writer.is_closed());
+        if closed || self.committer().is_none() {
+            self.write_group().abandon();
+        }
+        answer.await.unwrap_or_else(|_| {
+            Err(sqlx::Error::Protocol(
+                "the grouped write ended without an answer".into(),
+            ))
+        })
+    }
+
     /// Queues one run of `kind`'s batch as a write of the group.
     fn schedule_batch<I, O>(&self, kind: &'static BatchKind<I, O>)
     where
@@ -344,6 +460,89 @@ impl Store {
     }
 }
 
+/// Runs `writes` in `tx`, each in its savepoint where it asked for one,
+/// collecting how to tell their callers; stops at the first statement that
+/// fails (the writes not yet run stay in `writes`).
+async fn run_writes(
+    tx: &mut Transaction<'static, Sqlite>,
+    writes: &mut std::vec::IntoIter<Queued>,
+    tells: &mut Vec<Tell>,
+) -> Result<(), sqlx::Error> {
+    for Queued {
+        savepoint, write, ..
+    } in writes.by_ref()
+    {
+        if !savepoint {
+            let (_, tell) = write(tx).await;
+            tells.push(tell);
+            continue;
+        }
+        sqlx::query("SAVEPOINT grouped_write")
+            .execute(&mut **tx)
+            .await?;
+        let (keep, tell) = write(tx).await;
+        tells.push(tell);
+        if !keep {
+            sqlx::query("ROLLBACK TO grouped_write")
+                .execute(&mut **tx)
+                .await?;
+        }
+        sqlx::query("RELEASE grouped_write")
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Writes asked to go last (see [`Store::grouped`]) that rode in another
+/// transaction, one its owner commits (an ingest group's): told its fate
+/// with [`Riders::settle`].
+pub(crate) struct Riders {
+    tells: Vec<Tell>,
+    unrun: std::vec::IntoIter<Queued>,
+    group: Arc<WriteGroup>,
+}
+
+impl Riders {
+    /// Tells the riders that ran whether their transaction committed, and
+    /// puts those that never ran back in line for the committer.
+    pub(crate) fn settle(self, committed: Result<(), &sqlx::Error>) {
+        self.tells.into_iter().for_each(|tell| tell(committed));
+        let unrun: Vec<Queued> = self.unrun.collect();
+        if !unrun.is_empty() {
+            self.group.requeue(unrun);
+            self.group.wake.notify_one();
+        }
+    }
+}
+
+impl Store {
+    /// Runs the writes waiting to go last (the change feed's numbering)
+    /// at the end of `tx`, a write transaction the caller commits, so they
+    /// need no transaction and WAL sync of their own. The caller commits
+    /// only when this answers `Ok`, and then settles the riders with the
+    /// commit's outcome (also after an `Err`, which fails the transaction).
+    pub(crate) async fn ride_last(
+        &self,
+        tx: &mut Transaction<'static, Sqlite>,
+    ) -> (Riders, Result<(), sqlx::Error>) {
+        let group = self.write_group_arc().clone();
+        let waiting: Vec<Queued> = group
+            .last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        let mut riders = Riders {
+            tells: Vec::with_capacity(waiting.len()),
+            unrun: waiting.into_iter(),
+            group,
+        };
+        let ran = run_writes(tx, &mut riders.unrun, &mut riders.tells).await;
+        (riders, ran)
+    }
+}
+
 /// The committer: carries the waiting writes in shared transactions until
 /// the store is closed or dropped (then fails what still waits).
 async fn commit_loop(group: Weak<WriteGroup>, writer: SqlitePool) {
@@ -373,7 +572,7 @@ async fn commit_loop(group: Weak<WriteGroup>, writer: SqlitePool) {
 /// One shared transaction: every write (in its savepoint where it asked for
 /// one), one commit, then every caller told. Answers the writes that never
 /// ran (the transaction failed before them): they go to the next one.
-async fn commit(writer: &SqlitePool, writes: Vec<(bool, Write)>) -> Vec<(bool, Write)> {
+async fn commit(writer: &SqlitePool, writes: Vec<Queued>) -> Vec<Queued> {
     let mut tells = Vec::with_capacity(writes.len());
     let started = std::time::Instant::now();
     #[expect(clippy::cast_precision_loss, reason = "a count for a histogram")]
@@ -381,26 +580,7 @@ async fn commit(writer: &SqlitePool, writes: Vec<(bool, Write)>) -> Vec<(bool, W
     let mut writes = writes.into_iter();
     let committed = async {
         let mut tx = writer.begin_write().await?;
-        for (savepoint, write) in writes.by_ref() {
-            if !savepoint {
-                let (_, tell) = write(&mut tx).await;
-                tells.push(tell);
-                continue;
-            }
-            sqlx::query("SAVEPOINT grouped_write")
-                .execute(&mut *tx)
-                .await?;
-            let (keep, tell) = write(&mut tx).await;
-            tells.push(tell);
-            if !keep {
-                sqlx::query("ROLLBACK TO grouped_write")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query("RELEASE grouped_write")
-                .execute(&mut *tx)
-                .await?;
-        }
+        run_writes(&mut tx, &mut writes, &mut tells).await?;
         tx.commit().await
     }
     .await;
@@ -414,4 +594,163 @@ async fn commit(writer: &SqlitePool, writes: Vec<(bool, Write)>) -> Vec<(bool, W
         }
     }
     writes.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Row as _;
+
+    async fn store() -> (tempfile::TempDir, Store, SqlitePool) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("group.db").display());
+        let store = Store::connect(&url, 2).await.expect("store");
+        let Db::Sqlite { writer, .. } = store.db() else {
+            panic!("not SQLite");
+        };
+        let writer = writer.clone();
+        sqlx::query("CREATE TABLE scratch (what TEXT NOT NULL)")
+            .execute(&writer)
+            .await
+            .expect("table");
+        (dir, store, writer)
+    }
+
+    /// A write inserting `what`, answering on `reply` once its
+    /// transaction's fate is known; with `seen`, it first counts the rows
+    /// already there and sends the count.
+    fn insert(
+        what: &'static str,
+        seen: Option<tokio::sync::oneshot::Sender<i64>>,
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    ) -> Write {
+        Box::new(move |tx| {
+            Box::pin(async move {
+                if let Some(seen) = seen {
+                    let n: i64 = sqlx::query("SELECT COUNT(*) FROM scratch")
+                        .fetch_one(&mut **tx)
+                        .await
+                        .expect("count")
+                        .get(0);
+                    let _ = seen.send(n);
+                }
+                sqlx::query("INSERT INTO scratch (what) VALUES ($1)")
+                    .bind(what)
+                    .execute(&mut **tx)
+                    .await
+                    .expect("insert");
+                let tell: Tell = Box::new(move |committed| {
+                    let _ = reply.send(committed.map_err(ToString::to_string));
+                });
+                (true, tell)
+            })
+        })
+    }
+
+    /// `answer`, or a failed test when it does not come in time.
+    async fn within<T>(answer: tokio::sync::oneshot::Receiver<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), answer)
+            .await
+            .expect("no answer in time")
+            .expect("the answer was dropped")
+    }
+
+    async fn rows(writer: &SqlitePool) -> Vec<String> {
+        sqlx::query_scalar("SELECT what FROM scratch ORDER BY rowid")
+            .fetch_all(writer)
+            .await
+            .expect("rows")
+    }
+
+    /// A write asked to go last runs after every other write of its
+    /// transaction, even those queued after it.
+    #[tokio::test]
+    async fn a_last_write_sees_every_other_write_of_its_transaction() {
+        let (_dir, store, writer) = store().await;
+        let group = store.write_group();
+        let (first, first_told) = tokio::sync::oneshot::channel();
+        let (last, last_told) = tokio::sync::oneshot::channel();
+        let (second, second_told) = tokio::sync::oneshot::channel();
+        let (seen, seen_by_last) = tokio::sync::oneshot::channel();
+        group.push(true, insert("first", None, first));
+        group.push_last(insert("last", Some(seen), last));
+        group.push(false, insert("second", None, second));
+        let unrun = commit(&writer, group.take()).await;
+        assert!(unrun.is_empty());
+        assert_eq!(within(seen_by_last).await, 2);
+        for told in [first_told, last_told, second_told] {
+            assert_eq!(within(told).await, Ok(()));
+        }
+        assert_eq!(rows(&writer).await, ["first", "second", "last"]);
+    }
+
+    /// `grouped` answers `Some` after the commit, and a write answering
+    /// `None` leaves nothing behind (its savepoint is rolled back) while
+    /// the others of its transaction stay.
+    #[tokio::test]
+    async fn a_grouped_write_that_declines_is_rolled_back_alone() {
+        let (_dir, store, writer) = store().await;
+        let kept: GroupedWrite<&str> = Box::new(|tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO scratch (what) VALUES ('kept')")
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(Some("kept"))
+            })
+        });
+        let declined: GroupedWrite<&str> = Box::new(|tx| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO scratch (what) VALUES ('declined')")
+                    .execute(&mut **tx)
+                    .await?;
+                Ok(None)
+            })
+        });
+        let (kept, declined) =
+            tokio::join!(store.grouped(kept, false), store.grouped(declined, true));
+        assert_eq!(kept.expect("kept"), Some("kept"));
+        assert_eq!(declined.expect("declined"), None);
+        assert_eq!(rows(&writer).await, ["kept"]);
+    }
+
+    /// Writes waiting to go last ride at the end of another transaction
+    /// (an ingest group's): they are written with it, hear its commit, and
+    /// no longer wait for the committer; when that transaction does not
+    /// commit they hear so and nothing of them stays.
+    #[tokio::test]
+    async fn last_writes_ride_in_a_transaction_their_owner_commits() {
+        use super::super::BeginWrite as _;
+        let (_dir, store, writer) = store().await;
+        let group = store.write_group();
+
+        let (reply, told) = tokio::sync::oneshot::channel();
+        let (seen, seen_by_rider) = tokio::sync::oneshot::channel();
+        group.push_last(insert("rider", Some(seen), reply));
+        let mut tx = writer.begin_write().await.expect("begin");
+        sqlx::query("INSERT INTO scratch (what) VALUES ('owner')")
+            .execute(&mut *tx)
+            .await
+            .expect("owner");
+        let (riders, ran) = store.ride_last(&mut tx).await;
+        ran.expect("riders ran");
+        let committed = tx.commit().await;
+        riders.settle(committed.as_ref().map(|_| ()));
+        committed.expect("commit");
+        assert_eq!(within(seen_by_rider).await, 1, "after the owner's write");
+        assert_eq!(within(told).await, Ok(()));
+        assert_eq!(rows(&writer).await, ["owner", "rider"]);
+        assert!(group.take().is_empty(), "a rider left for the committer");
+
+        // The owner's transaction fails to commit: the rider hears it.
+        let (reply, told) = tokio::sync::oneshot::channel();
+        group.push_last(insert("lost rider", None, reply));
+        let mut tx = writer.begin_write().await.expect("begin");
+        let (riders, ran) = store.ride_last(&mut tx).await;
+        ran.expect("riders ran");
+        tx.rollback().await.expect("rollback");
+        let failed = sqlx::Error::Protocol("the owner did not commit".into());
+        riders.settle(Err(&failed));
+        assert!(within(told).await.is_err());
+        assert_eq!(rows(&writer).await, ["owner", "rider"]);
+    }
 }

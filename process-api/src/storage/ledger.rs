@@ -410,21 +410,31 @@ impl Group {
 }
 
 /// Applies a group's batches in one SQLite write transaction and commits.
+/// The writes waiting to go last in the small writes' shared transaction
+/// (the change feed's numbering, see `group`) ride at its end: under a
+/// stream of ingest they would otherwise each take the writer for a
+/// transaction and a WAL sync of their own.
 async fn apply_in_transaction(
+    store: &Store,
     writer: &sqlx::SqlitePool,
-    cache: &super::cache::MasterCache,
     group: &mut Group,
 ) -> Result<(), sqlx::Error> {
     let mut tx = writer.begin_write().await?;
     sqlite_ledger::apply(
         &mut tx,
-        cache,
+        store.master_cache(),
         &group.candidates,
         &mut group.results,
         group.now,
     )
     .await?;
-    tx.commit().await
+    let (riders, ran) = store.ride_last(&mut tx).await;
+    let committed = match ran {
+        Ok(()) => tx.commit().await,
+        Err(error) => Err(error),
+    };
+    riders.settle(committed.as_ref().map(|_| ()));
+    committed
 }
 
 /// Rows per multi-row insert: keeps every statement under SQLite's 32,766
@@ -1414,7 +1424,7 @@ impl Store {
             let grouped = jobs.len() > 1;
             let batch_count = jobs.len() as u64;
             let mut group = Group::join(jobs);
-            let outcome = apply_in_transaction(writer, self.master_cache(), &mut group).await;
+            let outcome = apply_in_transaction(self, writer, &mut group).await;
             match outcome {
                 Ok(()) => {
                     use std::sync::atomic::Ordering::Relaxed;
@@ -1428,7 +1438,7 @@ impl Store {
                     tracing::warn!(%error, "grouped ingest failed; committing its batches one by one");
                     for job in group.split() {
                         let mut single = Group::join(vec![job]);
-                        match apply_in_transaction(writer, self.master_cache(), &mut single).await {
+                        match apply_in_transaction(self, writer, &mut single).await {
                             Ok(()) => single.answer(),
                             Err(error) => single.fail(error),
                         }

@@ -285,8 +285,16 @@ impl Store {
             // requests in the batch, so each kind comes in many lengths:
             // with sqlx's 100 cached statements the writer kept preparing
             // them again (a tenth of its time under reservations).
+            // SQLite's pools skip sqlx's test before each acquire: an
+            // embedded connection does not go stale, and the test was a
+            // round trip to the connection's thread per transaction. The
+            // writer is also never closed for age or idleness: it holds the
+            // large page cache and the prepared statements.
             let writer = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
+                .max_lifetime(None)
+                .idle_timeout(None)
                 .connect_with(options.clone().statement_cache_capacity(WRITER_STATEMENTS))
                 .await
                 .context("cannot open the SQLite database")?;
@@ -310,6 +318,7 @@ impl Store {
             tokio::spawn(checkpointer(checkpoints.clone()));
             let reader = SqlitePoolOptions::new()
                 .max_connections(max_connections.max(1))
+                .test_before_acquire(false)
                 .connect_with(
                     options
                         .read_only(true)
