@@ -8,7 +8,9 @@
 //! journal entries touched (transfer counterparties included), reads those
 //! positions' figures as they are now, appends one entry per position with
 //! the next numbers of a gapless sequence, and deletes the rows it
-//! consumed, all in one transaction.
+//! consumed, all in one transaction (on SQLite: reads on a reader
+//! snapshot, then numbers, appends and deletes last in a transaction it
+//! shares with other writes; see `group`).
 //!
 //! Why this gives readers a gapless, ordered feed: sequence numbers are
 //! handed out only under the publisher lock and become visible together at

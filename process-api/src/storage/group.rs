@@ -14,6 +14,13 @@
 //! writes of one transaction run one after the other on one connection, so
 //! each sees those before it (no oversell).
 //!
+//! Writers that would otherwise take the writer for a transaction of their
+//! own between the groups ride along the same way ([`Store::grouped`]):
+//! the audit log's batches, and the change feed's numbering, which goes
+//! last in its transaction so its entries see every write committed with
+//! them. An ingest transaction (which has its own grouping, in `ledger`)
+//! takes the feed's waiting write at its end ([`Store::ride_last`]).
+//!
 //! **The committer thread.** Every statement is a round trip to the
 //! connection's own thread, and a transaction is a chain of them. Driven
 //! from the service's runtime, each link waited behind HTTP work for a
