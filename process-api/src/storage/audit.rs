@@ -13,9 +13,8 @@ impl AuditSink for Store {
         if entries.is_empty() {
             return Ok(());
         }
-        if let super::Db::Sqlite { .. } = self.db()
-            && self.committer().is_some()
-        {
+        // `committer` is SQLite's alone.
+        if self.committer().is_some() {
             // On SQLite the entries ride in the next shared transaction of
             // the small writes (see `group`): a transaction of their own
             // made reservations wait for the writer and its WAL sync.

@@ -176,13 +176,17 @@ impl WriteGroup {
             let n = waiting.len().min(GROUP_WRITES);
             waiting.drain(..n).collect()
         };
-        writes.extend(
-            self.last
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .drain(..),
-        );
+        writes.extend(self.take_last());
         writes
+    }
+
+    /// Every write waiting to go last.
+    fn take_last(&self) -> Vec<Queued> {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect()
     }
 }
 
@@ -351,10 +355,7 @@ impl Store {
         } else {
             self.write_group().push(true, queued);
         }
-        let closed = matches!(self.db(), Db::Sqlite { writer, .. } if writer.is_closed());
-        if closed || self.committer().is_none() {
-            self.write_group().abandon();
-        }
+        self.abandon_if_unserved();
         answer.await.unwrap_or_else(|_| {
             Err(sqlx::Error::Protocol(
                 "the grouped write ended without an answer".into(),
@@ -416,11 +417,15 @@ impl Store {
             })
         });
         self.write_group().push(kind.savepoint, write);
+        self.abandon_if_unserved();
+    }
+
+    /// Without the committer thread (or once the store is closed and the
+    /// thread gone) nothing would ever run what was queued: drops it (its
+    /// callers hear that it ended without an answer).
+    fn abandon_if_unserved(&self) {
         let closed = matches!(self.db(), Db::Sqlite { writer, .. } if writer.is_closed());
         if closed || self.committer().is_none() {
-            // Without its thread (or once the store is closed and the
-            // thread gone) nothing would ever run the write: drop it (its
-            // callers hear that it ended without an answer).
             self.write_group().abandon();
         }
     }
@@ -534,12 +539,7 @@ impl Store {
         tx: &mut Transaction<'static, Sqlite>,
     ) -> (Riders, Result<(), sqlx::Error>) {
         let group = self.write_group_arc().clone();
-        let waiting: Vec<Queued> = group
-            .last
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain(..)
-            .collect();
+        let waiting = group.take_last();
         let mut riders = Riders {
             tells: Vec::with_capacity(waiting.len()),
             unrun: waiting.into_iter(),
