@@ -43,7 +43,7 @@ use sqlx::{Sqlite, Transaction};
 use retail_shared::idempotency::{Begin, InlineClaim, StoredResponse};
 
 use super::group::BatchKind;
-use super::idempotency::{Claim, claim_batch, complete_batch};
+use super::idempotency::{Claim, claim_batch};
 use super::ledger::{EventResult, EventStatus, IngestContext};
 use super::{Store, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
@@ -569,23 +569,26 @@ fn run_reservation_batch<'c>(
     store: &'c Store,
     batch: Vec<Pending>,
 ) -> BoxFuture<'c, Result<Vec<Keyed>, sqlx::Error>> {
-    Box::pin(reserve_batch(tx, store.master_cache(), batch, store.now()))
+    Box::pin(reserve_batch(tx, batch, store.now()))
 }
 
 /// A batch of reservations in one pass, each decided as if alone and in
 /// arrival order: one insert claiming the `Idempotency-Key`s that are new
 /// (a request whose key is not new is answered from it and decides
-/// nothing), one query each for the clients' active counts, the master
-/// data, the positions and their holds, then the decisions in memory (a
-/// reservation sees the holds of those before it in the batch), then one
-/// insert each for the reservations, their holds and the change
-/// notifications, and one update storing the keyed requests' answers.
-/// SQLite's single writer makes the reads current for the whole batch, and
-/// its savepoint makes the keys, the reservations and the answers one
-/// write: all kept or none.
+/// nothing), one round trip reading the clients' active counts, the master
+/// data, the positions and their holds ([`BATCH_READS`]), then the
+/// decisions in memory (a reservation sees the holds of those before it in
+/// the batch), then one round trip writing the reservations, their holds,
+/// the change notifications and the keyed requests' answers
+/// ([`BATCH_WRITES`]). Every statement is a round trip to the writer's
+/// thread, and the writer is the path every reservation shares, so the
+/// statements are few and of fixed text (the lists go in as JSON arrays:
+/// one prepared statement whatever the batch's size). SQLite's single
+/// writer makes the reads current for the whole batch, and its savepoint
+/// makes the keys, the reservations and the answers one write: all kept
+/// or none.
 async fn reserve_batch(
     tx: &mut Transaction<'static, Sqlite>,
-    cache: &crate::storage::cache::MasterCache,
     batch: Vec<Pending>,
     now: i64,
 ) -> Result<Vec<Keyed>, sqlx::Error> {
@@ -625,18 +628,8 @@ async fn reserve_batch(
         *requests += 1;
         *cap = (*cap).min(request.max_active_per_client);
     }
-    let mut qb = QueryBuilder::<Sqlite>::new(
-        "SELECT client_id, active FROM reservation_client_counts WHERE client_id IN (",
-    );
-    let mut separated = qb.separated(", ");
-    for client in per_client.keys() {
-        separated.push_bind(*client);
-    }
-    qb.push(")");
-    let mut active: HashMap<String, i64> = HashMap::with_capacity(per_client.len());
-    for row in qb.build().fetch_all(&mut **tx).await? {
-        active.insert(row.try_get(0)?, row.try_get(1)?);
-    }
+    let reads = batch_reads(tx, &batch, now).await?;
+    let mut active = reads.active;
     let near: Vec<&str> = per_client
         .iter()
         .filter(|(client, (requests, cap))| {
@@ -666,19 +659,9 @@ async fn reserve_batch(
             active.insert(row.try_get(0)?, row.try_get(1)?);
         }
     }
-
-    let skus: BTreeSet<&str> = batch
-        .iter()
-        .flat_map(|p| p.request.lines.iter().map(|l| l.sku.as_str()))
-        .collect();
-    let locations: BTreeSet<&str> = batch
-        .iter()
-        .flat_map(|p| p.request.lines.iter().map(|l| l.location_id.as_str()))
-        .collect();
-    let known = sqlite_reservations::known(tx, cache, &skus, &locations).await?;
-    let keys: BTreeSet<Key> = batch.iter().flat_map(|p| p.keys.iter().cloned()).collect();
-    let positions = sqlite_reservations::lock_positions(tx, &keys).await?;
-    let mut held = sqlite_reservations::held(tx, &keys, now).await?;
+    let known = reads.known;
+    let positions = reads.positions;
+    let mut held = reads.held;
 
     let mut answers = Vec::with_capacity(batch.len());
     let mut made: Vec<(&Row, &str)> = Vec::new();
@@ -699,13 +682,170 @@ async fn reserve_batch(
         });
         answers.push(Keyed::Decided(outcome, stored));
     }
-    if !made.is_empty() {
-        sqlite_reservations::insert(tx, &made).await?;
-    }
-    if !completions.is_empty() {
-        complete_batch(tx, completions).await?;
-    }
+    batch_writes(tx, &made, &completions).await?;
     Ok(answers)
+}
+
+/// What a reservation batch reads before deciding (SQLite).
+struct BatchReads {
+    /// Active reservations per client (the bound the triggers keep).
+    active: HashMap<String, i64>,
+    /// The skus and the locations the registry knows.
+    known: (HashSet<String>, HashSet<String>),
+    /// The lines' positions that exist, with their resolved safety stock.
+    positions: HashMap<Key, (PositionState, i64)>,
+    /// Units held at each position by reservations active at `now`.
+    held: HashMap<Key, i64>,
+}
+
+/// The batch's reads in one round trip to SQLite's writer thread (two
+/// statements of one fixed text, the lists passed as JSON arrays): the
+/// clients' active counts, then per (location, sku) of the lines whether
+/// the sku and the location exist, the position's state and safety stock,
+/// and the units its active holds take.
+const BATCH_READS: &str = "SELECT 'c' AS part, client_id, active FROM reservation_client_counts \
+     WHERE client_id IN (SELECT value FROM json_each($1)); \
+     WITH k (l, s) AS MATERIALIZED (SELECT value ->> 0, value ->> 1 FROM json_each($2)) \
+     SELECT 'p' AS part, k.l AS location_id, k.s AS sku, \
+     pr.sku IS NOT NULL AS sku_known, l.location_id IS NOT NULL AS location_known, \
+     p.sku IS NOT NULL AS has_position, \
+     p.count_at, p.count_event_id, p.count_qty, p.delta_after, p.unsellable_raw, \
+     p.inbound_shipped, p.inbound_received, CAST(0 AS BIGINT) AS reserved, p.last_event_at, \
+     p.safety_stock AS position_safety, pr.safety_stock AS product_safety, \
+     l.safety_stock_default, \
+     (SELECT CAST(COALESCE(SUM(h.quantity), 0) AS BIGINT) FROM reservation_holds h \
+      WHERE h.sku = k.s AND h.location_id = k.l AND h.expires_at > $3) AS held \
+     FROM k LEFT JOIN products pr ON pr.sku = k.s \
+     LEFT JOIN locations l ON l.location_id = k.l \
+     LEFT JOIN positions p ON p.sku = k.s AND p.location_id = k.l";
+
+async fn batch_reads(
+    tx: &mut Transaction<'static, Sqlite>,
+    batch: &[Pending],
+    now: i64,
+) -> Result<BatchReads, sqlx::Error> {
+    use sqlx::Row as _;
+
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let clients: BTreeSet<&str> = batch.iter().map(|p| p.request.client_id.as_str()).collect();
+    let keys: BTreeSet<(&str, &str)> = batch
+        .iter()
+        .flat_map(|p| p.keys.iter().map(|(l, s)| (l.as_str(), s.as_str())))
+        .collect();
+    let mut reads = BatchReads {
+        active: HashMap::with_capacity(clients.len()),
+        known: (HashSet::new(), HashSet::new()),
+        positions: HashMap::with_capacity(keys.len()),
+        held: HashMap::with_capacity(keys.len()),
+    };
+    let rows = sqlx::query(BATCH_READS)
+        .bind(serde_json::to_string(&clients).map_err(encode)?)
+        .bind(serde_json::to_string(&keys).map_err(encode)?)
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await?;
+    for row in rows {
+        let part: &str = row.try_get("part")?;
+        if part == "c" {
+            reads
+                .active
+                .insert(row.try_get("client_id")?, row.try_get("active")?);
+            continue;
+        }
+        let key: Key = (row.try_get("location_id")?, row.try_get("sku")?);
+        if row.try_get::<i64, _>("sku_known")? != 0 {
+            reads.known.0.insert(key.1.clone());
+        }
+        if row.try_get::<i64, _>("location_known")? != 0 {
+            reads.known.1.insert(key.0.clone());
+        }
+        let held: i64 = row.try_get("held")?;
+        if held != 0 {
+            reads.held.insert(key.clone(), held);
+        }
+        if row.try_get::<i64, _>("has_position")? != 0 {
+            let state = crate::storage::ledger::state_from_row(&row)?;
+            let safety = resolve_safety_stock(
+                row.try_get("position_safety")?,
+                row.try_get("product_safety")?,
+                row.try_get("safety_stock_default")?,
+            );
+            reads.positions.insert(key, (state, safety));
+        }
+    }
+    Ok(reads)
+}
+
+/// The batch's writes in one round trip (statements of one fixed text, the
+/// rows passed as JSON arrays): the reservations made (the triggers count
+/// them per client), their holds, the change notifications of the holds'
+/// positions, and the answers stored with the claimed keys.
+const BATCH_WRITES: &str = "INSERT INTO reservations (reservation_id, client_id, channel, \
+     order_ref, status, lines, created_at, expires_at, request_id) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'active', value ->> 4, \
+     value ->> 5, value ->> 6, value ->> 7 FROM json_each($1); \
+     INSERT INTO reservation_holds (sku, location_id, reservation_id, quantity, expires_at) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each($2); \
+     INSERT INTO outbox_changes (location_id, sku, created_at) \
+     SELECT value ->> 1, value ->> 0, value ->> 5 FROM json_each($2); \
+     WITH v (k, s, t, b) AS MATERIALIZED (SELECT value ->> 0, value ->> 1, value ->> 2, \
+     unhex(value ->> 3) FROM json_each($3)) \
+     UPDATE idempotency_keys SET response_status = v.s, response_content_type = v.t, \
+     response_body = v.b FROM v WHERE idempotency_keys.key = v.k";
+
+async fn batch_writes(
+    tx: &mut Transaction<'static, Sqlite>,
+    made: &[(&Row, &str)],
+    completions: &[(String, StoredResponse)],
+) -> Result<(), sqlx::Error> {
+    use std::fmt::Write as _;
+
+    if made.is_empty() && completions.is_empty() {
+        return Ok(());
+    }
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let mut reservations = Vec::with_capacity(made.len());
+    let mut holds = Vec::with_capacity(made.len());
+    for (row, request_id) in made {
+        let lines = serde_json::to_string(&row.lines).map_err(encode)?;
+        reservations.push(serde_json::json!([
+            row.reservation_id,
+            row.client_id,
+            row.channel,
+            row.order_ref,
+            lines,
+            row.created_at,
+            row.expires_at,
+            request_id,
+        ]));
+        for line in &row.lines {
+            holds.push(serde_json::json!([
+                line.sku,
+                line.location_id,
+                row.reservation_id,
+                line.quantity,
+                row.expires_at,
+                row.created_at,
+            ]));
+        }
+    }
+    let answers: Vec<serde_json::Value> = completions
+        .iter()
+        .map(|(key, response)| {
+            let mut body = String::with_capacity(response.body.len() * 2);
+            for byte in &response.body {
+                let _ = write!(body, "{byte:02x}");
+            }
+            serde_json::json!([key, response.status, response.content_type, body])
+        })
+        .collect();
+    sqlx::query(BATCH_WRITES)
+        .bind(serde_json::to_string(&reservations).map_err(encode)?)
+        .bind(serde_json::to_string(&holds).map_err(encode)?)
+        .bind(serde_json::to_string(&answers).map_err(encode)?)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// One reservation of a batch, decided in memory against the counts and

@@ -633,3 +633,52 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
         assert_eq!(figures(store, "K", "S1").await, (20, 3, 17), "{name}");
     }
 }
+
+/// Lines decided together in one batch, each as if alone: a line at a
+/// location the registry does not know names it (nothing held), a line
+/// at a known location without the position finds nothing available,
+/// and a reservation sees the holds of those before it in the batch.
+#[tokio::test]
+async fn a_batch_tells_unknown_places_from_empty_positions() {
+    for backend in backends::all().await {
+        let store = backend.store.clone();
+        let name = backend.name;
+        seed(&store, &["S1", "S2"], &["ONE"], 0).await;
+        receive(&store, "one", "S1", "ONE", 3).await;
+
+        let unknown = request("x", &[("ONE", "S1", 1), ("ONE", "S9", 1)], 600);
+        let empty = request("y", &[("ONE", "S2", 1)], 600);
+        let fits = request("z", &[("ONE", "S1", 2)], 600);
+        let too_many = request("w", &[("ONE", "S1", 2)], 600);
+        let (unknown, empty, fits, too_many) = tokio::join!(
+            store.reserve(&unknown),
+            store.reserve(&empty),
+            store.reserve(&fits),
+            store.reserve(&too_many),
+        );
+        match unknown.expect("reserve") {
+            Err(ReserveRefusal::Unknown(lines)) => {
+                assert_eq!(lines, vec![(1, "location_id", "S9".to_owned())], "{name}");
+            }
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+        match empty.expect("reserve") {
+            Err(ReserveRefusal::InsufficientStock(short)) => {
+                assert_eq!(short.len(), 1, "{name}");
+                assert_eq!((short[0].requested, short[0].available), (1, 0), "{name}");
+            }
+            other => panic!("{name}: unexpected {other:?}"),
+        }
+        // Two units of three: one of the two requests fits, the other
+        // finds one unit left, whichever came first.
+        let outcomes = [fits.expect("reserve"), too_many.expect("reserve")];
+        let made = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(made, 1, "{name}: {outcomes:?}");
+        let short = outcomes.iter().find_map(|o| match o {
+            Err(ReserveRefusal::InsufficientStock(short)) => Some(short[0].available),
+            _ => None,
+        });
+        assert_eq!(short, Some(1), "{name}: {outcomes:?}");
+        assert_eq!(figures(&store, "ONE", "S1").await, (3, 2, 1), "{name}");
+    }
+}
