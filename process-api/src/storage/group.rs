@@ -494,14 +494,15 @@ async fn run_writes(
             .await?;
         let (keep, tell) = write(tx).await;
         tells.push(tell);
+        // A kept write's savepoint is never released: the commit keeps
+        // everything under it, the next write's savepoint nests inside it
+        // (`ROLLBACK TO` names the newest one of that name), and each
+        // statement is a round trip to the writer's thread.
         if !keep {
             sqlx::query("ROLLBACK TO grouped_write")
                 .execute(&mut **tx)
                 .await?;
         }
-        sqlx::query("RELEASE grouped_write")
-            .execute(&mut **tx)
-            .await?;
     }
     Ok(())
 }
@@ -588,7 +589,11 @@ async fn commit(writer: &SqlitePool, writes: Vec<Queued>) -> Vec<Queued> {
     let committed = async {
         let mut tx = writer.begin_write().await?;
         run_writes(&mut tx, &mut writes, &mut tells).await?;
-        tx.commit().await
+        let syncing = std::time::Instant::now();
+        let committed = tx.commit().await;
+        metrics::histogram!("sqlite_group_commit_sync_seconds")
+            .record(syncing.elapsed().as_secs_f64());
+        committed
     }
     .await;
     metrics::histogram!("sqlite_group_commit_duration_seconds")
@@ -718,6 +723,51 @@ mod tests {
         assert_eq!(kept.expect("kept"), Some("kept"));
         assert_eq!(declined.expect("declined"), None);
         assert_eq!(rows(&writer).await, ["kept"]);
+    }
+
+    /// Savepoints of kept writes stay open until the commit, so those of
+    /// later writes nest inside them: rolling back a declined write undoes
+    /// it alone, wherever it falls among kept ones.
+    #[tokio::test]
+    async fn a_declined_write_among_kept_ones_undoes_only_itself() {
+        let (_dir, store, writer) = store().await;
+        let group = store.write_group();
+        let declined = |what: &'static str| -> Write {
+            Box::new(move |tx| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO scratch (what) VALUES ($1)")
+                        .bind(what)
+                        .execute(&mut **tx)
+                        .await
+                        .expect("insert");
+                    let tell: Tell = Box::new(|_| {});
+                    (false, tell)
+                })
+            })
+        };
+        let mut told = Vec::new();
+        for (what, keep) in [
+            ("declined first", false),
+            ("kept 1", true),
+            ("declined 2", false),
+            ("kept 3", true),
+            ("kept 4", true),
+            ("declined last", false),
+        ] {
+            if keep {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                group.push(true, insert(what, None, reply));
+                told.push(answer);
+            } else {
+                group.push(true, declined(what));
+            }
+        }
+        let unrun = commit(&writer, group.take()).await;
+        assert!(unrun.is_empty());
+        for answer in told {
+            assert_eq!(within(answer).await, Ok(()));
+        }
+        assert_eq!(rows(&writer).await, ["kept 1", "kept 3", "kept 4"]);
     }
 
     /// Writes waiting to go last ride at the end of another transaction
