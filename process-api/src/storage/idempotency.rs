@@ -88,8 +88,8 @@ const SELECT_LOCKED: &str = "SELECT fingerprint, lease_until, expires_at, respon
 #[derive(Clone)]
 pub(crate) struct Claim {
     pub(crate) key: String,
-    fingerprint: String,
-    clock: Clock,
+    pub(crate) fingerprint: String,
+    pub(crate) clock: Clock,
 }
 
 impl From<&InlineClaim> for Claim {
@@ -124,7 +124,7 @@ static COMPLETIONS: BatchKind<(String, StoredResponse), ()> = BatchKind {
 /// One insert claims every key that is new; the others (a retry, a replay,
 /// a key used twice in the batch) are decided one by one as before. A key
 /// twice in the batch: the first claims it, the second finds it in flight.
-pub(crate) async fn claim_batch(
+async fn claim_batch(
     tx: &mut Transaction<'static, Sqlite>,
     claims: Vec<Claim>,
 ) -> Result<Vec<Begin>, sqlx::Error> {
@@ -142,6 +142,17 @@ pub(crate) async fn claim_batch(
     for row in qb.build().fetch_all(&mut **tx).await? {
         claimed.insert(row.try_get(0)?);
     }
+    decide_claims(tx, claims, claimed).await
+}
+
+/// The decisions on a batch's claims once its insert has claimed the keys
+/// in `claimed` (in its transaction): those started, every other one
+/// decided from the key's row as [`Store::begin`] would.
+pub(crate) async fn decide_claims(
+    tx: &mut Transaction<'static, Sqlite>,
+    claims: Vec<Claim>,
+    mut claimed: HashSet<String>,
+) -> Result<Vec<Begin>, sqlx::Error> {
     let mut decisions = Vec::with_capacity(claims.len());
     for Claim {
         key,

@@ -43,7 +43,7 @@ use sqlx::{Sqlite, Transaction};
 use retail_shared::idempotency::{Begin, InlineClaim, StoredResponse};
 
 use super::group::BatchKind;
-use super::idempotency::{Claim, claim_batch};
+use super::idempotency::{Claim, decide_claims};
 use super::ledger::{EventResult, EventStatus, IngestContext};
 use super::{Store, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
@@ -573,13 +573,13 @@ fn run_reservation_batch<'c>(
 }
 
 /// A batch of reservations in one pass, each decided as if alone and in
-/// arrival order: one insert claiming the `Idempotency-Key`s that are new
-/// (a request whose key is not new is answered from it and decides
-/// nothing), one round trip reading the clients' active counts, the master
-/// data, the positions and their holds ([`BATCH_READS`]), then the
-/// decisions in memory (a reservation sees the holds of those before it in
-/// the batch), then one round trip writing the reservations, their holds,
-/// the change notifications and the keyed requests' answers
+/// arrival order: one round trip claiming the `Idempotency-Key`s that are
+/// new and reading the clients' active counts, the master data, the
+/// positions and their holds ([`BATCH_READS`]; a request whose key is not
+/// new is answered from the key and decides nothing), then the decisions
+/// in memory (a reservation sees the holds of those before it in the
+/// batch), then one round trip writing the reservations, their holds, the
+/// change notifications and the keyed requests' answers
 /// ([`BATCH_WRITES`]). Every statement is a round trip to the writer's
 /// thread, and the writer is the path every reservation shares, so the
 /// statements are few and of fixed text (the lists go in as JSON arrays:
@@ -594,16 +594,18 @@ async fn reserve_batch(
 ) -> Result<Vec<Keyed>, sqlx::Error> {
     use sqlx::{QueryBuilder, Row as _};
 
-    // The keys first, with one insert for the new ones: a request whose
-    // key is not new is answered from the key and decides nothing.
+    // The keys are claimed with the reads, one insert for the new ones: a
+    // request whose key is not new is answered from the key and decides
+    // nothing.
     let claims: Vec<Claim> = batch
         .iter()
         .filter_map(|p| p.claim.as_ref().map(|(claim, _)| claim.clone()))
         .collect();
+    let reads = batch_reads(tx, &batch, &claims, now).await?;
     let mut decisions = if claims.is_empty() {
         Vec::new()
     } else {
-        claim_batch(tx, claims).await?
+        decide_claims(tx, claims, reads.claimed).await?
     }
     .into_iter();
     let mut refused_keys: Vec<Option<Begin>> = Vec::with_capacity(batch.len());
@@ -628,7 +630,6 @@ async fn reserve_batch(
         *requests += 1;
         *cap = (*cap).min(request.max_active_per_client);
     }
-    let reads = batch_reads(tx, &batch, now).await?;
     let mut active = reads.active;
     let near: Vec<&str> = per_client
         .iter()
@@ -688,6 +689,8 @@ async fn reserve_batch(
 
 /// What a reservation batch reads before deciding (SQLite).
 struct BatchReads {
+    /// The keys its claims' insert claimed (new keys).
+    claimed: HashSet<String>,
     /// Active reservations per client (the bound the triggers keep).
     active: HashMap<String, i64>,
     /// The skus and the locations the registry knows.
@@ -698,12 +701,16 @@ struct BatchReads {
     held: HashMap<Key, i64>,
 }
 
-/// The batch's reads in one round trip to SQLite's writer thread (two
-/// statements of one fixed text, the lists passed as JSON arrays): the
-/// clients' active counts, then per (location, sku) of the lines whether
-/// the sku and the location exist, the position's state and safety stock,
-/// and the units its active holds take.
-const BATCH_READS: &str = "SELECT 'c' AS part, client_id, active FROM reservation_client_counts \
+/// The batch's claims and reads in one round trip to SQLite's writer
+/// thread (statements of one fixed text, the lists passed as JSON arrays):
+/// the insert claiming the `Idempotency-Key`s that are new (answering
+/// them), the clients' active counts, then per (location, sku) of the
+/// lines whether the sku and the location exist, the position's state and
+/// safety stock, and the units its active holds take.
+const BATCH_READS: &str = "INSERT INTO idempotency_keys (key, fingerprint, lease_until, \
+     expires_at) SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 \
+     FROM json_each($4) WHERE true ON CONFLICT (key) DO NOTHING RETURNING 'k' AS part, key; \
+     SELECT 'c' AS part, client_id, active FROM reservation_client_counts \
      WHERE client_id IN (SELECT value FROM json_each($1)); \
      WITH k (l, s) AS MATERIALIZED (SELECT value ->> 0, value ->> 1 FROM json_each($2)) \
      SELECT 'p' AS part, k.l AS location_id, k.s AS sku, \
@@ -722,6 +729,7 @@ const BATCH_READS: &str = "SELECT 'c' AS part, client_id, active FROM reservatio
 async fn batch_reads(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[Pending],
+    claims: &[Claim],
     now: i64,
 ) -> Result<BatchReads, sqlx::Error> {
     use sqlx::Row as _;
@@ -732,7 +740,19 @@ async fn batch_reads(
         .iter()
         .flat_map(|p| p.keys.iter().map(|(l, s)| (l.as_str(), s.as_str())))
         .collect();
+    let claims: Vec<(&str, &str, i64, i64)> = claims
+        .iter()
+        .map(|c| {
+            (
+                c.key.as_str(),
+                c.fingerprint.as_str(),
+                c.clock.lease_until,
+                c.clock.expires_at,
+            )
+        })
+        .collect();
     let mut reads = BatchReads {
+        claimed: HashSet::with_capacity(claims.len()),
         active: HashMap::with_capacity(clients.len()),
         known: (HashSet::new(), HashSet::new()),
         positions: HashMap::with_capacity(keys.len()),
@@ -742,10 +762,15 @@ async fn batch_reads(
         .bind(serde_json::to_string(&clients).map_err(encode)?)
         .bind(serde_json::to_string(&keys).map_err(encode)?)
         .bind(now)
+        .bind(serde_json::to_string(&claims).map_err(encode)?)
         .fetch_all(&mut **tx)
         .await?;
     for row in rows {
         let part: &str = row.try_get("part")?;
+        if part == "k" {
+            reads.claimed.insert(row.try_get("key")?);
+            continue;
+        }
         if part == "c" {
             reads
                 .active
