@@ -634,10 +634,11 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
     }
 }
 
-/// Lines decided together in one batch, each as if alone: a line at a
-/// location the registry does not know names it (nothing held), a line
-/// at a known location without the position finds nothing available,
-/// and a reservation sees the holds of those before it in the batch.
+/// Concurrent requests (on SQLite decided together in batches), each as
+/// if alone: a line at a location the registry does not know names it
+/// (nothing held), a line at a known location without the position finds
+/// nothing available, and of two requests for 2 of 3 units one is made
+/// and the other finds the unit left.
 #[tokio::test]
 async fn a_batch_tells_unknown_places_from_empty_positions() {
     for backend in backends::all().await {
