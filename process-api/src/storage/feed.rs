@@ -394,9 +394,19 @@ macro_rules! feed_backend {
                 if deleted != ids.len() as u64 {
                     return Ok(None);
                 }
-                let head: i64 = sqlx::query_scalar("SELECT head FROM feed_state WHERE id = 1")
+                // The numbers taken and the head moved past them in one
+                // statement (each is a round trip to SQLite's writer thread).
+                let taken = i64::try_from(entries.len()).unwrap_or(i64::MAX);
+                let head: i64 = if entries.is_empty() {
+                    0
+                } else {
+                    sqlx::query_scalar(
+                        "UPDATE feed_state SET head = head + $1 WHERE id = 1 RETURNING head - $1",
+                    )
+                    .bind(taken)
                     .fetch_one(&mut **tx)
-                    .await?;
+                    .await?
+                };
                 let mut changes = Vec::with_capacity(entries.len());
                 let mut seq = head;
                 let published_at = micros_to_rfc3339(now);
@@ -436,12 +446,6 @@ macro_rules! feed_backend {
                             .push_bind(now);
                     });
                     qb.build().execute(&mut **tx).await?;
-                }
-                if seq != head {
-                    sqlx::query("UPDATE feed_state SET head = $1 WHERE id = 1")
-                        .bind(seq)
-                        .execute(&mut **tx)
-                        .await?;
                 }
                 Ok(Some(Published {
                     rows: ids.len(),
