@@ -594,6 +594,20 @@ async fn reserve_batch(
 ) -> Result<Vec<Keyed>, sqlx::Error> {
     use sqlx::{QueryBuilder, Row as _};
 
+    // The clients' active reservations: the bound kept by triggers
+    // (migration 0011) for each client, and an exact count (up to the
+    // largest cap) only for the clients whose bound plus their requests in
+    // this batch could reach their cap; below it the count decides nothing.
+    let mut per_client: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for pending in &batch {
+        let request = &pending.request;
+        let (requests, cap) = per_client
+            .entry(request.client_id.as_str())
+            .or_insert((0, i64::MAX));
+        *requests += 1;
+        *cap = (*cap).min(request.max_active_per_client);
+    }
+
     // The keys are claimed with the reads, one insert for the new ones: a
     // request whose key is not new is answered from the key and decides
     // nothing.
@@ -601,7 +615,8 @@ async fn reserve_batch(
         .iter()
         .filter_map(|p| p.claim.as_ref().map(|(claim, _)| claim.clone()))
         .collect();
-    let reads = batch_reads(tx, &batch, &claims, now).await?;
+    let clients: Vec<&str> = per_client.keys().copied().collect();
+    let reads = batch_reads(tx, &batch, &clients, &claims, now).await?;
     let mut decisions = if claims.is_empty() {
         Vec::new()
     } else {
@@ -617,19 +632,6 @@ async fn reserve_batch(
         refused_keys.push(decision);
     }
 
-    // The clients' active reservations: the bound kept by triggers
-    // (migration 0011) for each client, and an exact count (up to the
-    // largest cap) only for the clients whose bound plus their requests in
-    // this batch could reach their cap; below it the count decides nothing.
-    let mut per_client: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
-    for pending in &batch {
-        let request = &pending.request;
-        let (requests, cap) = per_client
-            .entry(request.client_id.as_str())
-            .or_insert((0, i64::MAX));
-        *requests += 1;
-        *cap = (*cap).min(request.max_active_per_client);
-    }
     let mut active = reads.active;
     let near: Vec<&str> = per_client
         .iter()
@@ -729,13 +731,13 @@ const BATCH_READS: &str = "INSERT INTO idempotency_keys (key, fingerprint, lease
 async fn batch_reads(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[Pending],
+    clients: &[&str],
     claims: &[Claim],
     now: i64,
 ) -> Result<BatchReads, sqlx::Error> {
     use sqlx::Row as _;
 
     let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
-    let clients: BTreeSet<&str> = batch.iter().map(|p| p.request.client_id.as_str()).collect();
     let keys: BTreeSet<(&str, &str)> = batch
         .iter()
         .flat_map(|p| p.keys.iter().map(|(l, s)| (l.as_str(), s.as_str())))
