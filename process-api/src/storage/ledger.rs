@@ -551,7 +551,7 @@ where
 /// SQL is shared, the lock clauses differ (SQLite has one writer and no
 /// `FOR UPDATE`).
 macro_rules! ledger_backend {
-    ($module:ident, $db:ty, $for_update:literal, $skip_locked:literal, $ensure_rows:literal) => {
+    ($module:ident, $db:ty, $for_update:literal, $skip_locked:literal, $ensure_rows:literal, $reads:path) => {
         pub(crate) mod $module {
             use super::*;
             use sqlx::{QueryBuilder, Row, Transaction};
@@ -885,6 +885,22 @@ macro_rules! ledger_backend {
                 Ok(())
             }
 
+            /// Locks and reads the positions, then finds the ids already
+            /// journalled or parked (PostgreSQL; SQLite reads in one round
+            /// trip instead, `sqlite_batch_reads`).
+            #[allow(dead_code)]
+            async fn locked_reads(
+                tx: &mut Tx<'_>,
+                keys: &BTreeSet<Key>,
+                ids: &[&str],
+                now: i64,
+            ) -> Result<super::BatchReads, sqlx::Error> {
+                let states = lock_positions(tx, keys, now).await?;
+                let journalled = existing_ids(tx, "journal", ids).await?;
+                let parked = existing_ids(tx, "parked_events", ids).await?;
+                Ok((states, journalled, parked))
+            }
+
             /// Applies validated candidates inside `tx`, filling `results`.
             pub(super) async fn apply(
                 tx: &mut Tx<'_>,
@@ -956,11 +972,8 @@ macro_rules! ledger_backend {
                         keys.insert((other.clone(), event.sku.clone()));
                     }
                 }
-                let mut states = lock_positions(tx, &keys, now).await?;
-
                 let ids: Vec<&str> = candidates.iter().map(|c| c.event.event_id.as_str()).collect();
-                let journalled = existing_ids(tx, "journal", &ids).await?;
-                let parked_before = existing_ids(tx, "parked_events", &ids).await?;
+                let (mut states, journalled, parked_before) = $reads(tx, &keys, &ids, now).await?;
                 let is_duplicate = |candidate: &Candidate, results: &mut [Option<EventResult>]| {
                     let id = &candidate.event.event_id;
                     let reason = if journalled.contains(id) {
@@ -1304,14 +1317,125 @@ macro_rules! ledger_backend {
     };
 }
 
-ledger_backend!(sqlite_ledger, sqlx::Sqlite, "", "", false);
+ledger_backend!(
+    sqlite_ledger,
+    sqlx::Sqlite,
+    "",
+    "",
+    false,
+    super::sqlite_batch_reads
+);
 ledger_backend!(
     postgres_ledger,
     sqlx::Postgres,
     " FOR UPDATE OF p",
     " FOR UPDATE SKIP LOCKED",
-    true
+    true,
+    locked_reads
 );
+
+/// SQLite's reads of an ingest transaction in one round trip to the
+/// writer's thread, of fixed text (the lists go in as JSON arrays: one
+/// prepared statement whatever the batch's size): the batch's event ids
+/// already in the journal (`j`) or parked (`q`), and the stored state of
+/// the positions it touches, as one JSON array (`p`) rather than a row per
+/// position (each row a message from the connection's thread, its values
+/// copied one by one). The single writer needs no locks; missing positions
+/// start empty.
+const SQLITE_BATCH_READS: &str = "SELECT 'j' AS part, j.event_id FROM json_each($1) e \
+     JOIN journal j ON j.event_id = e.value; \
+     SELECT 'q' AS part, q.event_id FROM json_each($1) e \
+     JOIN parked_events q ON q.event_id = e.value; \
+     WITH k (l, s) AS MATERIALIZED (SELECT value ->> 0, value ->> 1 FROM json_each($2)) \
+     SELECT 'p' AS part, json_group_array(json_array(p.location_id, p.sku, p.count_at, \
+     p.count_event_id, p.count_qty, p.delta_after, p.unsellable_raw, p.inbound_shipped, \
+     p.inbound_received, p.last_event_at)) FROM k JOIN positions p \
+     ON p.sku = k.s AND p.location_id = k.l";
+
+/// One stored position as [`SQLITE_BATCH_READS`] lists it.
+type StoredPosition = (
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    i64,
+    i64,
+    i64,
+    i64,
+    Option<i64>,
+);
+
+/// What an ingest transaction reads before it decides: the positions'
+/// states, and the batch's ids already journalled or parked.
+type BatchReads = (
+    HashMap<Key, PositionState>,
+    HashSet<String>,
+    HashSet<String>,
+);
+
+/// See [`SQLITE_BATCH_READS`].
+async fn sqlite_batch_reads(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    keys: &BTreeSet<Key>,
+    ids: &[&str],
+    _now: i64,
+) -> Result<BatchReads, sqlx::Error> {
+    use sqlx::Row as _;
+    let encode = |e: serde_json::Error| sqlx::Error::Encode(Box::new(e));
+    let decode = |e: serde_json::Error| sqlx::Error::Decode(Box::new(e));
+    let rows = sqlx::query(SQLITE_BATCH_READS)
+        .bind(serde_json::to_string(ids).map_err(encode)?)
+        .bind(serde_json::to_string(keys).map_err(encode)?)
+        .fetch_all(&mut **tx)
+        .await?;
+    let mut states = HashMap::with_capacity(keys.len());
+    let (mut journalled, mut parked) = (HashSet::new(), HashSet::new());
+    for row in rows {
+        let part: &str = row.try_get(0)?;
+        match part {
+            "j" => drop(journalled.insert(row.try_get(1)?)),
+            "q" => drop(parked.insert(row.try_get(1)?)),
+            _ => {
+                let stored: Vec<StoredPosition> =
+                    serde_json::from_str(row.try_get(1)?).map_err(decode)?;
+                for (
+                    location,
+                    sku,
+                    count_at,
+                    count_event_id,
+                    count_qty,
+                    delta_after,
+                    unsellable_raw,
+                    inbound_shipped,
+                    inbound_received,
+                    last_event_at,
+                ) in stored
+                {
+                    let count = match (count_at, count_event_id, count_qty) {
+                        (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
+                            at,
+                            event_id,
+                            quantity,
+                        }),
+                        _ => None,
+                    };
+                    let state = PositionState {
+                        count,
+                        delta_after,
+                        unsellable_raw,
+                        inbound_shipped,
+                        inbound_received,
+                        reserved: 0,
+                        last_event_at,
+                    };
+                    states.insert((location, sku), state);
+                }
+            }
+        }
+    }
+    Ok((states, journalled, parked))
+}
 
 /// Runs `$body` in a write transaction `$tx` with `$ledger` naming the
 /// backend's generated module.
@@ -1358,8 +1482,14 @@ impl Store {
                 });
                 // The commit runs in its own task: a caller that goes away
                 // never cancels a transaction other callers' batches ride in.
+                // On the committer thread when it runs, where the chain of
+                // statements does not wait behind HTTP work (see `group`).
                 let store = self.clone();
-                tokio::spawn(async move { store.commit_waiting().await });
+                let commit = async move { store.commit_waiting().await };
+                match self.committer() {
+                    Some(committer) => drop(committer.spawn(commit)),
+                    None => drop(tokio::spawn(commit)),
+                }
                 let (done, summary) = answer.await.map_err(|_| sqlx::Error::PoolClosed)??;
                 results = done;
                 summary
@@ -1831,5 +1961,58 @@ impl Store {
             .into_iter()
             .map(|p| (p.location_id, p.figures))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every statement of SQLite's batch reads finds the batch's rows
+    /// through an index (the journal's event ids, the parked events' and
+    /// the positions' keys), never by reading a table whole: those tables
+    /// hold millions of rows.
+    #[tokio::test]
+    async fn sqlite_batch_reads_search_every_table_by_key() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("reads.db").display());
+        let store = Store::connect(&url, 2).await.expect("store");
+        let Db::Sqlite { writer, .. } = store.db() else {
+            panic!("not SQLite");
+        };
+        let statements: Vec<&str> = SQLITE_BATCH_READS.split("; ").collect();
+        assert_eq!(statements.len(), 3);
+        for (statement, (table, index)) in statements.into_iter().zip([
+            ("journal", "sqlite_autoindex_journal"),
+            ("parked_events", "sqlite_autoindex_parked_events"),
+            ("positions", "PRIMARY KEY"),
+        ]) {
+            use sqlx::Row as _;
+            let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "EXPLAIN QUERY PLAN {statement}"
+            )))
+            .fetch_all(writer)
+            .await
+            .expect("plan")
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+            assert!(
+                plan.iter()
+                    .any(|step| step.starts_with("SEARCH") && step.contains(index)),
+                "{table}: {plan:?}"
+            );
+            assert!(
+                !plan
+                    .iter()
+                    // The JSON lists (and the key list's CTE) are read
+                    // whole: they are the batch.
+                    .any(|step| step.starts_with("SCAN")
+                        && !step.contains("VIRTUAL TABLE")
+                        && step != "SCAN k"),
+                "{table} read whole: {plan:?}"
+            );
+        }
+        store.close().await;
     }
 }
