@@ -116,3 +116,85 @@ async fn concurrent_requests_share_transactions_and_keep_their_own_results() {
         }
     }
 }
+
+/// A statement of an ingest transaction that fails after writing part of
+/// its rows (here a trigger refuses one journal entry at the end of a
+/// batch) leaves nothing of its request behind: no journal entry, no
+/// posting, no position change. SQLite writes the ledger with `INSERT OR
+/// FAIL` (no statement journal), so this holds only because the failed
+/// transaction is rolled back as a whole; a request riding in the same
+/// group is still applied, and the failed batch, sent again once the
+/// trigger is gone, applies every event (none was kept to come back as a
+/// duplicate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_failing_midway_leaves_nothing_of_its_request() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}", dir.path().join("fail.db").display());
+    let store = process_api::storage::Store::connect(&url, 4)
+        .await
+        .expect("store");
+    crate::replicas::seed(&store).await;
+    let mut admin = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("connect");
+    sqlx::query(
+        "CREATE TRIGGER refuse_boom BEFORE INSERT ON journal WHEN NEW.event_id = 'boom' \
+         BEGIN SELECT RAISE(FAIL, 'refused by the test'); END",
+    )
+    .execute(&mut admin)
+    .await
+    .expect("trigger");
+
+    let events = crate::replicas::events(60);
+    let mut failing = events[..30].to_vec();
+    let mut boom = failing[0].clone();
+    boom.event_id = "boom".into();
+    boom.r#type = "receipt".into();
+    boom.counterparty_location_id = None;
+    failing.push(boom);
+    let good = events[30..].to_vec();
+    let ctx = |k: &str| IngestContext {
+        actor: k.into(),
+        request_id: k.into(),
+        trace_id: k.into(),
+        span_id: None,
+    };
+    let (failing_ctx, good_ctx) = (ctx("failing"), ctx("good"));
+    let (failed, applied) = tokio::join!(
+        store.ingest(&failing, &failing_ctx),
+        store.ingest(&good, &good_ctx)
+    );
+    assert!(failed.is_err(), "the refused batch was acknowledged");
+    let (results, _) = applied.expect("the other request");
+    assert!(
+        results.iter().all(|r| r.status == EventStatus::Applied),
+        "{results:?}"
+    );
+    assert_eq!(store.journal_len().await.expect("len"), good.len() as i64);
+    assert_eq!(
+        store.outbox_lengths().await.expect("outbox").0,
+        good.len() as i64,
+        "postings of the refused batch were kept"
+    );
+    assert_eq!(store.rebuild(false).await.expect("rebuild").mismatches, 0);
+
+    sqlx::query("DROP TRIGGER refuse_boom")
+        .execute(&mut admin)
+        .await
+        .expect("drop trigger");
+    let (results, _) = store
+        .ingest(&failing, &ctx("again"))
+        .await
+        .expect("sent again");
+    assert!(
+        results.iter().all(|r| r.status == EventStatus::Applied),
+        "part of the refused batch had been kept: {results:?}"
+    );
+    assert_eq!(
+        store.journal_len().await.expect("len"),
+        (good.len() + failing.len()) as i64
+    );
+    assert_eq!(store.rebuild(false).await.expect("rebuild").mismatches, 0);
+    store.close().await;
+}
