@@ -517,6 +517,22 @@ pub(crate) fn is_retryable(error: &sqlx::Error) -> bool {
         .is_some_and(|code| matches!(code.as_ref(), "40P01" | "40001" | "23505"))
 }
 
+/// A position's stored count from its three columns (all set, or none).
+fn count_mark(
+    at: Option<i64>,
+    event_id: Option<String>,
+    quantity: Option<i64>,
+) -> Option<CountMark> {
+    match (at, event_id, quantity) {
+        (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
+            at,
+            event_id,
+            quantity,
+        }),
+        _ => None,
+    }
+}
+
 /// A position's stored state from a row with the `positions` columns.
 pub(crate) fn state_from_row<R: sqlx::Row>(row: &R) -> Result<PositionState, sqlx::Error>
 where
@@ -528,16 +544,8 @@ where
     let count_at: Option<i64> = row.try_get("count_at")?;
     let count_event_id: Option<String> = row.try_get("count_event_id")?;
     let count_qty: Option<i64> = row.try_get("count_qty")?;
-    let count = match (count_at, count_event_id, count_qty) {
-        (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
-            at,
-            event_id,
-            quantity,
-        }),
-        _ => None,
-    };
     Ok(PositionState {
-        count,
+        count: count_mark(count_at, count_event_id, count_qty),
         delta_after: row.try_get("delta_after")?,
         unsellable_raw: row.try_get("unsellable_raw")?,
         inbound_shipped: row.try_get("inbound_shipped")?,
@@ -1433,16 +1441,8 @@ async fn sqlite_batch_reads(
                     last_event_at,
                 ) in stored
                 {
-                    let count = match (count_at, count_event_id, count_qty) {
-                        (Some(at), Some(event_id), Some(quantity)) => Some(CountMark {
-                            at,
-                            event_id,
-                            quantity,
-                        }),
-                        _ => None,
-                    };
                     let state = PositionState {
-                        count,
+                        count: count_mark(count_at, count_event_id, count_qty),
                         delta_after,
                         unsellable_raw,
                         inbound_shipped,
