@@ -916,6 +916,23 @@ async fn converge(app: &TestApp, base: &str, token: &str, skus: &[String]) {
     }
 }
 
+/// Waits until the copy `replica` keeps in Redis has caught up with its
+/// feed: a replica takes a shared entry only when it is complete up to
+/// where its own feed starts (before that it asks process-api, rightly),
+/// so a replica started before then would ask process-api instead.
+async fn shared_copy_caught_up(app: &TestApp, replica: &str) {
+    let started = Instant::now();
+    loop {
+        let status = read_model_status(app, replica).await;
+        let written = status["shared"]["writer_seq"].as_i64().unwrap_or(-1);
+        if written >= status["feed_seq"].as_i64().unwrap_or(i64::MAX) {
+            return;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn with_redis_replicas_share_the_read_model() {
     let Some(url) = crate::helpers::redis_url() else {
@@ -952,6 +969,7 @@ async fn with_redis_replicas_share_the_read_model() {
     let status = read_model_status(&app, &first).await;
     assert_eq!(status["shared"]["connected"], true, "{status}");
     assert_eq!(status["loaded_process"], 8, "{status}");
+    shared_copy_caught_up(&app, &first).await;
 
     // A second replica on the same process-api and Redis.
     let second = app.spawn_experience_replica().await;
@@ -982,6 +1000,7 @@ async fn with_redis_replicas_share_the_read_model() {
     ingest(&app, sales).await;
     converge(&app, &first, &channel, &skus).await;
     converge(&app, &second, &channel, &skus).await;
+    shared_copy_caught_up(&app, &first).await;
     let third = app.spawn_experience_replica().await;
     let started = Instant::now();
     while read_model_status(&app, &third).await["answering"] != true {
