@@ -57,6 +57,8 @@ pub struct IngestReport {
     pub feed: Option<FeedFigures>,
     /// SQLite group commit: (transactions, request batches they carried).
     pub groups: (u64, u64),
+    /// The machine's CPUs while the events were sent (Linux).
+    pub host: Option<crate::bench_host::HostCpu>,
 }
 
 /// How the change feed kept up during an ingest run.
@@ -109,7 +111,10 @@ impl IngestReport {
                 "  group commit  {batches} requests in {transactions} transactions ({:.2} per transaction)\n",
                 batches as f64 / transactions as f64
             ),
-        }
+        } + &self
+            .host
+            .map(|host| host.render("while sending"))
+            .unwrap_or_default()
     }
 }
 
@@ -277,6 +282,7 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
     let url = format!("http://127.0.0.1:{port}/v1/inventory/events");
     let bodies = std::sync::Arc::new(bodies);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu_before = crate::bench_host::CpuTimes::now();
     let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..options.concurrency.max(1) {
@@ -316,6 +322,9 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
         timings.extend(client.await??);
     }
     let elapsed = started.elapsed();
+    let host = cpu_before
+        .zip(crate::bench_host::CpuTimes::now())
+        .and_then(|(before, after)| before.until(after));
     // The change feed's state when the last batch was acknowledged, and
     // how long it takes to publish the rest.
     let backlog_at_end = store.feed_backlog().await?.rows;
@@ -359,6 +368,7 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
             published,
         }),
         groups,
+        host,
     })
 }
 

@@ -57,6 +57,8 @@ pub struct ReserveReport {
     pub rss_kib: Vec<(&'static str, u64)>,
     /// Options used.
     pub options: ReserveOptions,
+    /// The machine's CPUs while the workers reserved (Linux).
+    pub host: Option<crate::bench_host::HostCpu>,
 }
 
 impl ReserveReport {
@@ -98,6 +100,10 @@ impl ReserveReport {
             "  hot positions   {} of {} with stock ended sold out\n",
             self.hot_sold_out.0, self.hot_sold_out.1
         );
+        out += &self
+            .host
+            .map(|host| host.render("while reserving"))
+            .unwrap_or_default();
         out += &rss_rows(&self.rss_kib);
         out
     }
@@ -184,6 +190,7 @@ pub async fn reservations(options: ReserveOptions) -> anyhow::Result<ReserveRepo
     );
     let url = Arc::new(format!("{experience}/v1/reservations"));
     let deadline = Instant::now() + Duration::from_secs(options.seconds);
+    let cpu_before = crate::bench_host::CpuTimes::now();
     let started = Instant::now();
     let mut workers = Vec::new();
     for worker in 0..options.concurrency {
@@ -260,6 +267,9 @@ pub async fn reservations(options: ReserveOptions) -> anyhow::Result<ReserveRepo
         }
     }
     reserved.elapsed = started.elapsed();
+    let host = cpu_before
+        .zip(crate::bench_host::CpuTimes::now())
+        .and_then(|(before, after)| before.until(after));
     reserved.latencies.sort();
 
     // The audit: every position a reservation touched.
@@ -308,5 +318,6 @@ pub async fn reservations(options: ReserveOptions) -> anyhow::Result<ReserveRepo
         hot_sold_out: (sold_out, hot_with_stock.len()),
         rss_kib,
         options,
+        host,
     })
 }

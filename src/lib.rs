@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod bench_black_friday;
+pub mod bench_host;
 pub mod bench_pos;
 pub mod bench_read;
 pub mod bench_reserve;
