@@ -322,9 +322,7 @@ pub async fn ingest(options: IngestOptions) -> anyhow::Result<IngestReport> {
         timings.extend(client.await??);
     }
     let elapsed = started.elapsed();
-    let host = cpu_before
-        .zip(crate::bench_host::CpuTimes::now())
-        .and_then(|(before, after)| before.until(after));
+    let host = cpu_before.and_then(crate::bench_host::CpuTimes::until_now);
     // The change feed's state when the last batch was acknowledged, and
     // how long it takes to publish the rest.
     let backlog_at_end = store.feed_backlog().await?.rows;

@@ -48,6 +48,11 @@ impl CpuTimes {
         })
     }
 
+    /// The shares of the time from `self` until now (see [`Self::until`]).
+    pub fn until_now(self) -> Option<HostCpu> {
+        self.until(Self::now()?)
+    }
+
     /// The shares of the time between `self` and `later`; `None` when no
     /// tick passed or the counters went backwards. The kernel's I/O wait
     /// counter alone may step back a little (proc(5) calls it unreliable):

@@ -267,9 +267,7 @@ pub async fn reservations(options: ReserveOptions) -> anyhow::Result<ReserveRepo
         }
     }
     reserved.elapsed = started.elapsed();
-    let host = cpu_before
-        .zip(crate::bench_host::CpuTimes::now())
-        .and_then(|(before, after)| before.until(after));
+    let host = cpu_before.and_then(crate::bench_host::CpuTimes::until_now);
     reserved.latencies.sort();
 
     // The audit: every position a reservation touched.
