@@ -1567,6 +1567,9 @@ impl Store {
             return;
         };
         let _turn = self.group.turn.lock().await;
+        // The change feed's numbering rides in these transactions instead
+        // of taking the writer (and a WAL sync) between them.
+        let _ingesting = self.write_group_arc().ingest_turn();
         loop {
             let jobs = self.group.take();
             if jobs.is_empty() {
