@@ -44,8 +44,13 @@
 //! this workspace is always SQLite's default one (nothing else registers a
 //! cache).
 //!
+//! The crate also holds a VFS that gathers the WAL's frame writes
+//! ([`wal`]).
+//!
 //! This crate is the one place of the workspace with `unsafe` code: it
-//! implements a C interface.
+//! implements C interfaces.
+
+pub mod wal;
 
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

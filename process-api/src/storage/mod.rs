@@ -253,6 +253,20 @@ impl Store {
                 }
                 Err(error) => tracing::warn!(%error, "SQLite's bounded page cache is not in use"),
             }
+            // The writer's WAL frames are written in large pieces (see the
+            // crate's `wal` module); that needs `synchronous = FULL`, which
+            // the writer's options below set.
+            let gathered_wal = match sqlite_pagecache::wal::install() {
+                Ok(()) => true,
+                Err(sqlite_pagecache::wal::InstallError::Disabled) => {
+                    tracing::info!("the WAL's frames are written one by one");
+                    false
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "the WAL's frames are written one by one");
+                    false
+                }
+            };
             let options = SqliteConnectOptions::from_str(url)
                 .with_context(|| "invalid SQLite URL")?
                 .create_if_missing(true)
@@ -295,7 +309,14 @@ impl Store {
                 .test_before_acquire(false)
                 .max_lifetime(None)
                 .idle_timeout(None)
-                .connect_with(options.clone().statement_cache_capacity(WRITER_STATEMENTS))
+                .connect_with({
+                    let writer = options.clone().statement_cache_capacity(WRITER_STATEMENTS);
+                    if gathered_wal {
+                        writer.vfs(sqlite_pagecache::wal::NAME)
+                    } else {
+                        writer
+                    }
+                })
                 .await
                 .context("cannot open the SQLite database")?;
             sqlx::migrate!("./migrations/sqlite")
