@@ -357,3 +357,47 @@ async fn a_batch_wider_than_one_figures_query_publishes_each_position_once() {
         }
     }
 }
+
+/// A transfer moves two positions: the batch's entry publishes both, the
+/// sender's stock and the receiver's units in transit, on every backend.
+#[tokio::test]
+async fn a_transfer_publishes_both_of_its_positions() {
+    for backends::TestStore { name, store, .. } in backends::all().await {
+        seed(&store, &["T1", "T2"], &["TK"], 0).await;
+        receive(&store, "transfer-stock", "T1", "TK", 10).await;
+        while store.publish_changes().await.expect("publish").rows > 0 {}
+        let head = store.feed_head().await.expect("head");
+        let transfer = EventInput {
+            event_id: "transfer-1".into(),
+            r#type: "transfer_out".into(),
+            location_id: "T1".into(),
+            sku: "TK".into(),
+            quantity: 4,
+            occurred_at: "2026-11-20T09:00:00Z".into(),
+            source: "test".into(),
+            reference: None,
+            reason: None,
+            counterparty_location_id: Some("T2".into()),
+            disposition: None,
+        };
+        let (results, _) = store.ingest(&[transfer], &ctx()).await.expect("ingest");
+        assert_eq!(results[0].status, EventStatus::Applied, "{name}");
+        while store.publish_changes().await.expect("publish").rows > 0 {}
+        let moved: HashMap<String, (i64, i64)> = store
+            .changes(&FeedFilter {
+                after: head,
+                limit: 100,
+                ..FeedFilter::default()
+            })
+            .await
+            .expect("changes")
+            .into_iter()
+            .map(|c| (c.location_id, (c.on_hand, c.in_transit)))
+            .collect();
+        assert_eq!(
+            moved,
+            HashMap::from([("T1".to_owned(), (6, 0)), ("T2".to_owned(), (0, 4))]),
+            "{name}"
+        );
+    }
+}
