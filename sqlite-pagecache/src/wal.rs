@@ -311,9 +311,6 @@ unsafe fn flush(file: *mut ffi::sqlite3_file) -> c_int {
     let wal = unsafe { wal(file) };
     // SAFETY: `gathered` lives until `close`.
     let gathered = unsafe { &mut *wal.gathered };
-    if gathered.is_empty() {
-        return ffi::SQLITE_OK;
-    }
     let inner = wal.inner;
     gathered.flush(&mut |bytes, offset| write_inner(inner, bytes, offset))
 }
