@@ -119,6 +119,13 @@ const UNIT: char = '\u{1f}';
 /// Separates touched-positions records.
 const RECORD: char = '\u{1e}';
 
+/// The (location, sku) pairs of one `touched_record!`.
+fn record_positions(record: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut fields = record.split(UNIT);
+    let sku = fields.next().unwrap_or_default();
+    fields.map(move |location| (location, sku))
+}
+
 const FEED_COLUMNS: &str = "seq, location_id, sku, on_hand, unsellable, reserved, safety_stock, \
      in_transit, available, changed_at, published_at";
 
@@ -230,14 +237,13 @@ macro_rules! feed_backend {
                     list.push_unseparated(")");
                     let text: Option<String> = qb.build_query_scalar().fetch_one(&mut **tx).await?;
                     for record in text.as_deref().unwrap_or_default().split(RECORD) {
-                        let mut fields = record.split(UNIT);
-                        let (Some(batch), Some(sku)) = (fields.next(), fields.next()) else {
+                        let Some((batch, record)) = record.split_once(UNIT) else {
                             continue;
                         };
                         let batch: i64 = batch.parse().map_err(|_| {
                             sqlx::Error::Protocol(format!("journal batch id `{batch}`"))
                         })?;
-                        for location in fields {
+                        for (location, sku) in record_positions(record) {
                             out.push((batch, (location.to_owned(), sku.to_owned())));
                         }
                     }
@@ -362,17 +368,8 @@ macro_rules! feed_backend {
                 let Some(touched) = touched else {
                     return Ok(());
                 };
-                // (location, sku) pairs; a record is the sku, then the
-                // location and, for a transfer, the counterparty.
-                let mut newer: std::collections::HashSet<(&str, &str)> =
-                    std::collections::HashSet::new();
-                for record in touched.split(RECORD) {
-                    let mut fields = record.split(UNIT);
-                    let Some(sku) = fields.next() else { continue };
-                    for location in fields {
-                        newer.insert((location, sku));
-                    }
-                }
+                let newer: std::collections::HashSet<(&str, &str)> =
+                    touched.split(RECORD).flat_map(record_positions).collect();
                 let stale: Vec<(String, String)> = gathered
                     .entries
                     .iter()
