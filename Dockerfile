@@ -30,14 +30,21 @@ RUN apt-get update \
     && mkdir -p /srv/data /srv/config && chown retail /srv/data
 WORKDIR /srv
 COPY --from=builder /app/service /usr/local/bin/service
-COPY config/ /srv/config/
-# Listen on every interface inside the container; everything else comes
-# from config/default.toml and RETAIL_* variables set by the deployment.
-ENV RETAIL_EXPERIENCE__HOST=0.0.0.0 \
+COPY config/production.example.toml /srv/config/example.toml
+# Production profile, listening on every interface: the image ships no
+# secret and no key, so it refuses to start until the deployment gives it
+# RETAIL_AUTH__HS256_SECRET (or an identity provider's JWKS: mount a config
+# like /srv/config/example.toml and pass `--config`) and mounts the service
+# keys made by `retail-platform keys --dir DIR` at /srv/keys.
+ENV RETAIL_PROFILE=production \
+    RETAIL_AUTH__SERVICE_KEYS__DIR=/srv/keys \
+    RETAIL_AUTH__SERVICE_KEYS__CREATE_MISSING=false \
+    RETAIL_SEED__ENABLED=false \
+    RETAIL_EXPERIENCE__HOST=0.0.0.0 \
     RETAIL_PROCESS__HOST=0.0.0.0 \
     RETAIL_SYSTEM__HOST=0.0.0.0 \
     RETAIL_PROCESS__DATABASE_URL=sqlite:///srv/data/process.db \
     RETAIL_SYSTEM__DATABASE_URL=sqlite:///srv/data/system.db
 USER retail
 EXPOSE 8080 8081 8082
-ENTRYPOINT ["/usr/local/bin/service", "--config", "/srv/config/default.toml"]
+ENTRYPOINT ["/usr/local/bin/service"]

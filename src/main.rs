@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_seconds: u64,
     },
+    /// Create the Ed25519 key pair of each layer's service tokens in DIR
+    /// (never overwriting one): give each service its own `.key.pem` and
+    /// the `.pub.pem` files of the layers that call it.
+    Keys {
+        /// Directory to write into.
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Write the OpenAPI documents into openapi/, or check them.
     Openapi {
         /// Fail (exit 1) if a committed document differs from the code.
@@ -299,6 +307,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             )?;
             println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys { dir } => {
+            for path in retail_shared::service_keys::create_all(&dir)? {
+                println!("{}", path.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Openapi { check, dir } => openapi(&dir, check),

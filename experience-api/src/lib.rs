@@ -212,8 +212,9 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
+        let keys = server::prepare(&settings, &listener, SERVICE)?;
         let idempotency = idempotency_store(&settings);
-        let issuer = TokenIssuer::new(&settings.auth);
+        let issuer = TokenIssuer::new(&settings.auth).with_service_keys(&keys);
         let process = ProcessClient::new(LayerClient::new(
             SERVICE,
             audience::PROCESS,

@@ -188,7 +188,11 @@ pub fn router(
         app,
         SERVICE,
         settings,
-        Arc::new(Authenticator::new(&settings.auth, audience::PROCESS)),
+        Arc::new(
+            Authenticator::new(&settings.auth, audience::PROCESS).with_service_keys(
+                &retail_shared::service_keys::for_router(&settings.auth.service_keys, SERVICE),
+            ),
+        ),
         // Keys live in the ledger's database: replicas share them.
         Arc::new(state_store),
         auditor,
@@ -231,6 +235,7 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
+        let keys = server::prepare(&settings, &listener, SERVICE)?;
         let store = Store::connect_with(
             &config.database_url,
             config.max_connections,
@@ -247,7 +252,7 @@ impl Application {
             )
             .await?;
         }
-        let issuer = TokenIssuer::new(&settings.auth);
+        let issuer = TokenIssuer::new(&settings.auth).with_service_keys(&keys);
         let system = LayerClient::new(
             SERVICE,
             audience::SYSTEM,

@@ -327,7 +327,7 @@ impl Deliverer {
 }
 
 fn client(settings: &WebhookSettings) -> anyhow::Result<reqwest::Client> {
-    Ok(reqwest::Client::builder()
+    Ok(retail_shared::tls::client_builder()
         .timeout(Duration::from_millis(settings.timeout_ms.max(100)))
         // A redirect would turn the POST into a body-less GET that may
         // answer 200: a 3xx is a failed delivery, never an acknowledgement.

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::AuthSettings;
 use crate::problem::Problem;
+use crate::service_keys::ServiceKeys;
 
 /// The audiences of the three layers.
 pub mod audience {
@@ -64,11 +65,13 @@ pub struct Claims {
     pub sub: String,
     /// Issuer.
     pub iss: String,
-    /// Audience: the one layer this token is for.
-    pub aud: String,
+    /// Audience: the one layer this token is for. Identity providers may
+    /// send an array (RFC 7519 §4.1.3); verification requires ours in it.
+    pub aud: Audiences,
     /// Expiry (seconds since the epoch).
     pub exp: u64,
-    /// Issued at.
+    /// Issued at (written by this platform; not required from others).
+    #[serde(default)]
     pub iat: u64,
     /// Space-separated scopes.
     #[serde(default)]
@@ -82,6 +85,16 @@ pub struct Claims {
     /// Token id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jti: Option<String>,
+}
+
+/// The `aud` claim: one audience or several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audiences {
+    /// `"aud": "process-api"`.
+    One(String),
+    /// `"aud": ["process-api", "other"]`.
+    Many(Vec<String>),
 }
 
 /// A verified caller.
@@ -171,6 +184,9 @@ pub struct Authenticator {
     allowed: Vec<Algorithm>,
     hs256: DecodingKey,
     jwks: Option<Arc<Jwks>>,
+    /// Public keys of the layers allowed to call this one, by service name
+    /// (see [`crate::service_keys`]).
+    callers: HashMap<String, DecodingKey>,
     verified: VerifiedTokens,
 }
 
@@ -253,8 +269,16 @@ impl Authenticator {
             allowed,
             hs256: DecodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
             jwks,
+            callers: HashMap::new(),
             verified: VerifiedTokens::default(),
         }
+    }
+
+    /// Accepts service tokens from the callers in `keys` (and only those:
+    /// without keys, no service token is accepted).
+    pub fn with_service_keys(mut self, keys: &ServiceKeys) -> Self {
+        self.callers = keys.verifying.clone();
+        self
     }
 
     /// The audience this authenticator accepts.
@@ -294,6 +318,9 @@ impl Authenticator {
     async fn verify_in_full(&self, token: &str) -> Result<(Principal, u64), Problem> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| Problem::unauthorized("the token is malformed"))?;
+        if header.alg == Algorithm::EdDSA {
+            return self.verify_service_token(token, header.kid.as_deref());
+        }
         if !self.allowed.contains(&header.alg) {
             return Err(Problem::unauthorized("the token algorithm is not allowed"));
         }
@@ -322,6 +349,41 @@ impl Authenticator {
         let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation(header.alg))
             .map_err(|error| Problem::unauthorized(describe(&error)))?;
         let claims = data.claims;
+        // Service identities and acting for someone else belong to service
+        // tokens alone: a channel token (or anyone holding the HS256
+        // secret) cannot pass for a layer or choose whom it audits as.
+        if claims.sub.starts_with(SERVICE_SUBJECT_PREFIX) {
+            return Err(Problem::unauthorized(
+                "service identities are reserved for service tokens",
+            ));
+        }
+        let principal = Principal {
+            subject: claims.sub,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            locations: claims.locations.map(|l| l.into_iter().collect()),
+            on_behalf_of: None,
+        };
+        Ok((principal, claims.exp))
+    }
+
+    /// A service token (EdDSA): accepted only when its `kid` names a layer
+    /// allowed to call this one and that layer's key signed it; then its
+    /// `on_behalf_of` is the acting end user.
+    fn verify_service_token(&self, token: &str, kid: Option<&str>) -> Result<(Principal, u64), Problem> {
+        let caller = kid
+            .and_then(|kid| kid.strip_prefix(SERVICE_SUBJECT_PREFIX))
+            .ok_or_else(|| Problem::unauthorized("the service token names no calling layer"))?;
+        let key = self.callers.get(caller).ok_or_else(|| {
+            Problem::unauthorized("this service accepts no service token from that layer")
+        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation(Algorithm::EdDSA))
+            .map_err(|error| Problem::unauthorized(describe(&error)))?;
+        let claims = data.claims;
+        if claims.sub != crate::service_keys::key_id(caller) {
+            return Err(Problem::unauthorized(
+                "the service token's subject is not the layer that signed it",
+            ));
+        }
         let principal = Principal {
             subject: claims.sub,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
@@ -381,7 +443,7 @@ impl Jwks {
     pub fn new(url: &str, ttl: Duration, min_refresh: Duration) -> Self {
         Self {
             url: url.to_owned(),
-            http: reqwest::Client::builder()
+            http: crate::tls::client_builder()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap_or_default(),
@@ -561,11 +623,18 @@ impl<St: Send + Sync> FromRequestParts<St> for Principal {
     }
 }
 
-/// Mints tokens signed with the configured HS256 secret.
+/// The `sub` (and `kid`) prefix of service tokens: `svc:<service>`.
+pub const SERVICE_SUBJECT_PREFIX: &str = "svc:";
+
+/// Mints tokens: channel and operator tokens signed with the configured
+/// HS256 secret ([`TokenIssuer::mint`]), and service tokens signed with
+/// this layer's own Ed25519 key ([`TokenIssuer::service_token`]).
 #[derive(Clone)]
 pub struct TokenIssuer {
     issuer: String,
     key: EncodingKey,
+    /// This layer's name and service-token key.
+    service_key: Option<(String, EncodingKey)>,
     service_ttl_seconds: u64,
     /// Service tokens minted recently (see [`TokenIssuer::service_token`]).
     minted: Arc<std::sync::Mutex<HashMap<String, (String, u64)>>>,
@@ -602,9 +671,16 @@ impl TokenIssuer {
         Self {
             issuer: settings.issuer.clone(),
             key: EncodingKey::from_secret(settings.hs256_secret.expose().as_bytes()),
+            service_key: None,
             service_ttl_seconds: settings.service_token_ttl_seconds,
             minted: Arc::default(),
         }
+    }
+
+    /// Signs service tokens with this layer's key from `keys`.
+    pub fn with_service_keys(mut self, keys: &ServiceKeys) -> Self {
+        self.service_key = keys.signing.clone();
+        self
     }
 
     /// Signs a token.
@@ -613,7 +689,7 @@ impl TokenIssuer {
         let claims = Claims {
             sub: request.subject.clone(),
             iss: self.issuer.clone(),
-            aud: request.audience.clone(),
+            aud: Audiences::One(request.audience.clone()),
             exp: now + request.ttl_seconds,
             iat: now,
             scope: request.scopes.join(" "),
@@ -670,7 +746,7 @@ impl TokenIssuer {
         if let Some((token, _)) = minted.get(&key).filter(|(_, until)| now < *until) {
             return Ok(token.clone());
         }
-        let token = self.mint(&request)?;
+        let token = self.sign_service_token(service, &request)?;
         if minted.len() >= MINTED_MAX {
             minted.retain(|_, (_, until)| now < *until);
             if minted.len() >= MINTED_MAX {
@@ -679,6 +755,32 @@ impl TokenIssuer {
         }
         minted.insert(key, (token.clone(), now + self.service_ttl_seconds / 2));
         Ok(token)
+    }
+}
+
+impl TokenIssuer {
+    /// Signs a service token (EdDSA, `kid` = `svc:<service>`) with this
+    /// layer's key; refuses when the key is another layer's or missing.
+    fn sign_service_token(&self, service: &str, request: &TokenRequest) -> anyhow::Result<String> {
+        let Some((own, key)) = &self.service_key else {
+            anyhow::bail!("no service key is loaded: {service} cannot call other layers");
+        };
+        anyhow::ensure!(own == service, "the key loaded is {own}'s, not {service}'s");
+        let now = unix_now();
+        let claims = Claims {
+            sub: request.subject.clone(),
+            iss: self.issuer.clone(),
+            aud: Audiences::One(request.audience.clone()),
+            exp: now + request.ttl_seconds,
+            iat: now,
+            scope: request.scopes.join(" "),
+            locations: request.locations.clone(),
+            on_behalf_of: request.on_behalf_of.clone(),
+            jti: Some(uuid::Uuid::new_v4().to_string()),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(crate::service_keys::key_id(service));
+        Ok(jsonwebtoken::encode(&header, &claims, key)?)
     }
 }
 
@@ -696,12 +798,17 @@ fn unix_now() -> u64 {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    use crate::service_keys::KeySet;
 
+    /// experience-api's issuer and process-api's authenticator, with one
+    /// set of service keys.
     fn setup() -> (TokenIssuer, Authenticator) {
         let settings = Settings::defaults();
+        let keys = KeySet::generate();
         (
-            TokenIssuer::new(&settings.auth),
-            Authenticator::new(&settings.auth, audience::PROCESS),
+            TokenIssuer::new(&settings.auth).with_service_keys(&keys.keys(audience::EXPERIENCE)),
+            Authenticator::new(&settings.auth, audience::PROCESS)
+                .with_service_keys(&keys.keys(audience::PROCESS)),
         )
     }
 
@@ -836,6 +943,93 @@ mod tests {
             ..user(&["S001"])
         };
         assert_ne!(token(&["inventory:read"], &other), first);
+    }
+
+    #[tokio::test]
+    async fn a_service_token_is_accepted_only_from_a_layer_allowed_to_call() {
+        let settings = Settings::defaults();
+        let keys = KeySet::generate();
+        let edge = TokenIssuer::new(&settings.auth).with_service_keys(&keys.keys(audience::EXPERIENCE));
+        let process = TokenIssuer::new(&settings.auth).with_service_keys(&keys.keys(audience::PROCESS));
+        let system = Authenticator::new(&settings.auth, audience::SYSTEM)
+            .with_service_keys(&keys.keys(audience::SYSTEM));
+        // The internet-facing edge mints a system-api token with the
+        // scopes of the systems of record: refused.
+        let forged = edge
+            .service_token("experience-api", audience::SYSTEM, &["erp:write", "ops:write"], None)
+            .expect("the edge can sign");
+        let error = system.verify(&forged).await.expect_err("edge key at system-api");
+        assert_eq!(error.status(), 401);
+        // Relabelled as process-api's, it still fails: the key decides.
+        let relabelled = {
+            let mut header = Header::new(Algorithm::EdDSA);
+            header.kid = Some("svc:process-api".into());
+            let key = keys.keys(audience::EXPERIENCE).signing.expect("key").1;
+            let claims = Claims {
+                sub: "svc:process-api".into(),
+                iss: settings.auth.issuer.clone(),
+                aud: Audiences::One(audience::SYSTEM.into()),
+                exp: unix_now() + 60,
+                iat: unix_now(),
+                scope: "erp:write".into(),
+                locations: None,
+                on_behalf_of: Some("someone".into()),
+                jti: None,
+            };
+            jsonwebtoken::encode(&header, &claims, &key).expect("sign")
+        };
+        assert_eq!(system.verify(&relabelled).await.expect_err("forged").status(), 401);
+        // process-api's own token passes.
+        let real = process
+            .service_token("process-api", audience::SYSTEM, &["erp:write"], None)
+            .expect("sign");
+        let principal = system.verify(&real).await.expect("process-api may call");
+        assert_eq!(principal.subject, "svc:process-api");
+        // A layer cannot sign for another.
+        assert!(edge.service_token("process-api", audience::SYSTEM, &[], None).is_err());
+        // Without keys a layer accepts no service token at all.
+        let bare = Authenticator::new(&settings.auth, audience::SYSTEM);
+        assert_eq!(bare.verify(&real).await.expect_err("no keys").status(), 401);
+    }
+
+    #[tokio::test]
+    async fn channel_tokens_never_act_for_someone_else_nor_pass_for_a_layer() {
+        let (issuer, auth) = setup();
+        let mut request = request(audience::PROCESS, 60);
+        request.on_behalf_of = Some("store-manager-9".into());
+        let token = issuer.mint(&request).expect("mint");
+        let principal = auth.verify(&token).await.expect("valid");
+        assert_eq!(principal.on_behalf_of, None);
+        assert_eq!(principal.actor(), "web-shop");
+        // HS256 with a service's subject: refused, secret or not.
+        request.subject = "svc:experience-api".into();
+        let token = issuer.mint(&request).expect("mint");
+        assert_eq!(auth.verify(&token).await.expect_err("svc").status(), 401);
+    }
+
+    #[tokio::test]
+    async fn identity_provider_tokens_may_carry_an_audience_array_and_no_iat() {
+        let settings = Settings::defaults();
+        let auth = Authenticator::new(&settings.auth, audience::PROCESS);
+        let claims = serde_json::json!({
+            "sub": "partner-x",
+            "iss": settings.auth.issuer,
+            "aud": ["https://api.example.com", "process-api"],
+            "exp": unix_now() + 60,
+            "scope": "inventory:read",
+        });
+        let key = EncodingKey::from_secret(settings.auth.hs256_secret.expose().as_bytes());
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).expect("sign");
+        let principal = auth.verify(&token).await.expect("array aud, no iat");
+        assert_eq!(principal.subject, "partner-x");
+        let other = serde_json::json!({
+            "sub": "partner-x", "iss": settings.auth.issuer,
+            "aud": ["experience-api"], "exp": unix_now() + 60,
+        });
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &other, &key).expect("sign");
+        assert_eq!(auth.verify(&token).await.expect_err("not ours").status(), 401);
     }
 
     #[tokio::test]

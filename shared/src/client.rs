@@ -98,7 +98,7 @@ impl LayerClient {
         settings: &ClientSettings,
         issuer: TokenIssuer,
     ) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        let http = crate::tls::client_builder()
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .pool_max_idle_per_host(64)

@@ -20,6 +20,16 @@ pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 /// profile refuses to start while it is in use.
 pub const DEV_SIGNING_SECRET: &str = "dev-only-insecure-signing-secret-change-me";
 
+/// Every signing secret this repository has ever published (its config
+/// files, docs and tests): anyone can read them, so none may guard a
+/// service that listens beyond loopback. A test scans the repository's
+/// config and docs for secrets missing here.
+pub const PUBLISHED_SECRETS: &[&str] = &[
+    DEV_SIGNING_SECRET,
+    "replace-with-a-long-random-secret-from-your-vault",
+    "a-real-production-secret-of-enough-length",
+];
+
 /// Errors raised while loading or checking configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -89,6 +99,9 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     /// Inter-layer HTTP clients.
     pub client: ClientSettings,
+    /// Trust roots of outgoing TLS connections.
+    #[serde(default)]
+    pub tls: TlsSettings,
     /// Logging.
     pub telemetry: TelemetrySettings,
     /// experience-api.
@@ -172,6 +185,29 @@ pub struct AuthSettings {
     pub jwks_cache_seconds: u64,
     /// Least time between two fetches, seconds (unknown `kid` floods).
     pub jwks_min_refresh_seconds: u64,
+    /// The Ed25519 keys of service tokens (one per calling layer).
+    pub service_keys: ServiceKeySettings,
+}
+
+/// Where the service-token keys live (see [`crate::service_keys`]).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceKeySettings {
+    /// Directory of `<service>.key.pem` and `<service>.pub.pem`.
+    pub dir: String,
+    /// Create a missing pair on start (one machine); off in deployments.
+    pub create_missing: bool,
+}
+
+/// TLS settings of every outgoing connection (JWKS, webhooks, Tryton,
+/// OTLP, the layers' clients).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// A PEM file of extra trusted CA certificates (a private CA), added to
+    /// webpki's roots; empty: webpki's roots only.
+    #[serde(default)]
+    pub ca_file: String,
 }
 
 /// Server-side HTTP limits.
@@ -636,12 +672,13 @@ impl Settings {
     /// Rules that typed parsing cannot express.
     pub fn check(&self) -> Result<(), ConfigError> {
         if self.profile == Profile::Production
-            && (self.auth.hs256_secret.expose() == DEV_SIGNING_SECRET
+            && (PUBLISHED_SECRETS.contains(&self.auth.hs256_secret.expose())
                 && self.auth.algorithms.iter().any(|a| a == "HS256"))
         {
             return Err(ConfigError::Refused(
-                "the production profile cannot use the development signing secret; \
-                 set RETAIL_AUTH__HS256_SECRET or switch to JWKS"
+                "the production profile cannot use the development signing secret (or any \
+                 secret published in the platform's repository); set \
+                 RETAIL_AUTH__HS256_SECRET or switch to JWKS"
                     .into(),
             ));
         }
@@ -650,7 +687,10 @@ impl Settings {
                 "HS256 is allowed but auth.hs256_secret is empty".into(),
             ));
         }
-        if self.profile == Profile::Production && self.auth.hs256_secret.expose().len() < 32 {
+        if self.profile == Profile::Production
+            && self.auth.algorithms.iter().any(|a| a == "HS256")
+            && self.auth.hs256_secret.expose().len() < 32
+        {
             return Err(ConfigError::Refused(
                 "the production signing secret must be at least 32 bytes".into(),
             ));
@@ -758,6 +798,30 @@ impl Settings {
         Ok(())
     }
 
+    /// Refuses a listener beyond loopback (`addr`) while HS256 tokens are
+    /// accepted with a secret anyone can read ([`PUBLISHED_SECRETS`]):
+    /// the development default is for one machine, whatever the profile.
+    pub fn check_exposure(&self, addr: std::net::SocketAddr) -> Result<(), ConfigError> {
+        if addr.ip().is_loopback() || !self.auth.algorithms.iter().any(|a| a == "HS256") {
+            return Ok(());
+        }
+        let secret = self.auth.hs256_secret.expose();
+        if PUBLISHED_SECRETS.contains(&secret) {
+            return Err(ConfigError::Refused(format!(
+                "listening on {addr} (beyond loopback) with a signing secret published in the \
+                 platform's repository would let anyone mint tokens; set \
+                 RETAIL_AUTH__HS256_SECRET to a secret of your own (at least 32 random bytes), \
+                 or accept only identity-provider tokens (auth.algorithms without HS256)"
+            )));
+        }
+        if secret.len() < 32 {
+            return Err(ConfigError::Refused(format!(
+                "listening on {addr} (beyond loopback) needs an HS256 secret of at least 32 bytes"
+            )));
+        }
+        Ok(())
+    }
+
     /// The Redis URL when one is configured.
     pub fn redis_url(&self) -> Option<&str> {
         let url = self.redis.url.expose();
@@ -784,8 +848,97 @@ mod tests {
         settings.profile = Profile::Production;
         let error = settings.check().expect_err("dev secret must be refused");
         assert!(error.to_string().contains("development signing secret"));
-        settings.auth.hs256_secret = Secret::new("a-real-production-secret-of-enough-length");
+        settings.auth.hs256_secret = Secret::new(PUBLISHED_SECRETS[1]);
+        assert!(settings.check().is_err(), "the old example's placeholder");
+        settings.auth.hs256_secret = Secret::new(unpublished_secret());
         settings.check().expect("a real secret is accepted");
+    }
+
+    /// A secret made at run time: not in the repository.
+    fn unpublished_secret() -> String {
+        format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+    }
+
+    #[test]
+    fn a_published_secret_never_guards_a_listener_beyond_loopback() {
+        let loopback: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+        let v6_loopback: std::net::SocketAddr = "[::1]:8080".parse().expect("addr");
+        let everywhere: std::net::SocketAddr = "0.0.0.0:8080".parse().expect("addr");
+        let lan: std::net::SocketAddr = "192.0.2.7:8080".parse().expect("addr");
+        let mut settings = Settings::defaults();
+        // A newcomer's machine: the development default on loopback.
+        settings.check_exposure(loopback).expect("loopback");
+        settings.check_exposure(v6_loopback).expect("loopback");
+        for profile in [Profile::Development, Profile::Production] {
+            settings.profile = profile;
+            for secret in PUBLISHED_SECRETS {
+                settings.auth.hs256_secret = Secret::new(*secret);
+                for addr in [everywhere, lan] {
+                    let error = settings.check_exposure(addr).expect_err("published");
+                    assert!(error.to_string().contains("beyond loopback"), "{error}");
+                }
+            }
+        }
+        settings.auth.hs256_secret = Secret::new("short");
+        assert!(settings.check_exposure(everywhere).is_err());
+        settings.auth.hs256_secret = Secret::new(unpublished_secret());
+        settings.check_exposure(everywhere).expect("a secret of its own");
+        // Without HS256 the secret guards nothing.
+        settings.auth.hs256_secret = Secret::new(DEV_SIGNING_SECRET);
+        settings.auth.algorithms = vec!["ES256".into()];
+        settings.auth.jwks_url = "https://idp.example/jwks.json".into();
+        settings.check_exposure(everywhere).expect("identity-provider tokens only");
+    }
+
+    #[test]
+    fn every_secret_the_repository_shows_is_known_as_published() {
+        // Config files and docs a reader copies from: each `hs256_secret`
+        // or `HS256_SECRET` value they show must be refused.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = vec![root.join("README.md"), root.join("Dockerfile")];
+        for dir in ["config", "docs"] {
+            if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
+                files.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+        let mut found = 0;
+        for file in files {
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                continue;
+            };
+            for line in text.lines() {
+                let lower = line.to_ascii_lowercase();
+                let Some(at) = lower.find("hs256_secret") else {
+                    continue;
+                };
+                // `hs256_secret = "VALUE"` (TOML) or `HS256_SECRET=VALUE` (env).
+                let Some(rest) = line[at + "hs256_secret".len()..]
+                    .trim_start()
+                    .strip_prefix('=')
+                else {
+                    continue;
+                };
+                let value = rest
+                    .trim_start()
+                    .trim_start_matches(['"', '\''])
+                    .split(['"', '\'', ' ', '`'])
+                    .next()
+                    .unwrap_or_default();
+                if value.is_empty() {
+                    continue;
+                }
+                if value.starts_with('$') || value.starts_with('<') {
+                    continue;
+                }
+                found += 1;
+                assert!(
+                    PUBLISHED_SECRETS.contains(&value),
+                    "{}: `{value}` is published but not in PUBLISHED_SECRETS",
+                    file.display()
+                );
+            }
+        }
+        assert!(found >= 1, "the default config's secret was not found");
     }
 
     #[test]
@@ -827,6 +980,9 @@ mod tests {
         let settings = Settings::from_figment(figment).expect("valid production example");
         assert_eq!(settings.profile, Profile::Production);
         assert!(settings.redis_url().is_some());
+        settings
+            .check_exposure("0.0.0.0:8080".parse().expect("addr"))
+            .expect("the example listens everywhere on identity-provider tokens");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub mod promise;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod server;
+pub mod service_keys;
+pub mod tls;
 pub mod sse;
 pub mod telemetry;
 pub mod validate;

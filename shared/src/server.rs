@@ -14,6 +14,21 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot bind {host}:{port}"))
 }
 
+/// What every service does before it serves on `listener`: refuses a
+/// listener beyond loopback guarded by a published secret
+/// ([`crate::config::Settings::check_exposure`]), trusts the configured CA
+/// file, and loads its service-token keys.
+pub fn prepare(
+    settings: &crate::Settings,
+    listener: &TcpListener,
+    service: &str,
+) -> anyhow::Result<crate::service_keys::ServiceKeys> {
+    settings.check_exposure(local_addr(listener)?)?;
+    crate::tls::trust(&settings.tls)?;
+    crate::service_keys::ServiceKeys::load(&settings.auth.service_keys, service)
+        .with_context(|| format!("{service}: service-token keys"))
+}
+
 /// The address a listener is bound to.
 pub fn local_addr(listener: &TcpListener) -> anyhow::Result<SocketAddr> {
     listener

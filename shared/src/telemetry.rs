@@ -137,13 +137,20 @@ pub fn init_tracing(
     settings: &TelemetrySettings,
     service_name: &str,
 ) -> anyhow::Result<Option<TracingGuard>> {
-    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
     use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler};
     if settings.otlp_endpoint.trim().is_empty() {
         return Ok(None);
     }
+    // A blocking client owns a runtime of its own: built on a plain thread,
+    // never inside the caller's runtime. It trusts the platform's roots
+    // (an https collector with a private CA works).
+    let http = std::thread::spawn(|| crate::tls::blocking_client_builder().build())
+        .join()
+        .map_err(|_| anyhow::anyhow!("building the OTLP HTTP client panicked"))??;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(http)
         .with_protocol(Protocol::HttpJson)
         .with_endpoint(settings.otlp_endpoint.trim())
         .build()?;

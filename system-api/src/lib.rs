@@ -149,7 +149,11 @@ pub fn router(
         app,
         SERVICE,
         settings,
-        Arc::new(Authenticator::new(&settings.auth, audience::SYSTEM)),
+        Arc::new(
+            Authenticator::new(&settings.auth, audience::SYSTEM).with_service_keys(
+                &retail_shared::service_keys::for_router(&settings.auth.service_keys, SERVICE),
+            ),
+        ),
         idempotency,
         auditor,
     )
@@ -226,6 +230,7 @@ impl Application {
         listener: TcpListener,
     ) -> anyhow::Result<Self> {
         let config = Config::from(&settings);
+        let keys = server::prepare(&settings, &listener, SERVICE)?;
         let idempotency = idempotency_store(&settings);
         let pool = open_pool(&config.database_url).await?;
         let (erp, sandbox): (Arc<dyn Erp>, _) = match config.erp_backend {
@@ -243,7 +248,7 @@ impl Application {
             audience::PROCESS,
             &config.process_url,
             &settings.client,
-            TokenIssuer::new(&settings.auth),
+            TokenIssuer::new(&settings.auth).with_service_keys(&keys),
         )?;
         // The newest 10,000 entries are kept in memory.
         let audit_log: Arc<dyn AuditSink> =

@@ -293,8 +293,8 @@ async fn a_return_applies_each_disposition_once() {
     // Back to the vendor: received and written off, net nothing.
     assert_eq!(figures(&app, "SKU-000003", "S001").await, (0, 0, 0));
     let journal = journal_ids(&app, "SKU-000003", "S001").await;
-    assert!(journal.contains(&("return:RMA-1001:2".into(), "return".into())));
-    assert!(journal.contains(&("return:RMA-1001:2:rtv".into(), "write_off".into())));
+    assert!(journal.contains(&("return:S001:RMA-1001:2".into(), "return".into())));
+    assert!(journal.contains(&("return:S001:RMA-1001:2:rtv".into(), "write_off".into())));
 
     // The same return again changes nothing.
     let again = status_of(

@@ -173,6 +173,43 @@ pub struct Event {
     pub disposition: Option<Disposition>,
 }
 
+impl Event {
+    /// What the event means, as a short digest: its type, location, sku,
+    /// quantity, counterparty and disposition. The same `event_id` arriving
+    /// again with another meaning is not a retry but a collision (another
+    /// store reusing a number, a client posting someone else's id): it is
+    /// rejected as `event-id-conflict`, never swallowed as a duplicate.
+    ///
+    /// The time, source, reference and reason are left out on purpose: a
+    /// producer that stamps the time when it sends (a return without
+    /// `occurred_at`, a till re-sending a receipt) changes them on every
+    /// retry, and a retry must stay a duplicate.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for part in [
+            self.kind.as_str(),
+            &self.location_id,
+            &self.sku,
+            &self.quantity.to_string(),
+            self.counterparty_location_id.as_deref().unwrap_or(""),
+            self.disposition.map_or("", Disposition::as_str),
+        ] {
+            digest.update(part.as_bytes());
+            // Ids are printable ASCII: a unit separator keeps parts apart.
+            digest.update([0x1f]);
+        }
+        digest.finalize()[..16]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
+/// The reason of an event rejected because its id is taken by an event
+/// that means something else (see [`Event::fingerprint`]).
+pub const EVENT_ID_CONFLICT: &str = "event-id-conflict";
+
 /// The effects of one event, before the count rule is applied.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Effects {

@@ -496,7 +496,7 @@ pub struct ReturnResponse {
 /// per line: `restock` (on_hand up), `damaged` (on_hand and unsellable
 /// up), `return_to_vendor` (a damaged return and a write-off: the unit
 /// goes back to the vendor). Each becomes journalled events posted to the
-/// ERP. Idempotent by `return_id`.
+/// ERP. Idempotent by (`location_id`, `return_id`): return numbers are a store's own.
 #[utoipa::path(post, path = "/v1/returns", tag = "returns",
     request_body = ReturnRequest,
     security(("bearer" = [])),
@@ -524,7 +524,9 @@ async fn post_return(
     let mut events = Vec::new();
     for (index, line) in request.lines.iter().enumerate() {
         let base = EventInput {
-            event_id: format!("return:{}:{index}", request.return_id),
+            // The location is part of the id: return numbers are the
+            // store's own, and two stores issuing R1000 are two returns.
+            event_id: format!("return:{}:{}:{index}", request.location_id, request.return_id),
             r#type: "return".into(),
             location_id: request.location_id.clone(),
             sku: line.sku.clone(),
@@ -545,7 +547,10 @@ async fn post_return(
         };
         let to_vendor =
             (line.disposition == ReturnDisposition::ReturnToVendor).then(|| EventInput {
-                event_id: format!("return:{}:{index}:rtv", request.return_id),
+                event_id: format!(
+                    "return:{}:{}:{index}:rtv",
+                    request.location_id, request.return_id
+                ),
                 r#type: "write_off".into(),
                 disposition: None,
                 // A reason code the ERP adapters map (Tryton: a supplier

@@ -22,7 +22,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::{BeginWrite, Db, Store, micros_to_rfc3339};
-use crate::inventory::event::{Event, EventInput, EventType};
+use crate::inventory::event::{EVENT_ID_CONFLICT, Event, EventInput, EventType};
 use crate::inventory::position::{CountMark, PositionFigures, PositionState, resolve_safety_stock};
 use crate::inventory::rebuild::{JournalFact, Key, Rebuilder};
 
@@ -71,6 +71,8 @@ pub struct EventResult {
 struct Candidate {
     index: usize,
     event: Event,
+    /// [`Event::fingerprint`], stored with the event.
+    fingerprint: String,
     /// The event as sent, kept only if it is parked.
     input: EventInput,
     actor: String,
@@ -437,6 +439,13 @@ async fn apply_in_transaction(
     committed
 }
 
+/// Whether `candidate`'s result has `status`.
+fn is_status(results: &[Option<EventResult>], candidate: &Candidate, status: EventStatus) -> bool {
+    results[candidate.index]
+        .as_ref()
+        .is_some_and(|result| result.status == status)
+}
+
 /// Rows per multi-row insert: keeps every statement under SQLite's 32,766
 /// and PostgreSQL's 65,535 bind parameters.
 const CHUNK: usize = 500;
@@ -447,7 +456,7 @@ fn prepare(
     now: i64,
     results: &mut [Option<EventResult>],
 ) -> Vec<Candidate> {
-    let mut seen = HashSet::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
     let mut candidates = Vec::with_capacity(inputs.len());
     for (index, input) in inputs.iter().enumerate() {
         match input.validate(now) {
@@ -459,17 +468,24 @@ fn prepare(
                 });
             }
             Ok(event) => {
-                if !seen.insert(event.event_id.clone()) {
-                    results[index] = Some(EventResult {
-                        event_id: event.event_id,
-                        status: EventStatus::Duplicate,
-                        reason: Some("repeated within this request".into()),
+                let fingerprint = event.fingerprint();
+                if let Some(first) = seen.get(&event.event_id) {
+                    results[index] = Some(if *first == fingerprint {
+                        EventResult {
+                            event_id: event.event_id,
+                            status: EventStatus::Duplicate,
+                            reason: Some("repeated within this request".into()),
+                        }
+                    } else {
+                        conflict(event.event_id, "an earlier event of this request")
                     });
                     continue;
                 }
+                seen.insert(event.event_id.clone(), fingerprint.clone());
                 candidates.push(Candidate {
                     index,
                     event,
+                    fingerprint,
                     input: input.clone(),
                     actor: ctx.actor.clone(),
                     request_id: ctx.request_id.clone(),
@@ -480,6 +496,21 @@ fn prepare(
         }
     }
     candidates
+}
+
+/// The answer to an event whose id is taken by one that means something
+/// else (`taken_by` says where that one is): rejected, counted, never a
+/// silent duplicate.
+fn conflict(event_id: String, taken_by: &str) -> EventResult {
+    metrics::counter!("ledger_event_id_conflicts_total").increment(1);
+    EventResult {
+        event_id,
+        status: EventStatus::Rejected,
+        reason: Some(format!(
+            "{EVENT_ID_CONFLICT}: this event_id is taken by {taken_by} with another type, \
+             location, sku, quantity, counterparty or disposition; give this event an id of its own"
+        )),
+    }
 }
 
 /// One result per input, in order (an input left without one was not
@@ -582,11 +613,11 @@ macro_rules! ledger_backend {
                 tx: &mut Tx<'_>,
                 table: &str,
                 ids: &[&str],
-            ) -> Result<HashSet<String>, sqlx::Error> {
-                let mut found = HashSet::new();
+            ) -> Result<Fingerprints, sqlx::Error> {
+                let mut found = HashMap::new();
                 for chunk in ids.chunks(CHUNK) {
                     let mut qb = QueryBuilder::<$db>::new(format!(
-                        "SELECT event_id FROM {table} WHERE event_id IN ("
+                        "SELECT event_id, fingerprint FROM {table} WHERE event_id IN ("
                     ));
                     let mut list = qb.separated(", ");
                     for id in chunk {
@@ -594,7 +625,7 @@ macro_rules! ledger_backend {
                     }
                     list.push_unseparated(")");
                     for row in qb.build().fetch_all(&mut **tx).await? {
-                        found.insert(row.try_get::<String, _>(0)?);
+                        found.insert(row.try_get::<String, _>(0)?, row.try_get(1)?);
                     }
                 }
                 Ok(found)
@@ -808,7 +839,7 @@ macro_rules! ledger_backend {
                          counterparty_location_id, disposition, on_hand_effect, \
                          unsellable_effect, inbound_received_effect, \
                          counterparty_shipped_effect, on_hand_change, unit_cost, currency, \
-                         location_type) ",
+                         location_type, fingerprint) ",
                     ));
                     qb.push_values(chunk, |mut row, entry| {
                         let event = &entry.candidate.event;
@@ -831,7 +862,8 @@ macro_rules! ledger_backend {
                             .push_bind(entry.on_hand_change)
                             .push_bind(entry.unit_cost)
                             .push_bind(entry.currency)
-                            .push_bind(entry.location_type);
+                            .push_bind(entry.location_type)
+                            .push_bind(entry.candidate.fingerprint.as_str());
                     });
                     qb.build().execute(&mut **tx).await?;
                 }
@@ -890,7 +922,7 @@ macro_rules! ledger_backend {
                     let mut qb = QueryBuilder::<$db>::new(
                         "INSERT INTO parked_events (event_id, location_id, sku, \
                          counterparty_location_id, reason, payload, parked_at, occurred_at, \
-                         actor, request_id, trace_id) ",
+                         actor, request_id, trace_id, fingerprint) ",
                     );
                     qb.push_values(chunk, |mut row, (candidate, reason, payload)| {
                         let event = &candidate.event;
@@ -904,7 +936,8 @@ macro_rules! ledger_backend {
                             .push_bind(event.occurred_at)
                             .push_bind(candidate.actor.as_str())
                             .push_bind(candidate.request_id.as_str())
-                            .push_bind(candidate.trace_id.as_str());
+                            .push_bind(candidate.trace_id.as_str())
+                            .push_bind(candidate.fingerprint.as_str());
                     });
                     qb.push(" ON CONFLICT (event_id) DO NOTHING");
                     qb.build().execute(&mut **tx).await?;
@@ -1001,19 +1034,31 @@ macro_rules! ledger_backend {
                 }
                 let ids: Vec<&str> = candidates.iter().map(|c| c.event.event_id.as_str()).collect();
                 let (mut states, journalled, parked_before) = $reads(tx, &keys, &ids, now).await?;
+                // An id seen before is a duplicate when it means the same
+                // (or was stored before meanings were kept), else a
+                // conflict; either way nothing of it is applied again.
                 let is_duplicate = |candidate: &Candidate, results: &mut [Option<EventResult>]| {
                     let id = &candidate.event.event_id;
-                    let reason = if journalled.contains(id) {
-                        "already applied"
-                    } else if parked_before.contains(id) {
-                        "already received; parked until its master data arrives"
+                    let (stored, reason, taken_by) = if let Some(stored) = journalled.get(id) {
+                        (stored, "already applied", "an applied event")
+                    } else if let Some(stored) = parked_before.get(id) {
+                        (
+                            stored,
+                            "already received; parked until its master data arrives",
+                            "a parked event",
+                        )
                     } else {
                         return false;
                     };
-                    results[candidate.index] = Some(EventResult {
-                        event_id: id.clone(),
-                        status: EventStatus::Duplicate,
-                        reason: Some(reason.into()),
+                    results[candidate.index] = Some(match stored {
+                        Some(stored) if *stored != candidate.fingerprint => {
+                            conflict(id.clone(), taken_by)
+                        }
+                        _ => EventResult {
+                            event_id: id.clone(),
+                            status: EventStatus::Duplicate,
+                            reason: Some(reason.into()),
+                        },
                     });
                     true
                 };
@@ -1021,8 +1066,8 @@ macro_rules! ledger_backend {
                 let batch_ids = insert_batches(
                     tx,
                     known.iter().copied().filter(|c| {
-                        !journalled.contains(&c.event.event_id)
-                            && !parked_before.contains(&c.event.event_id)
+                        !journalled.contains_key(&c.event.event_id)
+                            && !parked_before.contains_key(&c.event.event_id)
                     }),
                     now,
                 )
@@ -1032,7 +1077,7 @@ macro_rules! ledger_backend {
                 let mut touched: BTreeSet<Key> = BTreeSet::new();
                 for candidate in known {
                     if is_duplicate(candidate, results) {
-                        summary.duplicate += 1;
+                        summary.duplicate += usize::from(is_status(results, candidate, EventStatus::Duplicate));
                         continue;
                     }
                     let event = &candidate.event;
@@ -1131,7 +1176,7 @@ macro_rules! ledger_backend {
                 let mut to_park = Vec::new();
                 for (candidate, reason) in unknown {
                     if is_duplicate(candidate, results) {
-                        summary.duplicate += 1;
+                        summary.duplicate += usize::from(is_status(results, candidate, EventStatus::Duplicate));
                         continue;
                     }
                     results[candidate.index] = Some(EventResult {
@@ -1222,6 +1267,7 @@ macro_rules! ledger_backend {
                     ids.push(event_id);
                     candidates.push(Candidate {
                         index: candidates.len(),
+                        fingerprint: event.fingerprint(),
                         event,
                         input,
                         actor: row.try_get("actor")?,
@@ -1371,9 +1417,9 @@ ledger_backend!(
 /// position (each row a message from the connection's thread, its values
 /// copied one by one). The single writer needs no locks; missing positions
 /// start empty.
-const SQLITE_BATCH_READS: &str = "SELECT 'j' AS part, j.event_id FROM json_each($1) e \
+const SQLITE_BATCH_READS: &str = "SELECT 'j' AS part, j.event_id, j.fingerprint FROM json_each($1) e \
      JOIN journal j ON j.event_id = e.value; \
-     SELECT 'q' AS part, q.event_id FROM json_each($1) e \
+     SELECT 'q' AS part, q.event_id, q.fingerprint FROM json_each($1) e \
      JOIN parked_events q ON q.event_id = e.value; \
      WITH k (l, s) AS MATERIALIZED (SELECT value ->> 0, value ->> 1 FROM json_each($2)) \
      SELECT 'p' AS part, json_group_array(json_array(p.location_id, p.sku, p.count_at, \
@@ -1395,13 +1441,13 @@ type StoredPosition = (
     Option<i64>,
 );
 
+/// Ids already stored, with what each means ([`Event::fingerprint`];
+/// `None` for rows stored before meanings were kept).
+type Fingerprints = HashMap<String, Option<String>>;
+
 /// What an ingest transaction reads before it decides: the positions'
 /// states, and the batch's ids already journalled or parked.
-type BatchReads = (
-    HashMap<Key, PositionState>,
-    HashSet<String>,
-    HashSet<String>,
-);
+type BatchReads = (HashMap<Key, PositionState>, Fingerprints, Fingerprints);
 
 /// See [`SQLITE_BATCH_READS`].
 async fn sqlite_batch_reads(
@@ -1419,12 +1465,12 @@ async fn sqlite_batch_reads(
         .fetch_all(&mut **tx)
         .await?;
     let mut states = HashMap::with_capacity(keys.len());
-    let (mut journalled, mut parked) = (HashSet::new(), HashSet::new());
+    let (mut journalled, mut parked) = (HashMap::new(), HashMap::new());
     for row in rows {
         let part: &str = row.try_get(0)?;
         match part {
-            "j" => drop(journalled.insert(row.try_get(1)?)),
-            "q" => drop(parked.insert(row.try_get(1)?)),
+            "j" => drop(journalled.insert(row.try_get(1)?, row.try_get(2)?)),
+            "q" => drop(parked.insert(row.try_get(1)?, row.try_get(2)?)),
             _ => {
                 let stored: Vec<StoredPosition> =
                     serde_json::from_str(row.try_get(1)?).map_err(decode)?;

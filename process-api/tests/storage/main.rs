@@ -2,6 +2,7 @@
 //! PostgreSQL when `TEST_POSTGRES_URL` is set (CI sets it).
 
 mod backends;
+mod event_ids;
 mod feed;
 mod group_commit;
 mod idempotency;

@@ -217,7 +217,7 @@ impl TrytonErp {
     /// until the first call).
     pub fn new(settings: &TrytonSettings) -> anyhow::Result<Self> {
         let base = settings.url.trim_end_matches('/');
-        let http = reqwest::Client::builder()
+        let http = retail_shared::tls::client_builder()
             .timeout(Duration::from_secs(300))
             .connect_timeout(Duration::from_secs(5))
             .build()?;
