@@ -369,7 +369,11 @@ impl Authenticator {
     /// A service token (EdDSA): accepted only when its `kid` names a layer
     /// allowed to call this one and that layer's key signed it; then its
     /// `on_behalf_of` is the acting end user.
-    fn verify_service_token(&self, token: &str, kid: Option<&str>) -> Result<(Principal, u64), Problem> {
+    fn verify_service_token(
+        &self,
+        token: &str,
+        kid: Option<&str>,
+    ) -> Result<(Principal, u64), Problem> {
         let caller = kid
             .and_then(|kid| kid.strip_prefix(SERVICE_SUBJECT_PREFIX))
             .ok_or_else(|| Problem::unauthorized("the service token names no calling layer"))?;
@@ -949,16 +953,26 @@ mod tests {
     async fn a_service_token_is_accepted_only_from_a_layer_allowed_to_call() {
         let settings = Settings::defaults();
         let keys = KeySet::generate();
-        let edge = TokenIssuer::new(&settings.auth).with_service_keys(&keys.keys(audience::EXPERIENCE));
-        let process = TokenIssuer::new(&settings.auth).with_service_keys(&keys.keys(audience::PROCESS));
+        let edge =
+            TokenIssuer::new(&settings.auth).with_service_keys(&keys.keys(audience::EXPERIENCE));
+        let process =
+            TokenIssuer::new(&settings.auth).with_service_keys(&keys.keys(audience::PROCESS));
         let system = Authenticator::new(&settings.auth, audience::SYSTEM)
             .with_service_keys(&keys.keys(audience::SYSTEM));
         // The internet-facing edge mints a system-api token with the
         // scopes of the systems of record: refused.
         let forged = edge
-            .service_token("experience-api", audience::SYSTEM, &["erp:write", "ops:write"], None)
+            .service_token(
+                "experience-api",
+                audience::SYSTEM,
+                &["erp:write", "ops:write"],
+                None,
+            )
             .expect("the edge can sign");
-        let error = system.verify(&forged).await.expect_err("edge key at system-api");
+        let error = system
+            .verify(&forged)
+            .await
+            .expect_err("edge key at system-api");
         assert_eq!(error.status(), 401);
         // Relabelled as process-api's, it still fails: the key decides.
         let relabelled = {
@@ -978,7 +992,14 @@ mod tests {
             };
             jsonwebtoken::encode(&header, &claims, &key).expect("sign")
         };
-        assert_eq!(system.verify(&relabelled).await.expect_err("forged").status(), 401);
+        assert_eq!(
+            system
+                .verify(&relabelled)
+                .await
+                .expect_err("forged")
+                .status(),
+            401
+        );
         // process-api's own token passes.
         let real = process
             .service_token("process-api", audience::SYSTEM, &["erp:write"], None)
@@ -986,7 +1007,10 @@ mod tests {
         let principal = system.verify(&real).await.expect("process-api may call");
         assert_eq!(principal.subject, "svc:process-api");
         // A layer cannot sign for another.
-        assert!(edge.service_token("process-api", audience::SYSTEM, &[], None).is_err());
+        assert!(
+            edge.service_token("process-api", audience::SYSTEM, &[], None)
+                .is_err()
+        );
         // Without keys a layer accepts no service token at all.
         let bare = Authenticator::new(&settings.auth, audience::SYSTEM);
         assert_eq!(bare.verify(&real).await.expect_err("no keys").status(), 401);
@@ -1029,7 +1053,10 @@ mod tests {
         });
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &other, &key).expect("sign");
-        assert_eq!(auth.verify(&token).await.expect_err("not ours").status(), 401);
+        assert_eq!(
+            auth.verify(&token).await.expect_err("not ours").status(),
+            401
+        );
     }
 
     #[tokio::test]

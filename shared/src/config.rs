@@ -856,7 +856,11 @@ mod tests {
 
     /// A secret made at run time: not in the repository.
     fn unpublished_secret() -> String {
-        format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
     }
 
     #[test]
@@ -882,12 +886,16 @@ mod tests {
         settings.auth.hs256_secret = Secret::new("short");
         assert!(settings.check_exposure(everywhere).is_err());
         settings.auth.hs256_secret = Secret::new(unpublished_secret());
-        settings.check_exposure(everywhere).expect("a secret of its own");
+        settings
+            .check_exposure(everywhere)
+            .expect("a secret of its own");
         // Without HS256 the secret guards nothing.
         settings.auth.hs256_secret = Secret::new(DEV_SIGNING_SECRET);
         settings.auth.algorithms = vec!["ES256".into()];
         settings.auth.jwks_url = "https://idp.example/jwks.json".into();
-        settings.check_exposure(everywhere).expect("identity-provider tokens only");
+        settings
+            .check_exposure(everywhere)
+            .expect("identity-provider tokens only");
     }
 
     #[test]

@@ -33,9 +33,9 @@ pub mod ratelimit;
 pub mod redis_link;
 pub mod server;
 pub mod service_keys;
-pub mod tls;
 pub mod sse;
 pub mod telemetry;
+pub mod tls;
 pub mod validate;
 
 pub use config::Settings;

@@ -72,18 +72,25 @@ impl ServiceKeys {
         let private = read_or_create(dir, service, settings.create_missing)?;
         keys.signing = Some((
             service.to_owned(),
-            EncodingKey::from_ed_pem(private.as_bytes())
-                .with_context(|| format!("{}: not an Ed25519 PKCS#8 key", key_path(dir, service).display()))?,
+            EncodingKey::from_ed_pem(private.as_bytes()).with_context(|| {
+                format!(
+                    "{}: not an Ed25519 PKCS#8 key",
+                    key_path(dir, service).display()
+                )
+            })?,
         ));
         for caller in callers_of(service) {
             let public = read_public(dir, caller, settings.create_missing)?;
-            let key = DecodingKey::from_ed_pem(public.as_bytes())
-                .with_context(|| format!("{}: not an Ed25519 public key", public_path(dir, caller).display()))?;
+            let key = DecodingKey::from_ed_pem(public.as_bytes()).with_context(|| {
+                format!(
+                    "{}: not an Ed25519 public key",
+                    public_path(dir, caller).display()
+                )
+            })?;
             keys.verifying.insert((*caller).to_owned(), key);
         }
         Ok(keys)
     }
-
 }
 
 /// `service`'s keys for building its router: as [`ServiceKeys::load`],
@@ -104,7 +111,12 @@ pub struct KeySet(HashMap<&'static str, (String, String)>);
 impl KeySet {
     /// Three new pairs.
     pub fn generate() -> Self {
-        Self(audience::ALL.iter().map(|service| (*service, generate())).collect())
+        Self(
+            audience::ALL
+                .iter()
+                .map(|service| (*service, generate()))
+                .collect(),
+        )
     }
 
     /// `service`'s keys out of this set: its private key, its callers'
@@ -135,7 +147,10 @@ pub fn create_all(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     for service in audience::ALL {
         if key_path(dir, service).exists() {
-            anyhow::bail!("{} exists; not overwritten", key_path(dir, service).display());
+            anyhow::bail!(
+                "{} exists; not overwritten",
+                key_path(dir, service).display()
+            );
         }
         read_or_create(dir, service, true)?;
         written.push(key_path(dir, service));
@@ -266,8 +281,8 @@ mod tests {
     #[test]
     fn keys_are_created_once_and_shared_through_the_directory() {
         let dir = tempfile::tempdir().expect("dir");
-        let process = ServiceKeys::load(&settings(dir.path(), true), audience::PROCESS)
-            .expect("created");
+        let process =
+            ServiceKeys::load(&settings(dir.path(), true), audience::PROCESS).expect("created");
         assert_eq!(process.verifying.len(), 2);
         let first = std::fs::read_to_string(key_path(dir.path(), audience::EXPERIENCE))
             .expect("experience key created for process-api's sake");
@@ -282,7 +297,11 @@ mod tests {
                 .expect("meta")
                 .permissions()
                 .mode();
-            assert_eq!(mode & 0o077, 0, "a private key is readable by its owner only");
+            assert_eq!(
+                mode & 0o077,
+                0,
+                "a private key is readable by its owner only"
+            );
         }
     }
 

@@ -42,6 +42,8 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
         Secret::new(format!("sqlite://{}", dir.join("process.db").display()));
     settings.system.database_url =
         Secret::new(format!("sqlite://{}", dir.join("system.db").display()));
+    // Each platform its own service-token keys.
+    settings.auth.service_keys.dir = dir.join("keys").display().to_string();
     settings.seed.stores = 3;
     settings.seed.skus = 10;
     settings.seed.opening_stock = false;

@@ -16,6 +16,7 @@ mod pos_batch;
 mod poslog;
 mod promising;
 mod reservations;
+mod tls;
 mod tokens;
 mod tryton;
 mod views;

@@ -526,7 +526,10 @@ async fn post_return(
         let base = EventInput {
             // The location is part of the id: return numbers are the
             // store's own, and two stores issuing R1000 are two returns.
-            event_id: format!("return:{}:{}:{index}", request.location_id, request.return_id),
+            event_id: format!(
+                "return:{}:{}:{index}",
+                request.location_id, request.return_id
+            ),
             r#type: "return".into(),
             location_id: request.location_id.clone(),
             sku: line.sku.clone(),

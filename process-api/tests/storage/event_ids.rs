@@ -36,7 +36,10 @@ async fn seed(store: &Store) {
             safety_stock_default: 0,
         })
         .collect();
-    store.upsert_locations(&locations, &change).await.expect("locations");
+    store
+        .upsert_locations(&locations, &change)
+        .await
+        .expect("locations");
     store
         .upsert_products(
             &[ProductInput {
@@ -122,11 +125,23 @@ async fn a_parked_events_id_conflicts_too_and_within_one_request() {
         let store = &backend.store;
         seed(store).await;
         // Unknown sku: parked.
-        let parked = one(store, sale("e-1", "S001", "NEW-SKU", 1, "2026-12-01T10:00:00Z")).await;
+        let parked = one(
+            store,
+            sale("e-1", "S001", "NEW-SKU", 1, "2026-12-01T10:00:00Z"),
+        )
+        .await;
         assert_eq!(parked.status, EventStatus::Parked, "{}", backend.name);
-        let other = one(store, sale("e-1", "S002", "NEW-SKU", 1, "2026-12-01T10:00:00Z")).await;
+        let other = one(
+            store,
+            sale("e-1", "S002", "NEW-SKU", 1, "2026-12-01T10:00:00Z"),
+        )
+        .await;
         assert!(is_conflict(&other), "{}: {other:?}", backend.name);
-        let same = one(store, sale("e-1", "S001", "NEW-SKU", 1, "2026-12-01T10:00:00Z")).await;
+        let same = one(
+            store,
+            sale("e-1", "S001", "NEW-SKU", 1, "2026-12-01T10:00:00Z"),
+        )
+        .await;
         assert_eq!(same.status, EventStatus::Duplicate, "{}", backend.name);
         // One request carrying the same id twice with two meanings.
         let (results, summary) = store
@@ -141,8 +156,18 @@ async fn a_parked_events_id_conflicts_too_and_within_one_request() {
             .await
             .expect("ingest");
         assert_eq!(results[0].status, EventStatus::Applied, "{}", backend.name);
-        assert!(is_conflict(&results[1]), "{}: {:?}", backend.name, results[1]);
-        assert_eq!(results[2].status, EventStatus::Duplicate, "{}", backend.name);
+        assert!(
+            is_conflict(&results[1]),
+            "{}: {:?}",
+            backend.name,
+            results[1]
+        );
+        assert_eq!(
+            results[2].status,
+            EventStatus::Duplicate,
+            "{}",
+            backend.name
+        );
         assert_eq!(summary.applied, 1);
         assert_eq!(on_hand(store, "S002").await, 0, "{}", backend.name);
     }
