@@ -207,6 +207,7 @@ pub struct Application {
     store: Store,
     audit_writer: tokio::task::JoinHandle<()>,
     sweep_interval: std::time::Duration,
+    audit_retention: std::time::Duration,
     table_maintenance: retail_shared::config::TableMaintenance,
     background: Background,
 }
@@ -311,6 +312,9 @@ impl Application {
             sweep_interval: std::time::Duration::from_millis(
                 settings.reservations.sweep_interval_ms,
             ),
+            audit_retention: std::time::Duration::from_secs(
+                settings.audit.retention_days.saturating_mul(86_400),
+            ),
             table_maintenance: settings.process.pg_table_maintenance,
         })
     }
@@ -340,6 +344,7 @@ impl Application {
         let sweeper = tokio::spawn(workers::parked_sweeper(
             self.store.clone(),
             workers::PARKED_SWEEP_INTERVAL,
+            self.audit_retention,
             stopped,
         ));
         let reservations = tokio::spawn(workers::reservation_sweeper(

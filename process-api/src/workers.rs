@@ -27,10 +27,26 @@ async fn tick(ticker: &mut tokio::time::Interval, stop: &mut watch::Receiver<boo
 pub const PARKED_SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Retries parked events on a schedule (master data can also arrive by
-/// another replica or straight in the database).
-pub async fn parked_sweeper(store: Store, interval: Duration, mut stop: watch::Receiver<bool>) {
+/// another replica or straight in the database); on the same schedule,
+/// drops expired idempotency keys and audit entries older than
+/// `audit_retention`.
+pub async fn parked_sweeper(
+    store: Store,
+    interval: Duration,
+    audit_retention: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = ticker(interval);
+    let retention = i64::try_from(audit_retention.as_micros()).unwrap_or(i64::MAX);
     while tick(&mut ticker, &mut stop).await {
+        match store
+            .prune_audit(store.now().saturating_sub(retention))
+            .await
+        {
+            Ok(0) => {}
+            Ok(pruned) => tracing::debug!(pruned, "audit entries past retention deleted"),
+            Err(error) => tracing::warn!(%error, "pruning the audit log failed"),
+        }
         match store.replay_parked().await {
             Ok(0) => {}
             Ok(applied) => tracing::info!(applied, "parked sweeper applied events"),

@@ -42,7 +42,7 @@ pub struct AuditEntry {
     pub client: String,
     /// HTTP method.
     pub method: String,
-    /// Request path.
+    /// The route template the request matched (`unmatched` for none).
     pub path: String,
     /// Response status.
     pub status: u16,
@@ -182,7 +182,12 @@ impl Auditor {
     }
 }
 
-/// Middleware: records every request that is not GET, HEAD or OPTIONS.
+/// Middleware: records every authenticated request that is not GET, HEAD
+/// or OPTIONS, with the route template it matched (`/v1/reservations/{id}`,
+/// or `unmatched`), never the raw path: an entry's size is bounded by the
+/// code, not by the caller. Requests without a valid token are counted
+/// (`audit_unauthenticated_total`), not recorded: an anonymous caller
+/// leaves nothing lasting.
 pub async fn audit(
     axum::extract::State(auditor): axum::extract::State<Auditor>,
     request: Request,
@@ -194,10 +199,22 @@ pub async fn audit(
     ) {
         return next.run(request).await;
     }
-    let method = request.method().as_str().to_owned();
-    let path = request.uri().path().to_owned();
+    let Some(principal) = request.extensions().get::<Principal>().cloned() else {
+        metrics::counter!("audit_unauthenticated_total", "service" => auditor.service).increment(1);
+        return next.run(request).await;
+    };
+    // Only the methods axum routes to a handler: anything else is `OTHER`.
+    let method = match *request.method() {
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE => request.method().as_str(),
+        _ => "OTHER",
+    }
+    .to_owned();
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", axum::extract::MatchedPath::as_str)
+        .to_owned();
     let correlation = request.extensions().get::<Correlation>().cloned();
-    let principal = request.extensions().get::<Principal>().cloned();
     let response = next.run(request).await;
     let now = time::OffsetDateTime::now_utc();
     let entry = AuditEntry {
@@ -207,12 +224,8 @@ pub async fn audit(
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
         service: auditor.service.to_owned(),
-        actor: principal
-            .as_ref()
-            .map_or_else(|| "anonymous".to_owned(), |p| p.actor().to_owned()),
-        client: principal
-            .as_ref()
-            .map_or_else(|| "anonymous".to_owned(), |p| p.subject.clone()),
+        actor: principal.actor().to_owned(),
+        client: principal.subject,
         method,
         path,
         status: response.status().as_u16(),

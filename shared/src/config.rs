@@ -99,6 +99,8 @@ pub struct Settings {
     pub idempotency: IdempotencySettings,
     /// Inter-layer HTTP clients.
     pub client: ClientSettings,
+    /// The audit log's retention.
+    pub audit: AuditSettings,
     /// Trust roots of outgoing TLS connections.
     #[serde(default)]
     pub tls: TlsSettings,
@@ -189,6 +191,15 @@ pub struct AuthSettings {
     pub service_keys: ServiceKeySettings,
 }
 
+/// The audit log of state-changing requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Days an entry is kept (process-api's database; experience-api and
+    /// system-api keep their newest 10,000 entries in memory).
+    pub retention_days: u64,
+}
+
 /// Where the service-token keys live (see [`crate::service_keys`]).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +263,11 @@ pub struct RateLimitSettings {
     pub write_per_second: u32,
     /// Writes a client may make at once.
     pub write_burst: u32,
+    /// Requests per second per peer address that carry no recently
+    /// verified token (see [`crate::peer_limit`]).
+    pub unauthenticated_per_second: u32,
+    /// Such requests one address may make at once.
+    pub unauthenticated_burst: u32,
     /// Per-client overrides, by `sub`.
     #[serde(default)]
     pub clients: std::collections::BTreeMap<String, ClientQuota>,
@@ -731,6 +747,15 @@ impl Settings {
                 ],
             )
         }));
+        let quotas = quotas.chain(std::iter::once((
+            "unauthenticated".to_owned(),
+            [
+                self.rate_limit.unauthenticated_per_second,
+                self.rate_limit.unauthenticated_burst,
+                1,
+                1,
+            ],
+        )));
         for (name, values) in quotas {
             if values.contains(&0) {
                 return Err(ConfigError::Refused(format!(

@@ -27,6 +27,7 @@ pub mod idempotency;
 pub mod middleware;
 pub mod model;
 pub mod ops;
+pub mod peer_limit;
 pub mod problem;
 pub mod promise;
 pub mod ratelimit;

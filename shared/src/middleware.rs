@@ -21,11 +21,14 @@
 //! 10. Catch-panic: a panicking handler answers a generic 500 problem.
 //! 11. Timeout: the request deadline (503 problem when exceeded); the
 //!     streamed bulk uploads of `[http] upload_paths` get `upload_timeout_ms`.
-//! 12. [`authenticate`]: a valid bearer token becomes the request's
+//! 12. [`authenticate`](crate::peer_limit::authenticate): a request without
+//!     a recently verified token spends its peer address's budget (429 past
+//!     it); a valid bearer token becomes the request's
 //!     [`Principal`](crate::auth::Principal) (an invalid one is answered 401
 //!     by the route's extractor).
-//! 13. [`audit`](crate::audit): state-changing requests are recorded
-//!     (after authentication, so the caller is known; 429s included).
+//! 13. [`audit`](crate::audit): authenticated state-changing requests are
+//!     recorded with their route template (429s included); others are only
+//!     counted.
 //! 14. [`limit`]: GCRA per client and route class (429 problem).
 //! 15. Compression (gzip) of responses.
 //! 16. [`idempotency`](crate::idempotency): `Idempotency-Key` on POST
@@ -56,7 +59,7 @@ use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::correlation::{Correlation, MakeRequestUuid, REQUEST_ID, correlate};
 use crate::problem::Problem;
-use crate::ratelimit::{RateLimits, authenticate, limit};
+use crate::ratelimit::{RateLimits, limit};
 use crate::telemetry::{ServiceName, track_metrics};
 
 /// Request deadlines: one for everything, a longer one for the streamed
@@ -188,7 +191,10 @@ pub fn apply_with_limits(
             }),
             deadline,
         ))
-        .layer(from_fn(authenticate))
+        .layer(axum::middleware::from_fn_with_state(
+            crate::peer_limit::PeerLimits::new(&settings.rate_limit),
+            crate::peer_limit::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             auditor,
             crate::audit::audit,

@@ -32,7 +32,7 @@ use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::Principal;
 use crate::config::RateLimitSettings;
 use crate::problem::Problem;
 
@@ -369,24 +369,6 @@ impl RateLimits {
 
 fn header(value: String) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// Middleware: verifies a bearer token when one is sent and stores the
-/// [`Principal`] for the rate limiter and the handlers. An invalid token is
-/// not rejected here: the route's extractor answers the 401 (public routes
-/// ignore tokens).
-pub async fn authenticate(request: Request, next: Next) -> Response {
-    if !request.headers().contains_key(header::AUTHORIZATION) {
-        return next.run(request).await;
-    }
-    let Some(authenticator) = request.extensions().get::<Arc<Authenticator>>().cloned() else {
-        return next.run(request).await;
-    };
-    let (mut parts, body) = request.into_parts();
-    if let Ok(principal) = authenticator.verify_header(&parts).await {
-        parts.extensions.insert(principal);
-    }
-    next.run(Request::from_parts(parts, body)).await
 }
 
 /// Middleware: applies the client's quota for the route class.

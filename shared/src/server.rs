@@ -49,10 +49,14 @@ pub async fn serve(
         shutdown.await;
         let _ = draining.send(true);
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .await
-        .context("server failed")
+    // The peer address is the key of the throttle before authentication.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(signal)
+    .await
+    .context("server failed")
 }
 
 /// Resolves when the server serving the request starts shutting down.

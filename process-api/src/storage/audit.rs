@@ -77,6 +77,25 @@ impl AuditSink for Store {
     }
 }
 
+impl Store {
+    /// Deletes the audit entries recorded before `before` (unix µs): the
+    /// log's retention. Entries are found by id (ids grow with time), so a
+    /// pass reads only what it deletes and the first entry it keeps.
+    pub async fn prune_audit(&self, before: i64) -> Result<u64, sqlx::Error> {
+        on_writer!(self.db(), |pool| {
+            sqlx::query(
+                "DELETE FROM audit_log WHERE id < COALESCE(\
+                 (SELECT id FROM audit_log WHERE at >= $1 ORDER BY id LIMIT 1), \
+                 (SELECT COALESCE(MAX(id), 0) + 1 FROM audit_log))",
+            )
+            .bind(before)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })
+    }
+}
+
 /// The insert of `entries` into the audit log.
 fn insert<DB: sqlx::Database>(entries: &[AuditEntry]) -> sqlx::QueryBuilder<DB>
 where

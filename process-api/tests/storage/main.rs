@@ -1,6 +1,7 @@
 //! Storage tests, run against every backend available: SQLite always,
 //! PostgreSQL when `TEST_POSTGRES_URL` is set (CI sets it).
 
+mod audit;
 mod backends;
 mod event_ids;
 mod feed;
