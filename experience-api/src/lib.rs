@@ -176,7 +176,9 @@ fn idempotency_store(settings: &Settings) -> Arc<dyn retail_shared::idempotency:
             url,
             &format!("{}idem:{SERVICE}:", settings.redis.key_prefix),
         ),
-        None => Arc::new(retail_shared::idempotency::MemoryStore::default()),
+        None => Arc::new(retail_shared::idempotency::MemoryStore::new(
+            settings.idempotency.max_keys_per_client,
+        )),
     }
 }
 

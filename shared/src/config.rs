@@ -247,6 +247,11 @@ pub struct IdempotencySettings {
     pub retention_hours: u64,
     /// In-flight lease, seconds.
     pub lease_seconds: u64,
+    /// Keys kept per client by the in-memory store (least recently used
+    /// go first).
+    pub max_keys_per_client: usize,
+    /// Largest answer stored for replay, bytes.
+    pub max_response_bytes: usize,
 }
 
 /// Throttling per client and route class.

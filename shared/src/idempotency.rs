@@ -15,6 +15,19 @@
 //! Keys are scoped per caller (token `sub` and the end user it acts for):
 //! one client's key never replays another's response. Keys and responses
 //! are kept for the configured retention (default 24 h).
+//!
+//! Bounds: keys apply to effectful POSTs only (the read-only POSTs of
+//! [`READ_ONLY_POSTS`] store nothing); a stored answer is at most
+//! `[idempotency] max_response_bytes` (a larger one is kept as a short
+//! problem saying the request was applied, with its status); the in-memory
+//! store keeps at most `max_keys_per_client` keys per client, the least
+//! recently used going first.
+//!
+//! Once a keyed request starts, it runs to its end and its answer is
+//! stored even when the caller goes away or the deadline answers first
+//! (the request runs in a task of its own): a retry then gets the first
+//! answer instead of finding the key in flight, and after the lease,
+//! running the work again. Storing the answer is retried before giving up.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,6 +50,13 @@ pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-ke
 pub static REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 /// Longest accepted key.
 pub const MAX_KEY_LEN: usize = 255;
+
+/// POST routes that change nothing (bulk reads): an `Idempotency-Key` on
+/// them is ignored and nothing is stored.
+pub const READ_ONLY_POSTS: &[&str] = &["/v1/availability/query", "/v1/inventory/availability"];
+
+/// Attempts at storing an answer before the key is left in flight.
+const COMPLETE_ATTEMPTS: u32 = 4;
 
 /// A stored response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,13 +197,58 @@ struct MemoryEntry {
     response: Option<StoredResponse>,
     lease_until: i64,
     expires_at: i64,
+    /// Position in the client's recency order.
+    used: u64,
+}
+
+/// One client's keys, with their order of use (oldest first).
+#[derive(Debug, Default)]
+struct ClientKeys {
+    entries: HashMap<String, MemoryEntry>,
+    order: std::collections::BTreeMap<u64, String>,
 }
 
 /// An in-process store: correct for one replica; several replicas need a
-/// shared store (SQL or Redis).
-#[derive(Debug, Default)]
+/// shared store (SQL or Redis). Bounded per client: past
+/// `max_keys_per_client` keys, the least recently used key goes.
+#[derive(Debug)]
 pub struct MemoryStore {
-    entries: Mutex<HashMap<String, MemoryEntry>>,
+    clients: Mutex<(u64, HashMap<String, ClientKeys>)>,
+    max_keys_per_client: usize,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(10_000)
+    }
+}
+
+impl MemoryStore {
+    /// A store keeping at most `max_keys_per_client` keys per client.
+    pub fn new(max_keys_per_client: usize) -> Self {
+        Self {
+            clients: Mutex::new((0, HashMap::new())),
+            max_keys_per_client: max_keys_per_client.max(1),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> anyhow::Result<std::sync::MutexGuard<'_, (u64, HashMap<String, ClientKeys>)>> {
+        self.clients
+            .lock()
+            .map_err(|_| anyhow::anyhow!("idempotency store poisoned"))
+    }
+}
+
+/// The client part of a scoped key (`service|sub|actor|key`): the bucket
+/// whose size is capped.
+fn client_of(scoped: &str) -> &str {
+    let mut cut = 0;
+    for (index, part) in scoped.match_indices('|').take(3) {
+        cut = index + part.len() - 1;
+    }
+    &scoped[..cut]
 }
 
 /// Decides `begin` from what is stored (shared by every store).
@@ -205,14 +270,12 @@ pub fn decide(
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn begin(&self, key: &str, fingerprint: &str, clock: Clock) -> anyhow::Result<Begin> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| anyhow::anyhow!("idempotency store poisoned"))?;
-        if entries.len() > 100_000 {
-            entries.retain(|_, e| e.expires_at > clock.now);
-        }
-        let existing = entries.get(key).map(|e| {
+        let mut guard = self.lock()?;
+        let (counter, clients) = &mut *guard;
+        *counter += 1;
+        let used = *counter;
+        let client = clients.entry(client_of(key).to_owned()).or_default();
+        let existing = client.entries.get(key).map(|e| {
             (
                 e.fingerprint.as_str(),
                 e.response.clone(),
@@ -221,37 +284,59 @@ impl IdempotencyStore for MemoryStore {
             )
         });
         let decision = decide(existing, fingerprint, clock.now);
+        if let Some(entry) = client.entries.get_mut(key) {
+            client.order.remove(&entry.used);
+            entry.used = used;
+            client.order.insert(used, key.to_owned());
+        }
         if decision == Begin::Started {
-            entries.insert(
+            if let Some(old) = client.entries.remove(key) {
+                client.order.remove(&old.used);
+            }
+            while client.entries.len() >= self.max_keys_per_client {
+                let Some((_, oldest)) = client.order.pop_first() else {
+                    break;
+                };
+                client.entries.remove(&oldest);
+            }
+            client.entries.insert(
                 key.to_owned(),
                 MemoryEntry {
                     fingerprint: fingerprint.to_owned(),
                     response: None,
                     lease_until: clock.lease_until,
                     expires_at: clock.expires_at,
+                    used,
                 },
             );
+            client.order.insert(used, key.to_owned());
         }
         Ok(decision)
     }
 
     async fn complete(&self, key: &str, response: &StoredResponse) -> anyhow::Result<()> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| anyhow::anyhow!("idempotency store poisoned"))?;
-        if let Some(entry) = entries.get_mut(key) {
+        let mut guard = self.lock()?;
+        if let Some(entry) = guard
+            .1
+            .get_mut(client_of(key))
+            .and_then(|client| client.entries.get_mut(key))
+        {
             entry.response = Some(response.clone());
         }
         Ok(())
     }
 
     async fn abandon(&self, key: &str) -> anyhow::Result<()> {
-        let mut entries = self
-            .entries
-            .lock()
-            .map_err(|_| anyhow::anyhow!("idempotency store poisoned"))?;
-        entries.remove(key);
+        let mut guard = self.lock()?;
+        let bucket = client_of(key);
+        if let Some(client) = guard.1.get_mut(bucket) {
+            if let Some(old) = client.entries.remove(key) {
+                client.order.remove(&old.used);
+            }
+            if client.entries.is_empty() {
+                guard.1.remove(bucket);
+            }
+        }
         Ok(())
     }
 }
@@ -269,6 +354,8 @@ pub struct Idempotency {
     pub lease_micros: i64,
     /// Largest body read.
     pub body_limit: usize,
+    /// Largest answer stored as it is.
+    pub max_response_bytes: usize,
 }
 
 fn now_micros() -> i64 {
@@ -294,7 +381,7 @@ pub async fn idempotency(
     request: Request,
     next: Next,
 ) -> Response {
-    if request.method() != Method::POST {
+    if request.method() != Method::POST || READ_ONLY_POSTS.contains(&request.uri().path()) {
         return next.run(request).await;
     }
     let Some(raw_key) = request.headers().get(&IDEMPOTENCY_KEY) else {
@@ -371,9 +458,22 @@ pub async fn idempotency(
     if let Err(response) = begin(&config, &scoped, &fingerprint, clock).await {
         return response;
     }
+    // From here the request runs to its end and its answer is stored,
+    // whatever happens to this future (a caller gone, the deadline): see
+    // the module docs.
+    use tracing::Instrument as _;
     let request = Request::from_parts(parts, Body::from(bytes));
-    let response = next.run(request).await;
-    settle(&config, &scoped, response).await
+    let work = tokio::spawn(
+        async move {
+            let response = next.run(request).await;
+            settle(&config, &scoped, response).await
+        }
+        .instrument(tracing::Span::current()),
+    );
+    work.await.unwrap_or_else(|error| {
+        tracing::error!(%error, "a keyed request's task failed");
+        Problem::internal().into_response()
+    })
 }
 
 /// Claims the key: `Ok` when the request is to run, else the answer.
@@ -413,20 +513,62 @@ async fn settle(config: &Idempotency, scoped: &str, response: Response) -> Respo
             tracing::warn!(%error, "could not release an idempotency key");
         }
     } else {
-        let stored = StoredResponse {
-            status: parts.status.as_u16(),
-            content_type: parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            body: body.to_vec(),
+        let stored = if body.len() <= config.max_response_bytes {
+            StoredResponse {
+                status: parts.status.as_u16(),
+                content_type: parts
+                    .headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                body: body.to_vec(),
+            }
+        } else {
+            too_large_to_keep(parts.status, body.len())
         };
-        if let Err(error) = config.store.complete(scoped, &stored).await {
-            tracing::error!(%error, "could not store an idempotent response");
-        }
+        complete(config, scoped, &stored).await;
     }
     Response::from_parts(parts, Body::from(body))
+}
+
+/// Stores a key's answer, retrying with backoff: a key left in flight
+/// would, after its lease, let a retry run the work a second time.
+async fn complete(config: &Idempotency, scoped: &str, stored: &StoredResponse) {
+    let mut delay = std::time::Duration::from_millis(50);
+    for attempt in 1..=COMPLETE_ATTEMPTS {
+        match config.store.complete(scoped, stored).await {
+            Ok(()) => return,
+            Err(error) if attempt == COMPLETE_ATTEMPTS => {
+                metrics::counter!("idempotency_completions_failed_total", "service" => config.service)
+                    .increment(1);
+                tracing::error!(%error, "could not store an idempotent response");
+            }
+            Err(error) => {
+                tracing::warn!(%error, attempt, "storing an idempotent response failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+            }
+        }
+    }
+}
+
+/// What is kept for an answer larger than `max_response_bytes`: its
+/// status and a problem saying the request was applied.
+fn too_large_to_keep(status: StatusCode, len: usize) -> StoredResponse {
+    let body = serde_json::json!({
+        "type": format!("{}response-not-kept", crate::problem::PROBLEM_TYPE_PREFIX),
+        "title": "Answer not kept",
+        "status": status.as_u16(),
+        "detail": format!(
+            "the request with this Idempotency-Key was applied and answered {status} with a \
+             body of {len} bytes, more than is kept for replay; read the result from its resource"
+        ),
+    });
+    StoredResponse {
+        status: status.as_u16(),
+        content_type: Some("application/problem+json".into()),
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
 }
 
 impl IntoResponse for StoredResponse {
@@ -453,6 +595,10 @@ fn replay(stored: StoredResponse) -> Response {
         .insert(REPLAYED.clone(), HeaderValue::from_static("true"));
     response
 }
+
+#[cfg(test)]
+#[path = "idempotency_tests.rs"]
+mod bounded_tests;
 
 #[cfg(test)]
 mod tests {

@@ -133,6 +133,7 @@ pub fn apply_with_limits(
         lease_micros: i64::try_from(settings.idempotency.lease_seconds * 1_000_000)
             .unwrap_or(i64::MAX),
         body_limit: http.body_limit_bytes,
+        max_response_bytes: settings.idempotency.max_response_bytes,
     });
     // Composed layers (see the outer stack below), outermost first.
     let mut router = router.layer(
