@@ -42,8 +42,12 @@ fn group(file: &Path) -> anyhow::Result<(Vec<String>, Vec<Vec<Row>>, u64)> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let mut records = Vec::new();
     let mut splitter = RecordSplitter::default();
-    splitter.feed(&bytes, |r| records.push(r));
-    splitter.feed(&[], |r| records.push(r));
+    // The same bounds as system-api's: a row it would refuse stops the
+    // import before anything is uploaded.
+    splitter
+        .feed(&bytes, |r| records.push(r))
+        .and_then(|()| splitter.feed(&[], |r| records.push(r)))
+        .with_context(|| format!("{} cannot be imported", file.display()))?;
     let mut records = records.into_iter();
     let header = records.next().context("the file is empty")?;
     let column = |name: &str| {

@@ -92,6 +92,36 @@ async fn a_csv_batch_reports_each_row_and_applies_once() {
 }
 
 #[tokio::test]
+async fn a_row_over_the_bounds_is_a_422_naming_it() {
+    let app = TestApp::spawn().await;
+    let till = app.token_for(Layer::System, "back-office", "pos:write", Some(&["S001"]));
+    let valid = "S001,T1,200,2026-11-27T11:00:00Z,SKU-000001,1,sale,\n";
+    for (bad, bound) in [
+        (",".repeat(100_000), "fields"),
+        (format!("S001,T1,201,{}", "x".repeat(100_000)), "bytes"),
+    ] {
+        let body = format!("{FILE}{bad}\n{valid}");
+
+        let refused = problem(upload(&app, &till, "text/csv", &body).await, 422).await;
+
+        assert_eq!(refused["errors"][0]["pointer"], "/rows/8", "{refused}");
+        assert_eq!(
+            (refused["row"].as_u64(), refused["line"].as_u64()),
+            (Some(8), Some(8))
+        );
+        assert!(
+            refused["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains(bound)),
+            "{refused}"
+        );
+        // Reading stopped at the row: the rows before it were still
+        // pending (under a batch of 1000), so nothing was sent.
+        assert_eq!(on_hand(&app, "SKU-000001").await, 0);
+    }
+}
+
+#[tokio::test]
 async fn the_import_command_uploads_whole_transactions_in_pieces() {
     let app = TestApp::spawn().await;
     let dir = tempfile::tempdir().expect("temp dir");

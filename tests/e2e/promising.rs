@@ -207,3 +207,66 @@ async fn shipping_splits_only_when_no_single_node_can_serve() {
     .expect("json");
     assert_eq!(nodes_of(&body["options"][0]), ["C2"]);
 }
+
+/// The JSON pointers of a validation problem's errors.
+fn pointers(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["pointer"].as_str().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn reserving_on_promise_keeps_to_the_reservation_caps() {
+    let app = TestApp::spawn_with(|s| {
+        s.reservations.max_units_per_line = 10;
+        s.reservations.max_units_per_order = 15;
+    })
+    .await;
+    locations(&app).await;
+    stock(&app, "w1a", "W1", A, 50).await;
+    stock(&app, "w1b", "W1", B, 50).await;
+    let token = app.token(Layer::Experience, "availability:read reservations:write");
+
+    // 20 units in all: the reservation route refuses them at W1...
+    let direct = json!({ "channel": "web", "order_ref": "cart-caps", "lines": [
+        { "sku": A, "location_id": "W1", "quantity": 10 },
+        { "sku": B, "location_id": "W1", "quantity": 10 },
+    ]});
+    let direct = app
+        .send_json(
+            Method::POST,
+            Layer::Experience,
+            "/v1/reservations",
+            &token,
+            &direct.to_string(),
+        )
+        .await;
+    let direct = problem(direct, 422).await;
+
+    // ...and so does a promise that would reserve them there, with the
+    // same problem, holding nothing.
+    let mut ask = json!({ "lines": [{ "sku": A, "quantity": 10 }, { "sku": B, "quantity": 10 }],
+                          "method": "ship", "customer": { "latitude": 52.0, "longitude": 4.0 },
+                          "reserve": true, "channel": "web", "order_ref": "cart-caps" });
+    let refused = problem(promise(&app, &token, ask.clone()).await, 422).await;
+    assert_eq!(refused["type"], direct["type"], "{refused}");
+    assert_eq!(pointers(&refused), pointers(&direct), "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("at most 15 per reservation")),
+        "{refused}"
+    );
+    for sku in [A, B] {
+        assert_eq!(crate::reservations::available(&app, sku, "W1").await, 50);
+    }
+
+    // Within the caps the same promise reserves.
+    ask["lines"][1]["quantity"] = json!(5);
+    let body: Value = promise(&app, &token, ask).await.json().await.expect("json");
+    assert_eq!(body["reservation"]["status"], "active", "{body}");
+    assert_eq!(crate::reservations::available(&app, B, "W1").await, 45);
+}

@@ -57,7 +57,7 @@ async fn reserve(app: &TestApp, token: &str, body: &str, key: Option<&str>) -> r
     request.send().await.expect("request sent")
 }
 
-async fn available(app: &TestApp, sku: &str, location: &str) -> i64 {
+pub(crate) async fn available(app: &TestApp, sku: &str, location: &str) -> i64 {
     let token = app.token(Layer::Experience, "availability:read");
     let response = app
         .get(

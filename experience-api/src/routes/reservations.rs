@@ -208,7 +208,8 @@ async fn end(
 /// the customer first; a split is offered only when no single node can
 /// serve. Partners see only the nodes of their binding. `reserve: true`
 /// (scope `reservations:write`) reserves the best option that still fits,
-/// atomically; 409 `insufficient-stock` when none does.
+/// atomically; 409 `insufficient-stock` when none does, 422 when the
+/// reservation would break the caps of `POST /v1/reservations`.
 #[utoipa::path(post, path = "/v1/promise", tag = "promising",
     request_body = retail_shared::promise::PromiseRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retry with reserve safe (1-255 characters)")),
@@ -219,7 +220,7 @@ async fn end(
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope availability:read missing, or reservations:write with reserve", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient-stock`: reserve asked and no option fits", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid request or unknown sku", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid request, unknown sku, or a reservation over the caps of POST /v1/reservations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn promise(
     State(state): State<AppState>,
     auth: Authorized<scope::AvailabilityRead>,

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use axum::extract::State;
 use retail_shared::auth::{Authorized, scope};
 use retail_shared::correlation::Correlation;
+use retail_shared::model::ReservationRequest;
 use retail_shared::problem::{ApiJson, FieldError, Problem, ProblemBody};
 use retail_shared::promise::{Node, PromiseRequest, PromiseResponse, distance_km, rank};
 use utoipa_axum::router::OpenApiRouter;
@@ -33,6 +34,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// click-and-collect) only when no single node can serve. With `reserve:
 /// true` (scope `reservations:write`), the best option that still fits is
 /// reserved in the same request; 409 `insufficient-stock` when none does.
+/// The reservation is held to the caps of `POST /v1/reservations` (lines,
+/// units per line and per reservation): 422, nothing held, when the option
+/// tried breaks one.
 #[utoipa::path(post, path = "/v1/promise", tag = "promising",
     request_body = PromiseRequest,
     security(("bearer" = [])),
@@ -42,7 +46,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope inventory:read missing, or reservations:write with reserve", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`insufficient-stock`: reserve asked and no option fits", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid request or unknown sku", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 422, description = "Invalid request, unknown sku, or a reservation over the caps of POST /v1/reservations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn promise(
     State(state): State<AppState>,
     auth: Authorized<scope::InventoryRead>,
@@ -118,8 +122,7 @@ async fn promise(
     // the read): each attempt is all-or-nothing.
     let mut last_short = Vec::new();
     for option in &options {
-        let new = NewReservation {
-            client_id: auth.actor().to_owned(),
+        let reservation = ReservationRequest {
             channel: request.channel.clone().unwrap_or_default(),
             order_ref: request.order_ref.clone().unwrap_or_default(),
             lines: option
@@ -133,9 +136,18 @@ async fn promise(
                     })
                 })
                 .collect(),
-            ttl_seconds: request
-                .ttl_seconds
-                .unwrap_or(state.reservations.default_ttl_seconds),
+            ttl_seconds: request.ttl_seconds,
+        };
+        // The caps of `POST /v1/reservations` hold for the reservation
+        // actually built: the promise's own check knows nothing of units per
+        // order, and a split holds more lines than the order has.
+        reservation.check(&state.reservations)?;
+        let new = NewReservation {
+            client_id: auth.actor().to_owned(),
+            ttl_seconds: reservation.ttl(&state.reservations),
+            channel: reservation.channel,
+            order_ref: reservation.order_ref,
+            lines: reservation.lines,
             max_active_per_client: state.reservations.max_active_per_client,
             request_id: correlation.request_id.clone(),
         };

@@ -5,7 +5,7 @@ use axum::extract::State;
 use retail_shared::auth::{Authorized, scope};
 use retail_shared::client::CallContext;
 use retail_shared::correlation::Correlation;
-use retail_shared::problem::{ApiJson, ProblemBody, ValidJson};
+use retail_shared::problem::{ApiJson, FieldError, Problem, ProblemBody, ValidJson};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -164,7 +164,10 @@ async fn send_events(
 /// cancelled transactions and training transactions are skipped and
 /// counted. Malformed XML, or a transaction missing its store, workstation,
 /// sequence number or time, is a 422 problem with `line` and `column`;
-/// nothing is sent.
+/// nothing is sent. So is a document past the reader's bounds, where it
+/// crosses one: elements nested over 32 deep, text or an attribute value
+/// over 64 KiB, over 32 attributes on an element, over 500 lines in a
+/// transaction or over 10,000 in the document.
 #[utoipa::path(post, path = "/v1/pos/poslog", tag = "pos",
     request_body(content = String, content_type = "application/xml", description = "An ARTS POSLog document"),
     security(("bearer" = [])),
@@ -174,7 +177,7 @@ async fn send_events(
         (status = 403, description = "Scope pos:write missing, or a store outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Not XML", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Malformed POSLog (with line and column) or an invalid transaction", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Malformed POSLog or one past the reader's bounds (with line and column), or an invalid transaction", body = ProblemBody, content_type = "application/problem+json"),
         (status = 502, description = "process-api did not answer; safe to retry", body = ProblemBody, content_type = "application/problem+json")))]
 async fn post_poslog(
     State(state): State<AppState>,
@@ -183,7 +186,6 @@ async fn post_poslog(
     headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<ApiJson<PosLogResult>> {
-    use retail_shared::problem::Problem;
     use retail_shared::validate::Validate as _;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -274,6 +276,23 @@ pub const MAX_CSV_BYTES: u64 = 256 * 1024 * 1024;
 /// Most failed rows listed in the answer (all are counted).
 const MAX_LISTED_FAILURES: usize = 1000;
 
+/// The 422 for a row over the CSV bounds. Reading stops at it, so unlike
+/// an invalid row it cannot be skipped: the answer is the row, and what was
+/// sent before it stays (as when an upload breaks off).
+fn row_out_of_bounds(error: crate::adapters::pos::csv::RecordError) -> Problem {
+    Problem::validation(vec![FieldError {
+        pointer: format!("/rows/{}", error.record),
+        detail: format!("{} (line {})", error.detail, error.line),
+    }])
+    .with_detail(format!(
+        "{error}; reading stopped there. Rows before it may have been applied (rows are sent \
+         in batches of {EVENTS_PER_CALL}); nothing after it was. Fix the row and upload the \
+         whole file again: rows already applied count as duplicate."
+    ))
+    .with_extension("row", error.record)
+    .with_extension("line", error.line)
+}
+
 /// A row that did not apply.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RowFailure {
@@ -360,7 +379,10 @@ impl BatchResult {
 /// file again changes nothing. Do not send an `Idempotency-Key` with a
 /// large file (the key buffers the body within the 4 MiB request limit);
 /// the file is at most 256 MiB. A missing column is a 422 before anything
-/// is sent. For very large files, the CLI `retail-platform import pos FILE`
+/// is sent. A row longer than 64 KiB or with more than 64 fields is a 422
+/// naming it (pointer `/rows/<n>`, with `row` and `line`): reading stops
+/// there, and only rows sent before it may have been applied. For very
+/// large files, the CLI `retail-platform import pos FILE`
 /// uploads in pieces with a progress bar.
 #[utoipa::path(post, path = "/v1/pos/batches", tag = "pos",
     request_body(content = String, content_type = "text/csv", description = "Header row, then one row per basket line"),
@@ -372,7 +394,7 @@ impl BatchResult {
         (status = 403, description = "Scope pos:write missing", body = ProblemBody, content_type = "application/problem+json"),
         (status = 413, description = "Over 256 MiB", body = ProblemBody, content_type = "application/problem+json"),
         (status = 415, description = "Not text/csv", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "No header row, or a column missing from it", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "No header row, a column missing from it, or a row over 64 KiB or 64 fields (reading stopped there)", body = ProblemBody, content_type = "application/problem+json"),
         (status = 502, description = "process-api did not answer; re-uploading is safe", body = ProblemBody, content_type = "application/problem+json")))]
 async fn post_batch(
     State(state): State<AppState>,
@@ -382,7 +404,6 @@ async fn post_batch(
     body: axum::body::Body,
 ) -> Result<ApiJson<BatchResult>> {
     use futures::StreamExt as _;
-    use retail_shared::problem::Problem;
 
     use crate::adapters::pos::csv::{BatchReader, RecordSplitter};
     let header = |name: axum::http::HeaderName| {
@@ -432,7 +453,9 @@ async fn post_batch(
                 if received > MAX_CSV_BYTES {
                     return Err(too_large().into());
                 }
-                splitter.feed(&chunk, |r| records.push(r));
+                splitter
+                    .feed(&chunk, |r| records.push(r))
+                    .map_err(row_out_of_bounds)?;
             }
             Some(Err(error)) => {
                 return Err(Problem::bad_request(format!(
@@ -442,7 +465,9 @@ async fn post_batch(
                 .into());
             }
             None => {
-                splitter.feed(&[], |r| records.push(r));
+                splitter
+                    .feed(&[], |r| records.push(r))
+                    .map_err(row_out_of_bounds)?;
                 finished = true;
             }
         }
@@ -450,7 +475,7 @@ async fn post_batch(
             row += 1;
             if !reader.has_header() {
                 reader.header(&fields).map_err(|reason| {
-                    Problem::validation(vec![retail_shared::problem::FieldError {
+                    Problem::validation(vec![FieldError {
                         pointer: "/header".into(),
                         detail: reason,
                     }])
@@ -482,15 +507,44 @@ async fn post_batch(
         }
     }
     if !reader.has_header() {
-        return Err(
-            Problem::validation(vec![retail_shared::problem::FieldError {
-                pointer: "/header".into(),
-                detail: "the file is empty: a header row is required".into(),
-            }])
-            .into(),
-        );
+        return Err(Problem::validation(vec![FieldError {
+            pointer: "/header".into(),
+            detail: "the file is empty: a header row is required".into(),
+        }])
+        .into());
     }
     result.flush(&state, ctx, &mut pending).await?;
     metrics::counter!("pos_batch_rows_total").increment(result.rows);
     Ok(ApiJson(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::pos::csv::RecordSplitter;
+
+    #[test]
+    fn a_row_over_the_bounds_is_a_422_naming_it() {
+        let mut splitter = RecordSplitter::default();
+        let input = format!("store_id,sku\nS001,A\n{}\n", ",".repeat(1000));
+        let error = splitter
+            .feed(input.as_bytes(), |_| {})
+            .expect_err("refused");
+
+        let problem = row_out_of_bounds(error);
+        assert_eq!(
+            problem.status(),
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY
+        );
+        assert_eq!(problem.errors()[0].pointer, "/rows/3");
+        let body = problem.body();
+        assert_eq!(
+            (body["row"].as_u64(), body["line"].as_u64()),
+            (Some(3), Some(3))
+        );
+        assert!(
+            body["detail"].as_str().is_some_and(|d| d.contains("row 3")),
+            "{body}"
+        );
+    }
 }

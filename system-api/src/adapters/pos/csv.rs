@@ -26,8 +26,44 @@ pub const COLUMNS: [&str; 7] = [
     "kind",
 ];
 
+/// Longest record accepted, in bytes as sent (delimiters, quotes and the
+/// line end included). A basket line is well under 1 KiB; without a bound
+/// one endless line would be buffered whole.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+
+/// Most fields in one record. The batch has 7 columns and may carry a few
+/// extra; the bound matters because a field costs an allocation however
+/// short it is, so a line of commas would otherwise take many times its
+/// own size in memory.
+pub const MAX_FIELDS: usize = 64;
+
+/// A record that outgrew a bound before it ended: reading stops there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordError {
+    /// The record's number in the stream (the header is 1), as the rows of
+    /// a batch are numbered.
+    pub record: u64,
+    /// The line of the input where reading stopped (1-based).
+    pub line: u64,
+    /// Which bound it broke.
+    pub detail: String,
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "row {} (line {}): {}",
+            self.record, self.line, self.detail
+        )
+    }
+}
+
+impl std::error::Error for RecordError {}
+
 /// Splits a byte stream into CSV records (quotes, embedded commas and
-/// newlines handled by `csv-core`), whatever the chunk boundaries.
+/// newlines handled by `csv-core`), whatever the chunk boundaries, holding
+/// at most one record of [`MAX_RECORD_BYTES`] and [`MAX_FIELDS`].
 #[derive(Debug)]
 pub struct RecordSplitter {
     reader: Reader,
@@ -35,6 +71,12 @@ pub struct RecordSplitter {
     ends: Vec<usize>,
     output_len: usize,
     ends_len: usize,
+    /// Input bytes of the record being read.
+    record_bytes: usize,
+    /// Records handed out so far.
+    records: u64,
+    /// Input bytes read so far.
+    bytes_read: u64,
 }
 
 impl Default for RecordSplitter {
@@ -45,36 +87,73 @@ impl Default for RecordSplitter {
             ends: vec![0; 32],
             output_len: 0,
             ends_len: 0,
+            record_bytes: 0,
+            records: 0,
+            bytes_read: 0,
         }
     }
 }
 
 impl RecordSplitter {
     /// Feeds `input` (an empty slice at the end of the stream) and hands
-    /// every completed record to `on_record`.
-    pub fn feed(&mut self, mut input: &[u8], mut on_record: impl FnMut(Vec<String>)) {
+    /// every completed record to `on_record`. A record longer than
+    /// [`MAX_RECORD_BYTES`] or with more than [`MAX_FIELDS`] fields is an
+    /// error as soon as it crosses the bound, with the rest of the input
+    /// unread; the stream is then abandoned (feeding on is not supported).
+    pub fn feed(
+        &mut self,
+        mut input: &[u8],
+        mut on_record: impl FnMut(Vec<String>),
+    ) -> Result<(), RecordError> {
         let at_end = input.is_empty();
         loop {
+            // csv-core reads an empty input as the end of the stream, so it
+            // only gets one at the real end.
+            if input.is_empty() && !at_end {
+                return Ok(());
+            }
+            let allowance = MAX_RECORD_BYTES - self.record_bytes;
+            if allowance == 0 && !input.is_empty() {
+                return Err(self.refuse(format!("the row is longer than {MAX_RECORD_BYTES} bytes")));
+            }
+            // Never hand csv-core more than the record may still take, so
+            // neither buffer grows past the bound whatever the chunk size.
+            let window = &input[..input.len().min(allowance)];
             let (result, read, written, ended) = self.reader.read_record(
-                input,
+                window,
                 &mut self.output[self.output_len..],
                 &mut self.ends[self.ends_len..],
             );
             input = &input[read..];
+            self.record_bytes += read;
+            self.bytes_read += read as u64;
             self.output_len += written;
             self.ends_len += ended;
             match result {
                 ReadRecordResult::InputEmpty => {
-                    if !at_end {
-                        return;
+                    if !at_end && input.is_empty() {
+                        return Ok(());
                     }
                 }
                 ReadRecordResult::OutputFull => {
-                    let len = self.output.len() * 2;
+                    // The output holds at most the record's input, which the
+                    // window keeps within the bound: one byte more than that
+                    // and a record of exactly the bound still fits.
+                    let len = (self.output.len() * 2).min(MAX_RECORD_BYTES + 1);
+                    if len <= self.output.len() {
+                        return Err(
+                            self.refuse(format!("the row is longer than {MAX_RECORD_BYTES} bytes"))
+                        );
+                    }
                     self.output.resize(len, 0);
                 }
                 ReadRecordResult::OutputEndsFull => {
-                    let len = self.ends.len() * 2;
+                    let len = (self.ends.len() * 2).min(MAX_FIELDS);
+                    if len <= self.ends.len() {
+                        return Err(
+                            self.refuse(format!("the row has more than {MAX_FIELDS} fields"))
+                        );
+                    }
                     self.ends.resize(len, 0);
                 }
                 ReadRecordResult::Record => {
@@ -90,10 +169,25 @@ impl RecordSplitter {
                         .collect();
                     self.output_len = 0;
                     self.ends_len = 0;
+                    self.record_bytes = 0;
+                    self.records += 1;
                     on_record(fields);
                 }
-                ReadRecordResult::End => return,
+                ReadRecordResult::End => return Ok(()),
             }
+        }
+    }
+
+    /// Input bytes read so far (reading stops at a refused record).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read
+    }
+
+    fn refuse(&self, detail: String) -> RecordError {
+        RecordError {
+            record: self.records + 1,
+            line: self.reader.line(),
+            detail,
         }
     }
 }
@@ -222,10 +316,100 @@ mod tests {
         let mut splitter = RecordSplitter::default();
         let mut out = Vec::new();
         for piece in input.as_bytes().chunks(chunk) {
-            splitter.feed(piece, |r| out.push(r));
+            splitter
+                .feed(piece, |r| out.push(r))
+                .expect("within bounds");
         }
-        splitter.feed(&[], |r| out.push(r));
+        splitter.feed(&[], |r| out.push(r)).expect("within bounds");
         out
+    }
+
+    const HEADER: &[u8] = b"store_id,sku\n";
+
+    /// Feeds `input` in `chunk`-byte pieces, as the upload route does, until
+    /// a record is refused: the error, the bytes handed over by then, and
+    /// the records read before it.
+    fn feed_until_refused(input: &[u8], chunk: usize) -> (RecordError, usize, usize) {
+        let mut splitter = RecordSplitter::default();
+        let mut records = 0;
+        let mut fed = 0;
+        for piece in input.chunks(chunk).chain([&[][..]]) {
+            fed += piece.len();
+            if let Err(error) = splitter.feed(piece, |_| records += 1) {
+                return (error, fed, records);
+            }
+        }
+        panic!("{fed} bytes in {records} records were read without a refusal");
+    }
+
+    #[test]
+    fn a_line_of_a_million_commas_is_refused_at_the_field_cap() {
+        let mut input = HEADER.to_vec();
+        input.extend(std::iter::repeat_n(b',', 1_000_000));
+        input.push(b'\n');
+
+        let (error, fed, records) = feed_until_refused(&input, 8192);
+        assert_eq!((error.record, error.line, records), (2, 2, 1), "{error}");
+        assert!(error.detail.contains("fields"), "{error}");
+        // Refused in the first piece holding the line, not at its end.
+        assert!(fed <= HEADER.len() + 8192, "{fed} bytes fed");
+
+        // Handed the whole line at once, it still reads no further than
+        // the bound.
+        let mut splitter = RecordSplitter::default();
+        let error = splitter.feed(&input, |_| {}).expect_err("refused");
+        assert_eq!(error.record, 2);
+        assert!(
+            splitter.bytes_read() <= (HEADER.len() + MAX_FIELDS) as u64,
+            "{} bytes read",
+            splitter.bytes_read()
+        );
+        assert!(splitter.ends.len() <= MAX_FIELDS);
+    }
+
+    #[test]
+    fn a_field_longer_than_the_cap_is_refused_without_buffering_it() {
+        let mut input = HEADER.to_vec();
+        input.extend(b"S001,");
+        input.extend(std::iter::repeat_n(b'x', 4 * MAX_RECORD_BYTES));
+        input.push(b'\n');
+
+        let (error, fed, records) = feed_until_refused(&input, 8192);
+        assert_eq!((error.record, error.line, records), (2, 2, 1), "{error}");
+        assert!(error.detail.contains("bytes"), "{error}");
+        assert!(
+            fed <= HEADER.len() + MAX_RECORD_BYTES + 8192,
+            "{fed} bytes fed"
+        );
+
+        let mut splitter = RecordSplitter::default();
+        let error = splitter.feed(&input, |_| {}).expect_err("refused");
+        assert_eq!(error.record, 2);
+        assert_eq!(
+            splitter.bytes_read(),
+            (HEADER.len() + MAX_RECORD_BYTES) as u64
+        );
+        assert!(splitter.output.len() <= MAX_RECORD_BYTES + 1);
+    }
+
+    #[test]
+    fn records_at_the_bounds_are_read() {
+        let widest = vec![","; MAX_FIELDS - 1].concat();
+        // Exactly the bound, line end included; the next record starts
+        // afresh, and the last one ends the stream without a line end.
+        let longest = format!("{}\n", "x".repeat(MAX_RECORD_BYTES - 1));
+        let last = "y".repeat(MAX_RECORD_BYTES);
+        let input = format!("{widest}\n{longest}{longest}{last}");
+        for chunk in [1000, 8192, input.len()] {
+            let read = records(&input, chunk);
+            assert_eq!(read.len(), 4, "chunk {chunk}");
+            assert_eq!(read[0].len(), MAX_FIELDS);
+            assert_eq!(read[1][0].len(), MAX_RECORD_BYTES - 1);
+            assert_eq!(read[3][0].len(), MAX_RECORD_BYTES);
+        }
+        let wider = format!("{widest},\n");
+        let (error, _, _) = feed_until_refused(wider.as_bytes(), 7);
+        assert_eq!(error.record, 1);
     }
 
     #[test]

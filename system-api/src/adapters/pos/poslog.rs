@@ -12,11 +12,29 @@
 //!
 //! Malformed XML, or a transaction missing what it needs, fails the whole
 //! document with the line and column where it went wrong: nothing is sent.
+//! So does a document past one of the bounds below, as soon as it crosses
+//! it: whatever the body limit, one document never costs much more memory
+//! than its own size.
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
-use super::{LineKind, PosLine, PosTransaction};
+use super::{LineKind, MAX_LINES, PosLine, PosTransaction};
+
+/// Deepest element nesting. A POSLog transaction nests about ten deep;
+/// every open element holds its name, so depth is bounded apart from size.
+pub const MAX_DEPTH: usize = 32;
+/// Longest text of one element or value of one attribute, in bytes. The
+/// values read are ids, dates and quantities; the bound leaves room for
+/// free text that is not read.
+pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Most attributes on one element: each is kept while the element is read,
+/// and the XML reader's duplicate check grows with their square.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Most sale and return lines in one document. Each becomes an event built
+/// in memory before the first is sent (ten calls to process-api); a store's
+/// day within the body limit is well under it.
+pub const MAX_DOCUMENT_LINES: usize = 10_000;
 
 /// Where in the document something went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +132,24 @@ fn rfc3339(value: &str) -> Option<String> {
         .map(|_| with_utc)
 }
 
+/// Appends to an element's text, or fails (`too_long`) before the text
+/// would outgrow [`MAX_TEXT_BYTES`].
+fn keep_text(
+    text: &mut String,
+    more: &str,
+    too_long: impl FnOnce() -> XmlError,
+) -> Result<(), XmlError> {
+    if text.len() + more.len() > MAX_TEXT_BYTES {
+        return Err(too_long());
+    }
+    text.push_str(more);
+    Ok(())
+}
+
+fn too_long() -> String {
+    format!("an element's text is longer than {MAX_TEXT_BYTES} bytes")
+}
+
 fn whole_units(value: &str) -> Option<i64> {
     let value = value.trim();
     let (whole, fraction) = value.split_once('.').unwrap_or((value, ""));
@@ -133,6 +169,8 @@ pub fn parse(input: &str) -> Result<PosLog, XmlError> {
     let mut line: Option<LineDraft> = None;
     let mut text = String::new();
     let mut saw_root = false;
+    // Lines of the transactions kept so far.
+    let mut kept_lines = 0;
     loop {
         let position = reader.buffer_position();
         let event = reader.read_event().map_err(|e| {
@@ -144,6 +182,13 @@ pub fn parse(input: &str) -> Result<PosLog, XmlError> {
         })?;
         match event {
             Event::Start(start) => {
+                if path.len() == MAX_DEPTH {
+                    return Err(locate(
+                        input,
+                        position,
+                        format!("elements nest deeper than {MAX_DEPTH}"),
+                    ));
+                }
                 let name = local(start.local_name().as_ref());
                 if path.is_empty() {
                     if name != "POSLog" {
@@ -156,10 +201,26 @@ pub fn parse(input: &str) -> Result<PosLog, XmlError> {
                     saw_root = true;
                 }
                 let mut flags = Vec::new();
-                for attribute in start.attributes() {
+                for (index, attribute) in start.attributes().enumerate() {
+                    if index == MAX_ATTRIBUTES {
+                        return Err(locate(
+                            input,
+                            position,
+                            format!("`{name}` has more than {MAX_ATTRIBUTES} attributes"),
+                        ));
+                    }
                     let attribute = attribute.map_err(|e| {
                         locate(input, position, format!("malformed attribute: {e}"))
                     })?;
+                    if attribute.value.len() > MAX_TEXT_BYTES {
+                        return Err(locate(
+                            input,
+                            position,
+                            format!(
+                                "an attribute of `{name}` is longer than {MAX_TEXT_BYTES} bytes"
+                            ),
+                        ));
+                    }
                     let key = local(attribute.key.local_name().as_ref());
                     let value = attribute
                         .normalized_value(quick_xml::XmlVersion::Implicit1_0)
@@ -216,8 +277,14 @@ pub fn parse(input: &str) -> Result<PosLog, XmlError> {
                 path.push(name);
                 text.clear();
             }
-            Event::Text(content) => text.push_str(&content.into_inner()),
-            Event::CData(content) => text.push_str(&content.into_inner()),
+            Event::Text(content) => {
+                let content = content.into_inner();
+                keep_text(&mut text, &content, || locate(input, position, too_long()))?;
+            }
+            Event::CData(content) => {
+                let content = content.into_inner();
+                keep_text(&mut text, &content, || locate(input, position, too_long()))?;
+            }
             Event::GeneralRef(reference) => {
                 let resolved = match reference
                     .resolve_char_ref()
@@ -239,7 +306,7 @@ pub fn parse(input: &str) -> Result<PosLog, XmlError> {
                         }
                     },
                 };
-                text.push_str(&resolved);
+                keep_text(&mut text, &resolved, || locate(input, position, too_long()))?;
             }
             Event::End(_) => {
                 let name = path.pop().unwrap_or_default();
@@ -289,11 +356,36 @@ pub fn parse(input: &str) -> Result<PosLog, XmlError> {
                                         )
                                     })?,
                                 };
-                                draft.lines.push(PosLine {
-                                    sku,
-                                    quantity,
-                                    kind,
-                                });
+                                // A skipped transaction's lines are dropped
+                                // with it, so they are not kept meanwhile.
+                                if !draft.skip {
+                                    if draft.lines.len() == MAX_LINES {
+                                        return Err(locate(
+                                            input,
+                                            l.start,
+                                            format!(
+                                                "a transaction has more than {MAX_LINES} sale \
+                                                 and return lines"
+                                            ),
+                                        ));
+                                    }
+                                    if kept_lines + draft.lines.len() == MAX_DOCUMENT_LINES {
+                                        return Err(locate(
+                                            input,
+                                            l.start,
+                                            format!(
+                                                "the document has more than \
+                                                 {MAX_DOCUMENT_LINES} sale and return lines; \
+                                                 split it"
+                                            ),
+                                        ));
+                                    }
+                                    draft.lines.push(PosLine {
+                                        sku,
+                                        quantity,
+                                        kind,
+                                    });
+                                }
                             }
                         }
                     }
@@ -302,6 +394,7 @@ pub fn parse(input: &str) -> Result<PosLog, XmlError> {
                             if draft.skip {
                                 log.skipped_transactions += 1;
                             } else if draft.retail && !draft.lines.is_empty() {
+                                kept_lines += draft.lines.len();
                                 log.transactions.push(finish(input, draft)?);
                             }
                         }
@@ -441,5 +534,115 @@ mod tests {
         let missing = SAMPLE.replace("<WorkstationID>T01</WorkstationID>\n", "");
         let error = parse(&missing).expect_err("no workstation");
         assert!(error.message.contains("WorkstationID"), "{error}");
+    }
+
+    /// A retail transaction of `lines` one-unit sales, one line item per
+    /// text line: its first line item is on the transaction's fourth line.
+    fn transaction(sequence: usize, lines: usize, attributes: &str) -> String {
+        let mut xml = format!(
+            "<Transaction{attributes}>\n<RetailStoreID>S001</RetailStoreID>\
+             <WorkstationID>T01</WorkstationID><SequenceNumber>{sequence}</SequenceNumber>\
+             <EndDateTime>2026-11-27T10:15:00Z</EndDateTime>\n<RetailTransaction>\n"
+        );
+        for _ in 0..lines {
+            xml.push_str(
+                "<LineItem><Sale><ItemID>A</ItemID><Quantity>1</Quantity></Sale></LineItem>\n",
+            );
+        }
+        xml.push_str("</RetailTransaction>\n</Transaction>\n");
+        xml
+    }
+
+    fn document(transactions: &[String]) -> String {
+        format!("<POSLog>\n{}</POSLog>", transactions.concat())
+    }
+
+    #[test]
+    fn nesting_stops_at_the_depth_bound() {
+        let deep = format!("<POSLog>{}", "<a>".repeat(100_000));
+        let error = parse(&deep).expect_err("too deep");
+        assert!(error.message.contains("deeper"), "{error}");
+        // At the first element past the bound, not at the end of the input.
+        assert_eq!((error.line, error.column), (1, 9 + 3 * (MAX_DEPTH - 1)));
+    }
+
+    #[test]
+    fn text_and_attributes_stop_at_their_bounds() {
+        let ok = document(&[transaction(1, 1, "")]);
+        assert!(parse(&ok).is_ok());
+        let at = |from: &str, to: String| ok.replacen(from, &to, 1);
+
+        // Text gathered from many small pieces (each entity is one) is
+        // bounded as a whole.
+        let entities = "&amp;".repeat(MAX_TEXT_BYTES + 1);
+        let error = parse(&at(
+            "<RetailTransaction>",
+            format!("<Note>{entities}</Note><RetailTransaction>"),
+        ))
+        .expect_err("text too long");
+        assert!(error.message.contains("text is longer"), "{error}");
+        // At the first entity past the bound, not at the end of the text.
+        assert_eq!(
+            (error.line, error.column),
+            (4, "<Note>".len() + 5 * MAX_TEXT_BYTES + 1),
+            "{error}"
+        );
+
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        let error = parse(&at(
+            "<Transaction>",
+            format!("<Transaction Note=\"{long}\">"),
+        ))
+        .expect_err("attribute too long");
+        assert!(error.message.contains("attribute"), "{error}");
+
+        let many: String = (0..2000).map(|i| format!(" a{i}=\"\"")).collect();
+        let error = parse(&at("<Transaction>", format!("<Transaction{many}>")))
+            .expect_err("too many attributes");
+        assert!(
+            error
+                .message
+                .contains(&format!("more than {MAX_ATTRIBUTES} attributes")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn lines_per_transaction_stop_at_the_bound() {
+        let error = parse(&document(&[transaction(1, 1000, "")])).expect_err("too many");
+        assert!(error.message.contains("more than 500"), "{error}");
+        // At the first line item past the bound, not at the end of the
+        // transaction (the document's line 2 is the transaction's first; a
+        // line item is placed where reading it began, which may be the end
+        // of the line before).
+        let line = 2 + 3 + MAX_LINES;
+        assert!((line - 1..=line).contains(&error.line), "{error}");
+
+        // Exactly the bound is read; a cancelled transaction's lines are
+        // not kept, so it is skipped whatever its size.
+        let log = parse(&document(&[
+            transaction(1, MAX_LINES, ""),
+            transaction(2, 2 * MAX_LINES, " CancelFlag=\"true\""),
+        ]))
+        .expect("within bounds");
+        assert_eq!(log.transactions[0].lines.len(), MAX_LINES);
+        assert_eq!(log.skipped_transactions, 1);
+    }
+
+    #[test]
+    fn lines_per_document_stop_at_the_bound() {
+        let full = MAX_DOCUMENT_LINES / MAX_LINES;
+        let mut transactions: Vec<String> =
+            (0..full).map(|t| transaction(t, MAX_LINES, "")).collect();
+        let log = parse(&document(&transactions)).expect("exactly the bound");
+        assert_eq!(log.transactions.len(), full);
+
+        transactions.push(transaction(full, MAX_LINES, ""));
+        let error = parse(&document(&transactions)).expect_err("one line too many");
+        assert!(error.message.contains("split it"), "{error}");
+        // The first line item of the extra transaction; each transaction
+        // spans its lines and five more.
+        let line = 2 + full * (MAX_LINES + 5) + 3;
+        assert!((line - 1..=line).contains(&error.line), "{error}");
     }
 }
