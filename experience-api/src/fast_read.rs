@@ -254,7 +254,7 @@ impl Shared {
         }
         retail_shared::telemetry::record_request(
             crate::SERVICE,
-            Method::GET.as_str().to_owned(),
+            &Method::GET,
             ROUTE.to_owned(),
             StatusCode::OK,
             started,

@@ -14,6 +14,7 @@
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
 //! - [`server`]: binding, serving and graceful shutdown.
 //! - [`telemetry`]: JSON logs and the Prometheus recorder.
+//! - [`metric_catalog`]: every metric's name and help text.
 //! - [`model`]: the canonical inventory model shared by all layers.
 
 pub mod audit;
@@ -24,6 +25,7 @@ pub mod correlation;
 pub mod deprecation;
 pub mod erp;
 pub mod idempotency;
+pub mod metric_catalog;
 pub mod middleware;
 pub mod model;
 pub mod ops;

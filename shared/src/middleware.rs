@@ -122,8 +122,10 @@ pub fn apply_with_limits(
     auditor: crate::audit::Auditor,
     limits: Arc<RateLimits>,
 ) -> Router {
-    // Install the recorder before the first request is counted.
+    // Install the recorder (help texts, upkeep) before the first request
+    // is counted.
     crate::telemetry::prometheus();
+    crate::telemetry::record_build_info(service);
     let http = &settings.http;
     let idempotency = Arc::new(crate::idempotency::Idempotency {
         store: idempotency_store,

@@ -1,8 +1,10 @@
 //! Operational endpoints every service serves: `/healthz` (the process is
-//! up), `/readyz` (its dependencies answer), `/metrics` (Prometheus text),
+//! up), `/readyz` (its dependencies answer: states only, no error text or
+//! addresses, as it is unauthenticated), `/metrics` (Prometheus text),
 //! `/openapi.json` and the interactive docs at `/docs` (Swagger UI, assets
 //! compiled into the binary).
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -80,15 +82,64 @@ pub struct Health {
     pub version: String,
 }
 
-/// Readiness answer: overall status and one entry per dependency.
+/// Readiness answer: overall status and one word per dependency. It is
+/// served without authentication, so it names no address and carries no
+/// error text; the failures are logged, and the authenticated
+/// `GET /v1/ops/dependencies` (scope `ops:read`) reports them in detail.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
     /// `ready` or `not_ready`.
     pub status: String,
     /// Service name.
     pub service: String,
-    /// Per-dependency result: `ok` or the failure.
-    pub checks: serde_json::Map<String, serde_json::Value>,
+    /// Per-dependency state, by check name.
+    pub checks: BTreeMap<String, CheckState>,
+}
+
+/// One readiness check's state as `/readyz` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+pub enum CheckState {
+    /// The dependency answered.
+    #[serde(rename = "ok")]
+    Ok,
+    /// The dependency failed; the service is not ready.
+    #[serde(rename = "failing")]
+    Failing,
+    /// The dependency failed, but the service works without it for a while.
+    #[serde(rename = "failing (non-critical)")]
+    FailingNonCritical,
+}
+
+/// What one readiness check found.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    /// The check's name.
+    pub name: &'static str,
+    /// Whether a failure makes the service unready.
+    pub critical: bool,
+    /// `Err` with the failure (internal detail: never shown unauthenticated).
+    pub result: Result<(), String>,
+}
+
+impl CheckOutcome {
+    /// The state `/readyz` shows.
+    pub fn state(&self) -> CheckState {
+        match (&self.result, self.critical) {
+            (Ok(()), _) => CheckState::Ok,
+            (Err(_), true) => CheckState::Failing,
+            (Err(_), false) => CheckState::FailingNonCritical,
+        }
+    }
+
+    /// The detail the authenticated dependency report shows: `ok`, or the
+    /// failure (marked when non-critical).
+    pub fn detail(&self) -> serde_json::Value {
+        match &self.result {
+            Ok(()) => json!("ok"),
+            Err(error) if self.critical => json!(error),
+            Err(error) => json!(format!("{error} (non-critical)")),
+        }
+    }
 }
 
 /// Liveness: the process is up.
@@ -96,11 +147,14 @@ pub struct Readiness {
     responses((status = 200, description = "The process is up", body = Health)))]
 pub async fn healthz() {}
 
-/// Readiness: every dependency answered within the check timeout.
+/// Readiness: every critical dependency answered within the check
+/// timeout. Each check is reported as `ok` or `failing` only; why it
+/// failed is logged and reported by the authenticated
+/// `GET /v1/ops/dependencies`.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
-        (status = 200, description = "All dependencies answer", body = Readiness),
-        (status = 503, description = "A dependency failed", body = Readiness)))]
+        (status = 200, description = "Every critical dependency answers (non-critical ones may be failing)", body = Readiness),
+        (status = 503, description = "A critical dependency is failing (details in GET /v1/ops/dependencies)", body = Readiness)))]
 pub async fn readyz() {}
 
 /// Prometheus text exposition.
@@ -108,8 +162,10 @@ pub async fn readyz() {}
     responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
 pub async fn metrics() {}
 
-async fn run_checks(service: &'static str, checks: &[ReadinessCheck]) -> Response {
-    let results = futures::future::join_all(checks.iter().map(|check| {
+/// Runs every check at once, each within [`CHECK_TIMEOUT`]; failures are
+/// logged here.
+pub async fn run_checks(checks: &[ReadinessCheck]) -> Vec<CheckOutcome> {
+    futures::future::join_all(checks.iter().map(|check| {
         let run = check.run.clone();
         let name = check.name;
         let critical = check.critical;
@@ -118,33 +174,31 @@ async fn run_checks(service: &'static str, checks: &[ReadinessCheck]) -> Respons
                 Ok(result) => result,
                 Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
             };
-            (name, critical, result)
+            if let Err(error) = &result {
+                tracing::warn!(check = name, critical, %error, "readiness check failed");
+            }
+            CheckOutcome {
+                name,
+                critical,
+                result,
+            }
         }
     }))
-    .await;
-    let mut map = serde_json::Map::new();
-    let mut ready = true;
-    for (name, critical, result) in results {
-        match result {
-            Ok(()) => {
-                map.insert(name.into(), json!("ok"));
-            }
-            Err(error) => {
-                ready &= !critical;
-                tracing::warn!(check = name, critical, %error, "readiness check failed");
-                let error = if critical {
-                    error
-                } else {
-                    format!("{error} (non-critical)")
-                };
-                map.insert(name.into(), json!(error));
-            }
-        }
-    }
+    .await
+}
+
+/// The `/readyz` answer: 503 when a critical check failed; the body names
+/// each check's state and nothing of why it failed.
+async fn readiness(service: &'static str, checks: &[ReadinessCheck]) -> Response {
+    let outcomes = run_checks(checks).await;
+    let ready = outcomes.iter().all(|o| o.state() != CheckState::Failing);
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" }.into(),
         service: service.into(),
-        checks: map,
+        checks: outcomes
+            .iter()
+            .map(|o| (o.name.to_owned(), o.state()))
+            .collect(),
     };
     let status = if ready {
         StatusCode::OK
@@ -152,6 +206,19 @@ async fn run_checks(service: &'static str, checks: &[ReadinessCheck]) -> Respons
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// The checks' details for a [`DependencyReport`]: whether all passed, and
+/// each check's `ok` or failure text.
+pub fn check_details(
+    outcomes: &[CheckOutcome],
+) -> (bool, serde_json::Map<String, serde_json::Value>) {
+    let healthy = outcomes.iter().all(|o| o.result.is_ok());
+    let details = outcomes
+        .iter()
+        .map(|o| (o.name.to_owned(), o.detail()))
+        .collect();
+    (healthy, details)
 }
 
 /// A page of the audit log.
@@ -223,7 +290,7 @@ pub fn router(
             "/readyz",
             get(move || {
                 let checks = checks.clone();
-                async move { run_checks(service, &checks).await }
+                async move { readiness(service, &checks).await }
             }),
         )
         .route(
@@ -251,7 +318,8 @@ pub struct DependencyReport {
     pub request_id: String,
     /// The W3C trace id this service joined.
     pub trace_id: String,
-    /// Per-dependency result: `ok` or the failure.
+    /// Per-dependency result: `ok` or the failure's text (addresses and
+    /// error messages included: this report needs scope `ops:read`).
     pub checks: serde_json::Map<String, serde_json::Value>,
     /// The next layer's report, when there is a next layer.
     #[schema(value_type = Option<Object>)]
@@ -315,4 +383,102 @@ pub fn with_governance_notes(mut doc: utoipa::openapi::OpenApi) -> utoipa::opena
     let description = doc.info.description.take().unwrap_or_default();
     doc.info.description = Some(format!("{description}\n\n{GOVERNANCE_NOTES}"));
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    const INTERNALS: &str = "http://10.0.0.5:5432 connection refused";
+
+    fn app(checks: Vec<ReadinessCheck>) -> Router {
+        router(
+            "readiness-test",
+            checks,
+            utoipa::openapi::OpenApiBuilder::new().build(),
+            Arc::new(crate::audit::MemoryAudit::new(10)),
+        )
+    }
+
+    async fn readyz(checks: Vec<ReadinessCheck>) -> (StatusCode, String) {
+        let response = app(checks)
+            .oneshot(
+                axum::http::Request::get("/readyz")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn failing() -> Result<(), String> {
+        Err(INTERNALS.to_owned())
+    }
+
+    #[tokio::test]
+    async fn readiness_names_a_failing_critical_check_without_its_error() {
+        let (status, body) = readyz(vec![
+            ReadinessCheck::new("database", || async { failing() }),
+            ReadinessCheck::optional("erp", || async { failing() }),
+            ReadinessCheck::new("cache", || async { Ok(()) }),
+        ])
+        .await;
+
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        for internal in ["10.0.0.5", "5432", "connection refused", "http://"] {
+            assert!(!body.contains(internal), "{internal} in {body}");
+        }
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(
+            body,
+            json!({
+                "status": "not_ready",
+                "service": "readiness-test",
+                "checks": {
+                    "database": "failing",
+                    "erp": "failing (non-critical)",
+                    "cache": "ok",
+                },
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_non_critical_check_keeps_the_service_ready() {
+        let (status, body) = readyz(vec![
+            ReadinessCheck::new("database", || async { Ok(()) }),
+            ReadinessCheck::optional("erp", || async { failing() }),
+        ])
+        .await;
+
+        assert_eq!(status, StatusCode::OK);
+        assert!(!body.contains("10.0.0.5"), "{body}");
+        let body: serde_json::Value = serde_json::from_str(&body).expect("json");
+        assert_eq!(body["status"], "ready");
+        assert_eq!(body["checks"]["erp"], "failing (non-critical)");
+    }
+
+    #[tokio::test]
+    async fn the_check_details_keep_the_error_text() {
+        let outcomes = run_checks(&[
+            ReadinessCheck::new("database", || async { failing() }),
+            ReadinessCheck::optional("erp", || async { failing() }),
+            ReadinessCheck::new("cache", || async { Ok(()) }),
+        ])
+        .await;
+
+        let (healthy, details) = check_details(&outcomes);
+
+        assert!(!healthy);
+        assert_eq!(details["database"], json!(INTERNALS));
+        assert_eq!(details["erp"], json!(format!("{INTERNALS} (non-critical)")));
+        assert_eq!(details["cache"], json!("ok"));
+    }
 }

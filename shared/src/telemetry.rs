@@ -7,12 +7,14 @@
 //! all-in-one launcher's three services stay distinguishable.
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetrySettings};
@@ -40,25 +42,114 @@ pub fn init_logging(settings: &TelemetrySettings) {
     });
 }
 
+/// How often the recorder's upkeep runs: it drains the histograms'
+/// pending samples, which otherwise grow until the next scrape (and
+/// without end when nothing scrapes).
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Upper bounds (seconds) of `http_request_duration_seconds`: from
+/// sub-millisecond cached reads up to the 900 s deadline of streamed bulk
+/// uploads (`[http] upload_timeout_ms`), so a slow upload lands in a
+/// bucket of its own instead of `+Inf`.
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0, 900.0,
+];
+
+/// Upper bounds (seconds) of `erp_call_duration_seconds`: an ERP call may
+/// run for minutes (a large posting batch; the Tryton client waits 300 s).
+pub const ERP_CALL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// Upper bounds (seconds) of the other `*_duration_seconds` histograms
+/// (commits, propagation, webhook deliveries): short work.
+const SHORT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// How many upkeep threads were started (one per process).
+static UPKEEP_STARTED: AtomicUsize = AtomicUsize::new(0);
+
+/// How many upkeep rounds have run.
+static UPKEEP_RUNS: AtomicU64 = AtomicU64::new(0);
+
 /// The process-wide Prometheus handle, installing the recorder on first use.
+///
+/// The first call also registers every metric's help text
+/// ([`metric_catalog`](crate::metric_catalog)) and starts the upkeep,
+/// once per process.
 pub fn prometheus() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Suffix("duration_seconds".into()),
-                &[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ],
-            )
-            .unwrap_or_else(|_| PrometheusBuilder::new())
-            .build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
-        }
+        let handle = install_recorder();
+        crate::metric_catalog::describe_all();
+        start_upkeep(handle.clone());
         handle
     })
+}
+
+fn install_recorder() -> PrometheusHandle {
+    let buckets = [
+        (
+            Matcher::Full("http_request_duration_seconds".into()),
+            REQUEST_BUCKETS,
+        ),
+        (
+            Matcher::Full("erp_call_duration_seconds".into()),
+            ERP_CALL_BUCKETS,
+        ),
+        (Matcher::Suffix("duration_seconds".into()), SHORT_BUCKETS),
+    ];
+    let builder = buckets
+        .into_iter()
+        .try_fold(PrometheusBuilder::new(), |builder, (matcher, values)| {
+            builder.set_buckets_for_metric(matcher, values)
+        })
+        .unwrap_or_else(|error| {
+            // Only an empty list is refused, and none of them is empty.
+            tracing::warn!(%error, "histogram buckets refused");
+            PrometheusBuilder::new()
+        });
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        tracing::warn!("a metrics recorder was already installed; /metrics may be empty");
+    }
+    handle
+}
+
+/// Runs the recorder's upkeep every [`UPKEEP_INTERVAL`] on a thread of its
+/// own: not a task, because the recorder outlives any one runtime (tests
+/// and tools build routers in short-lived runtimes), and an upkeep that
+/// died with the first runtime would silently stop.
+fn start_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+                UPKEEP_RUNS.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    match started {
+        Ok(_) => {
+            UPKEEP_STARTED.fetch_add(1, Ordering::SeqCst);
+        }
+        Err(error) => tracing::error!(%error, "cannot start the metrics upkeep"),
+    }
+}
+
+/// Sets `build_info{service, version} 1`, so dashboards can tell which
+/// build answers.
+pub fn record_build_info(service: &'static str) {
+    metrics::gauge!(
+        "build_info",
+        "service" => service,
+        "version" => env!("CARGO_PKG_VERSION")
+    )
+    .set(1.0);
 }
 
 /// The service name a router belongs to, stored in request extensions by
@@ -66,7 +157,29 @@ pub fn prometheus() -> &'static PrometheusHandle {
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceName(pub &'static str);
 
-/// Middleware: counts requests and records latency per route and status.
+/// The `method` label: the standard methods as themselves, any other
+/// `OTHER`, so a client inventing methods cannot mint new series.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+/// The `route` label of a request the router did not match: one series
+/// for every unmatched path, never the path itself.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Middleware: counts requests and records latency per route template
+/// (the router's [`MatchedPath`], never the raw path) and status.
 pub async fn track_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let service = request
@@ -76,25 +189,26 @@ pub async fn track_metrics(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
+        .map_or_else(|| UNMATCHED_ROUTE.to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().clone();
     let response = next.run(request).await;
-    record_request(service, method, route, response.status(), started);
+    record_request(service, &method, route, response.status(), started);
     response
 }
 
 /// Counts one answered request and its latency (what [`track_metrics`]
-/// records, for a route answered ahead of the stack).
+/// records, for a route answered ahead of the stack). `route` is a route
+/// template, never a raw path.
 pub fn record_request(
     service: &str,
-    method: String,
+    method: &Method,
     route: String,
     status: axum::http::StatusCode,
     started: Instant,
 ) {
     let labels = [
         ("service", service.to_owned()),
-        ("method", method),
+        ("method", method_label(method).to_owned()),
         ("route", route),
         ("status", status.as_u16().to_string()),
     ];
@@ -367,4 +481,165 @@ pub fn record_span(
         span.set_status(Status::error(error));
     }
     span.end();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::body::Body;
+    use axum::routing::get;
+    use std::sync::Arc;
+    use tower::ServiceExt;
+
+    /// A router with the production stack, under a service name of its own
+    /// so its series are told apart from other tests' in the shared recorder.
+    fn app(service: &'static str) -> Router {
+        let settings = crate::config::Settings::defaults();
+        let router = Router::new().route("/items/{id}", get(|| async { "item" }));
+        crate::middleware::apply(
+            router,
+            service,
+            &settings,
+            Arc::new(crate::auth::Authenticator::new(
+                &settings.auth,
+                "process-api",
+            )),
+            Arc::new(crate::idempotency::MemoryStore::default()),
+            crate::audit::Auditor::start(service, Arc::new(crate::audit::MemoryAudit::new(10))).0,
+        )
+    }
+
+    async fn send(app: &Router, method: &str, path: &str) -> axum::http::StatusCode {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        app.clone()
+            .oneshot(request)
+            .await
+            .expect("infallible")
+            .status()
+    }
+
+    /// The rendered series of `service`.
+    fn series_of(service: &str) -> Vec<String> {
+        let label = format!("service=\"{service}\"");
+        prometheus()
+            .render()
+            .lines()
+            .filter(|line| line.contains(&label))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn made_up_methods_and_raw_paths_mint_no_series() {
+        let app = app("metrics-labels-test");
+        send(&app, "FOOBAR", "/items/42").await;
+        send(&app, "FOOBAZ", "/items/43").await;
+        send(&app, "GET", "/items/44").await;
+        send(&app, "GET", "/no/such/path").await;
+
+        let series = series_of("metrics-labels-test");
+        let counted = |method: &str, route: &str| {
+            series.iter().any(|line| {
+                line.starts_with("http_requests_total{")
+                    && line.contains(&format!("method=\"{method}\""))
+                    && line.contains(&format!("route=\"{route}\""))
+            })
+        };
+        assert!(counted("OTHER", "/items/{id}"), "{series:#?}");
+        assert!(counted("GET", "/items/{id}"), "{series:#?}");
+        assert!(counted("GET", "unmatched"), "{series:#?}");
+        let text = series.join("\n");
+        for minted in ["FOOBAR", "FOOBAZ", "/items/4", "/no/such/path"] {
+            assert!(!text.contains(minted), "{minted} became a label: {text}");
+        }
+    }
+
+    #[test]
+    fn only_the_standard_methods_are_labelled_by_name() {
+        for method in [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+        ] {
+            let parsed = Method::from_bytes(method.as_bytes()).expect("method");
+            assert_eq!(method_label(&parsed), method);
+        }
+        for invented in ["FOOBAR", "get", "PROPFIND"] {
+            let parsed = Method::from_bytes(invented.as_bytes()).expect("method");
+            assert_eq!(method_label(&parsed), "OTHER");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_metrics_text_has_help_build_info_and_buckets_up_to_minutes() {
+        let app = app("metrics-text-test");
+        send(&app, "GET", "/items/1").await;
+
+        let text = prometheus().render();
+        for help in [
+            "# HELP http_requests_total ",
+            "# HELP http_request_duration_seconds ",
+            "# HELP build_info ",
+        ] {
+            assert!(text.contains(help), "missing {help:?}");
+        }
+        let series = series_of("metrics-text-test");
+        let build_info = format!(
+            "build_info{{service=\"metrics-text-test\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(series.contains(&build_info), "{series:#?}");
+        for le in ["le=\"300\"", "le=\"900\"", "le=\"+Inf\""] {
+            assert!(
+                series.iter().any(|line| {
+                    line.starts_with("http_request_duration_seconds_bucket{") && line.contains(le)
+                }),
+                "no request-duration bucket {le}: {series:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_erp_call_histogram_has_buckets_up_to_minutes() {
+        prometheus();
+        metrics::histogram!(
+            "erp_call_duration_seconds",
+            "backend" => "buckets-test",
+            "operation" => "post",
+            "outcome" => "ok"
+        )
+        .record(200.0);
+        let text = prometheus().render();
+        let bucket = |le: &str| {
+            text.lines().find(|line| {
+                line.starts_with("erp_call_duration_seconds_bucket{")
+                    && line.contains("backend=\"buckets-test\"")
+                    && line.contains(&format!("le=\"{le}\""))
+            })
+        };
+        assert!(bucket("120").is_some_and(|line| line.ends_with(" 0")));
+        assert!(bucket("300").is_some_and(|line| line.ends_with(" 1")));
+    }
+
+    #[test]
+    fn upkeep_runs_on_one_thread_however_often_the_recorder_is_asked_for() {
+        let askers: Vec<_> = (0..8)
+            .map(|_| std::thread::spawn(|| prometheus().render().len()))
+            .collect();
+        for asker in askers {
+            asker.join().expect("thread");
+        }
+        prometheus();
+        assert_eq!(UPKEEP_STARTED.load(Ordering::SeqCst), 1);
+
+        let before = UPKEEP_RUNS.load(Ordering::Relaxed);
+        let deadline = Instant::now() + UPKEEP_INTERVAL * 3;
+        while UPKEEP_RUNS.load(Ordering::Relaxed) == before {
+            assert!(Instant::now() < deadline, "no upkeep ran");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }

@@ -122,9 +122,30 @@ pub fn router(
     let (api, mut doc) = api().split_for_parts();
     // No database here: the newest 10,000 entries are kept in memory.
     retail_shared::deprecation::flag_in_openapi(&mut doc, &settings.deprecations);
+    let checks = readiness_checks(&state);
+    let app = api
+        .with_state(state)
+        .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
+    middleware::apply(
+        app,
+        SERVICE,
+        settings,
+        Arc::new(
+            Authenticator::new(&settings.auth, audience::SYSTEM).with_service_keys(
+                &retail_shared::service_keys::for_router(&settings.auth.service_keys, SERVICE),
+            ),
+        ),
+        idempotency,
+        auditor,
+    )
+}
+
+/// What readiness checks, `/readyz` unauthenticated (states only) and
+/// `GET /v1/ops/dependencies` in detail.
+fn readiness_checks(state: &AppState) -> Vec<ReadinessCheck> {
     let pool = state.pool.clone();
     let erp = state.erp.clone();
-    let checks = vec![
+    vec![
         ReadinessCheck::new("database", move || {
             let pool = pool.clone();
             async move {
@@ -141,22 +162,7 @@ pub fn router(
             let erp = erp.clone();
             async move { erp.health().await }
         }),
-    ];
-    let app = api
-        .with_state(state)
-        .merge(retail_shared::ops::router(SERVICE, checks, doc, audit_log));
-    middleware::apply(
-        app,
-        SERVICE,
-        settings,
-        Arc::new(
-            Authenticator::new(&settings.auth, audience::SYSTEM).with_service_keys(
-                &retail_shared::service_keys::for_router(&settings.auth.service_keys, SERVICE),
-            ),
-        ),
-        idempotency,
-        auditor,
-    )
+    ]
 }
 
 async fn open_pool(url: &str) -> anyhow::Result<SqlitePool> {

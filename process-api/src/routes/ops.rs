@@ -1071,7 +1071,7 @@ async fn master_sync(
 #[utoipa::path(get, path = "/v1/ops/dependencies", tag = "operations",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "This layer and the ones below", body = DependencyReport),
+        (status = 200, description = "This layer and the ones below, with each failure's text", body = DependencyReport),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
 async fn dependencies(

@@ -44,6 +44,30 @@ fn erp_problem(error: ErpError) -> Problem {
     }
 }
 
+/// Times one call to the ERP backend as `erp_call_duration_seconds`
+/// (buckets up to minutes: a large batch against a slow ERP takes that).
+async fn timed<T>(
+    backend: &'static str,
+    operation: &'static str,
+    call: impl std::future::Future<Output = Result<T, ErpError>>,
+) -> Result<T, ErpError> {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ErpError::Unavailable(_)) => "unavailable",
+        Err(ErpError::Refused(_)) => "refused",
+    };
+    metrics::histogram!(
+        "erp_call_duration_seconds",
+        "backend" => backend,
+        "operation" => operation,
+        "outcome" => outcome
+    )
+    .record(started.elapsed().as_secs_f64());
+    result
+}
+
 struct CheckedBatch<'a>(&'a PostingBatch);
 
 impl Validate for CheckedBatch<'_> {
@@ -98,7 +122,9 @@ async fn post_postings(
     let mut v = Validator::default();
     CheckedBatch(&batch).validate(&mut v);
     v.finish()?;
-    let results = state.erp.post(&batch.postings).await.map_err(erp_problem)?;
+    let results = timed(state.erp.backend(), "post", state.erp.post(&batch.postings))
+        .await
+        .map_err(erp_problem)?;
     for result in &results {
         let status = serde_json::to_value(result.status)
             .ok()
@@ -137,11 +163,13 @@ async fn get_balances(
     let mut v = Validator::default();
     v.id("location_id", &query.location_id);
     v.finish()?;
-    match state
-        .erp
-        .balances(&query.location_id)
-        .await
-        .map_err(erp_problem)?
+    match timed(
+        state.erp.backend(),
+        "balances",
+        state.erp.balances(&query.location_id),
+    )
+    .await
+    .map_err(erp_problem)?
     {
         Some(balances) => Ok(ApiJson(ErpBalances {
             location_id: query.location_id,
@@ -165,7 +193,10 @@ async fn get_master(
     State(state): State<AppState>,
     _auth: Authorized<scope::ErpRead>,
 ) -> Result<ApiJson<ErpMaster>> {
-    Ok(ApiJson(state.erp.master().await.map_err(erp_problem)?))
+    let master = timed(state.erp.backend(), "master", state.erp.master())
+        .await
+        .map_err(erp_problem)?;
+    Ok(ApiJson(master))
 }
 
 fn sandbox(state: &AppState) -> Result<&SandboxErp> {
