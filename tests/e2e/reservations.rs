@@ -340,6 +340,7 @@ async fn flash_sale(apps: &[TestApp]) {
                     .await
                     .expect("json");
                 let p = &body["positions"][0];
+                assert!(p.is_object(), "read answered {body}");
                 let sellable = p["on_hand"].as_i64().expect("present")
                     - p["unsellable"].as_i64().expect("present")
                     - p["safety_stock"].as_i64().expect("present");
