@@ -221,6 +221,21 @@ pub fn check_details(
     (healthy, details)
 }
 
+/// 403 for a token bound to locations: the operation (`what`) spans every
+/// location, or none in particular, and cannot be narrowed to a binding.
+/// Unbound tokens pass.
+pub fn require_unbound(
+    principal: &crate::auth::Principal,
+    what: &str,
+) -> Result<(), crate::problem::Problem> {
+    if principal.locations.is_some() {
+        return Err(crate::problem::Problem::forbidden(format!(
+            "{what} spans every location; a token bound to locations may not use it"
+        )));
+    }
+    Ok(())
+}
+
 /// A page of the audit log.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditPage {
@@ -232,18 +247,22 @@ pub struct AuditPage {
 
 /// State-changing requests this service handled: who, what, when, the
 /// correlation ids and the outcome.
+///
+/// Location binding: entries carry no location and span every caller, so
+/// a token bound to locations gets 403.
 #[utoipa::path(get, path = "/v1/ops/audit", tag = "operations",
     params(crate::audit::AuditQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "A page of the audit log", body = AuditPage),
         (status = 401, description = "No valid token", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = crate::problem::ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = crate::problem::ProblemBody, content_type = "application/problem+json")))]
 pub async fn audit_log(
     axum::extract::State(sink): axum::extract::State<Arc<dyn crate::audit::AuditSink>>,
-    _auth: crate::auth::Authorized<crate::auth::scope::OpsRead>,
+    auth: crate::auth::Authorized<crate::auth::scope::OpsRead>,
     crate::problem::ApiQuery(query): crate::problem::ApiQuery<crate::audit::AuditQuery>,
 ) -> Result<axum::Json<AuditPage>, crate::problem::Problem> {
+    require_unbound(&auth, "the audit log")?;
     let limit = query.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(crate::problem::Problem::validation(vec![

@@ -1,6 +1,7 @@
 //! End-to-end tests: the three real services on port 0, talking HTTP to
 //! each other, driven over HTTP.
 
+mod binding;
 mod channels;
 mod console;
 mod erp;

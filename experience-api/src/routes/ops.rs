@@ -44,6 +44,9 @@ pub struct ReadModelStatus {
 }
 
 /// This replica's read model: freshness, size, where its skus came from.
+///
+/// Location binding: nothing here is per location; bound tokens get the
+/// same answer.
 #[utoipa::path(get, path = "/v1/ops/read-model", tag = "operations",
     security(("bearer" = [])),
     responses(
@@ -71,6 +74,9 @@ async fn read_model(
 
 /// This layer and every layer below it, each reporting the request id and
 /// trace id it received: a request followed across the platform.
+///
+/// Location binding: nothing here is per location; bound tokens get the
+/// same answer.
 #[utoipa::path(get, path = "/v1/ops/dependencies", tag = "operations",
     security(("bearer" = [])),
     responses(

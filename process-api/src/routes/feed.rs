@@ -305,6 +305,9 @@ impl Validate for WebhookInput {
 
 /// Registers a webhook subscriber of the change feed. The answer carries
 /// the signing `secret`, shown this once.
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(post, path = "/v1/ops/webhooks", tag = "operations",
     request_body = WebhookInput,
     security(("bearer" = [])),
@@ -313,12 +316,13 @@ impl Validate for WebhookInput {
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Invalid registration, or an unknown field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn create_webhook(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
     ValidJson(input): ValidJson<WebhookInput>,
 ) -> Result<(StatusCode, ApiJson<Subscription>)> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     let start_after = match input.start_after {
         Some(seq) => seq,
         None => state.store.feed_head().await?,
@@ -352,16 +356,20 @@ pub struct WebhookList {
 
 /// Every webhook subscriber with its progress (`cursor` against the feed
 /// head), failures and dead letters.
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(get, path = "/v1/ops/webhooks", tag = "operations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Subscribers", body = WebhookList),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn list_webhooks(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
 ) -> Result<ApiJson<WebhookList>> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     Ok(ApiJson(WebhookList {
         subscriptions: state.store.subscriptions().await?,
     }))
@@ -376,36 +384,44 @@ async fn found(state: &AppState, id: i64) -> Result<Subscription> {
 }
 
 /// One webhook subscriber.
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(get, path = "/v1/ops/webhooks/{subscription_id}", tag = "operations",
     params(("subscription_id" = i64, Path, description = "Subscription id")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The subscriber", body = Subscription),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
 async fn get_webhook(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<ApiJson<Subscription>> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     Ok(ApiJson(found(&state, id).await?))
 }
 
 /// Removes a subscriber and its dead letters.
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(delete, path = "/v1/ops/webhooks/{subscription_id}", tag = "operations",
     params(("subscription_id" = i64, Path, description = "Subscription id")),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Removed"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
 async fn delete_webhook(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<StatusCode> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     if state.store.delete_subscription(id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -415,19 +431,23 @@ async fn delete_webhook(
 
 /// Puts a paused subscriber (it answered 410 Gone) back to work, from
 /// where it stopped.
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(post, path = "/v1/ops/webhooks/{subscription_id}/resume", tag = "operations",
     params(("subscription_id" = i64, Path, description = "Subscription id")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Active again", body = Subscription),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
 async fn resume_webhook(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<ApiJson<Subscription>> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     if !state.store.resume_subscription(id).await? {
         return Err(Problem::not_found(format!("no webhook subscription {id}")).into());
     }
@@ -442,19 +462,23 @@ pub struct DeadLetterList {
 }
 
 /// Deliveries given up on for one subscriber.
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(get, path = "/v1/ops/webhooks/{subscription_id}/dead-letters", tag = "operations",
     params(("subscription_id" = i64, Path, description = "Subscription id")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Dead letters", body = DeadLetterList),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such subscriber", body = ProblemBody, content_type = "application/problem+json")))]
 async fn list_dead_letters(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<ApiJson<DeadLetterList>> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     found(&state, id).await?;
     Ok(ApiJson(DeadLetterList {
         dead_letters: state.store.dead_letters(id).await?,
@@ -481,6 +505,9 @@ async fn dead_letter(state: &AppState, id: i64, letter: i64) -> Result<DeadLette
 
 /// Sends a dead letter again, now, with its original body and a fresh
 /// signature; it is removed when the subscriber acknowledges it.
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(post, path = "/v1/ops/webhooks/{subscription_id}/dead-letters/{dead_letter_id}/replay", tag = "operations",
     params(("subscription_id" = i64, Path, description = "Subscription id"),
         ("dead_letter_id" = i64, Path, description = "Dead letter id")),
@@ -488,14 +515,15 @@ async fn dead_letter(state: &AppState, id: i64, letter: i64) -> Result<DeadLette
     responses(
         (status = 200, description = "Delivered", body = DeadLetterAction),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such dead letter", body = ProblemBody, content_type = "application/problem+json"),
         (status = 502, description = "`webhook-delivery-failed`: the subscriber did not acknowledge it", body = ProblemBody, content_type = "application/problem+json")))]
 async fn replay_dead_letter(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
     ApiPath((id, letter)): ApiPath<(i64, i64)>,
 ) -> Result<ApiJson<DeadLetterAction>> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     let subscription = found(&state, id).await?;
     let dead_letter = dead_letter(&state, id, letter).await?;
     let webhook_id = format!("{id}-{}-{}", dead_letter.first_seq, dead_letter.last_seq);
@@ -531,6 +559,9 @@ async fn replay_dead_letter(
 }
 
 /// Gives up on a dead letter for good (the note says why).
+///
+/// Location binding: webhook subscribers are partner-wide (a subscriber's
+/// filter may name any location), so a token bound to locations gets 403.
 #[utoipa::path(post, path = "/v1/ops/webhooks/{subscription_id}/dead-letters/{dead_letter_id}/discard", tag = "operations",
     params(("subscription_id" = i64, Path, description = "Subscription id"),
         ("dead_letter_id" = i64, Path, description = "Dead letter id")),
@@ -540,7 +571,7 @@ async fn replay_dead_letter(
         (status = 200, description = "Discarded", body = DeadLetterAction),
         (status = 400, description = "Malformed body", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such dead letter", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Missing or blank note", body = ProblemBody, content_type = "application/problem+json")))]
 async fn discard_dead_letter(
@@ -549,6 +580,7 @@ async fn discard_dead_letter(
     ApiPath((id, letter)): ApiPath<(i64, i64)>,
     ValidJson(body): ValidJson<NoteBody>,
 ) -> Result<ApiJson<DeadLetterAction>> {
+    retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     let dead_letter = dead_letter(&state, id, letter).await?;
     if !state.store.remove_dead_letter(id, letter).await? {
         return Err(Problem::not_found(format!("no dead letter {letter}")).into());

@@ -435,28 +435,35 @@ pub struct ParkedPage {
     pub parked: Vec<ParkedEvent>,
     /// Pass as `after` for the next page.
     pub next_cursor: Option<String>,
-    /// All parked events.
+    /// All parked events (at the token's locations, for a bound token).
     pub total: i64,
 }
 
 /// Events waiting for master data.
+///
+/// Location binding: a bound token sees only the events of its locations
+/// (the event's `location_id`), and `total` counts those.
 #[utoipa::path(get, path = "/v1/inventory/parked", tag = "inventory",
     params(PageQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Parked events", body = ParkedPage),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or a token bound to no location", body = ProblemBody, content_type = "application/problem+json")))]
 async fn get_parked(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<ApiJson<ParkedPage>> {
     let limit = query.limit()?;
-    let parked = state.store.parked(query.after.as_deref(), limit).await?;
+    let locations = super::ops::binding(&auth)?;
+    let parked = state
+        .store
+        .parked(query.after.as_deref(), limit, locations.as_deref())
+        .await?;
     let next_cursor = (parked.len() == limit as usize)
         .then(|| parked.last().map(|p| p.event_id.clone()))
         .flatten();
-    let total = state.store.parked_count().await?;
+    let total = state.store.parked_count_at(locations.as_deref()).await?;
     Ok(ApiJson(ParkedPage {
         parked,
         next_cursor,
@@ -475,15 +482,20 @@ pub struct ReplayResult {
 
 /// Applies every parked event whose master data has arrived. (This also
 /// runs after every master data upsert and on a schedule.)
+///
+/// Location binding: the replay takes every location's events in one
+/// order, so a token bound to locations gets 403 (the scheduled replay
+/// picks its events up anyway).
 #[utoipa::path(post, path = "/v1/inventory/parked/replay", tag = "inventory",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Replayed", body = ReplayResult),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn replay_parked(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
 ) -> Result<ApiJson<ReplayResult>> {
+    retail_shared::ops::require_unbound(&auth, "the replay of parked events")?;
     let applied = state.store.replay_parked().await?;
     let remaining = state.store.parked_count().await?;
     Ok(ApiJson(ReplayResult { applied, remaining }))
@@ -500,17 +512,21 @@ pub struct RebuildParams {
 /// Replays the whole journal into fresh positions and compares them with
 /// the live ones (and with `write=true` replaces those that differ).
 /// Ingest waits while it runs.
+///
+/// Location binding: the rebuild covers every location's journal and
+/// stops ingest everywhere, so a token bound to locations gets 403.
 #[utoipa::path(post, path = "/v1/ops/rebuild", tag = "operations",
     params(RebuildParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "What the rebuild found", body = RebuildReport),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn rebuild(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
     ApiQuery(params): ApiQuery<RebuildParams>,
 ) -> Result<ApiJson<RebuildReport>> {
+    retail_shared::ops::require_unbound(&auth, "a rebuild")?;
     let report = state.store.rebuild(params.write.unwrap_or(false)).await?;
     Ok(ApiJson(report))
 }

@@ -1,11 +1,19 @@
 //! Operator diagnostics.
+//!
+//! Location binding (a token's `locations` claim): lists show only the
+//! bound locations; an action on one object (a posting, an exception)
+//! outside the binding answers 403 and changes nothing (403 rather than
+//! 404, as for transfers and reservations: ids are sequential, so hiding
+//! existence would protect nothing); reports and actions that span every
+//! location answer 403 to bound tokens. Each route's documentation says
+//! which.
 
 use axum::extract::State;
 use retail_shared::Problem;
 use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::client::CallContext;
 use retail_shared::correlation::Correlation;
-use retail_shared::ops::DependencyReport;
+use retail_shared::ops::{DependencyReport, require_unbound};
 use retail_shared::problem::{ApiJson, ApiPath, ApiQuery, ProblemBody, ValidJson};
 use retail_shared::validate::{Validate, Validator};
 use serde::{Deserialize, Serialize};
@@ -41,6 +49,15 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(approve_exception))
         .routes(routes!(reject_exception))
         .routes(routes!(master_sync))
+}
+
+/// The caller's binding as a storage filter: `None` for an unbound token,
+/// else its locations (403 when it is bound to none).
+pub(crate) fn binding(principal: &Principal) -> Result<Option<Vec<String>>> {
+    if principal.locations.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(principal.narrow_locations(Vec::new())?))
 }
 
 fn ingest_context(principal: &Principal, correlation: &Correlation) -> IngestContext {
@@ -642,38 +659,49 @@ pub async fn health_report(state: &AppState) -> Result<SyncHealth> {
 /// freshness, the ERP link, reconciliation, ingest rate and propagation,
 /// the change feed, webhooks, and the business impact of whatever is
 /// degraded (which stores, skus and channels).
+///
+/// Location binding: the report is one for every location and the shared
+/// links (ERP, change feed, webhooks), so a token bound to locations gets
+/// 403; it reads its locations' postings, exceptions and parked events
+/// from their lists.
 #[utoipa::path(get, path = "/v1/ops/sync-health", tag = "operations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Sync health", body = SyncHealth),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn sync_health(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
 ) -> Result<ApiJson<SyncHealth>> {
+    require_unbound(&auth, "the sync-health report")?;
     let report = state.health.get(&state, std::time::Duration::ZERO).await?;
     Ok(ApiJson((*report).clone()))
 }
 
 /// The sync-health report as Server-Sent Events (`event: health`), about
 /// once a second, for live dashboards.
+///
+/// Location binding: as the report, 403 for a token bound to locations.
 #[utoipa::path(get, path = "/v1/ops/sync-health/stream", tag = "operations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "An endless event stream", body = SyncHealth, content_type = "text/event-stream"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn sync_health_stream(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
     draining: Option<axum::Extension<retail_shared::server::Draining>>,
-) -> axum::response::sse::Sse<
-    impl futures::Stream<
-        Item = std::result::Result<axum::response::sse::Event, std::convert::Infallible>,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures::Stream<
+            Item = std::result::Result<axum::response::sse::Event, std::convert::Infallible>,
+        >,
     >,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    require_unbound(&auth, "the sync-health report")?;
     let period = std::time::Duration::from_secs(1);
     let stream = futures::stream::unfold((state, true), move |(state, first)| async move {
         if !first {
@@ -692,7 +720,7 @@ async fn sync_health_stream(
     });
     let stream =
         futures::StreamExt::take_until(stream, retail_shared::server::Draining::of(draining));
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// Query of `GET /v1/ops/postings`.
@@ -725,6 +753,10 @@ const POSTING_STATUSES: [&str; 5] = ["pending", "in_flight", "posted", "dead", "
 
 /// ERP postings (the outbox), filtered; `status=dead` lists the dead
 /// letters, each with the number of postings waiting behind it.
+///
+/// Location binding: a bound token sees only its locations' postings
+/// (pages stay whole: the filter is applied before the limit);
+/// `location_id` naming another location answers 403.
 #[utoipa::path(get, path = "/v1/ops/postings", tag = "operations",
     params(PostingQuery),
     security(("bearer" = [])),
@@ -732,10 +764,10 @@ const POSTING_STATUSES: [&str; 5] = ["pending", "in_flight", "posted", "dead", "
         (status = 200, description = "Postings", body = PostingPage),
         (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or `location_id` outside the token's binding", body = ProblemBody, content_type = "application/problem+json")))]
 async fn list_postings(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
     ApiQuery(query): ApiQuery<PostingQuery>,
 ) -> Result<ApiJson<PostingPage>> {
     let mut v = Validator::default();
@@ -751,12 +783,16 @@ async fn list_postings(
     v.range("limit", limit, 1, 1000);
     v.range("after", query.after.unwrap_or(0), 0, i64::MAX);
     v.finish()?;
+    if let Some(location) = &query.location_id {
+        auth.require_location(location)?;
+    }
     let postings = state
         .store
         .list_postings(&PostingFilter {
             status: query.status,
             location_id: query.location_id,
             sku: query.sku,
+            locations: binding(&auth)?,
             after: query.after.unwrap_or(0),
             limit,
         })
@@ -802,13 +838,16 @@ fn posting_refusal(refusal: PostingActionRefusal, posting_id: i64) -> Problem {
 
 /// Puts a dead posting back in the queue with a fresh retry budget; the
 /// postings of its key that waited behind it follow in order.
+///
+/// Location binding: a posting at a location outside a bound token's
+/// binding answers 403 and stays as it is.
 #[utoipa::path(post, path = "/v1/ops/postings/{posting_id}/replay", tag = "operations",
     params(("posting_id" = i64, Path, description = "Posting id")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Queued again", body = PostingView),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or the posting's location is outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such posting", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`posting-not-dead`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn replay_posting(
@@ -816,6 +855,7 @@ async fn replay_posting(
     auth: Authorized<scope::OpsWrite>,
     ApiPath(posting_id): ApiPath<i64>,
 ) -> Result<ApiJson<PostingView>> {
+    require_posting_in_binding(&state, &auth, posting_id).await?;
     state
         .store
         .replay_posting(posting_id, auth.actor(), None)
@@ -827,6 +867,9 @@ async fn replay_posting(
 
 /// Gives up on a dead posting: the ERP never gets it (the next
 /// reconciliation shows the difference) and its key moves on.
+///
+/// Location binding: a posting at a location outside a bound token's
+/// binding answers 403 and stays as it is.
 #[utoipa::path(post, path = "/v1/ops/postings/{posting_id}/discard", tag = "operations",
     params(("posting_id" = i64, Path, description = "Posting id")),
     request_body = NoteBody,
@@ -835,7 +878,7 @@ async fn replay_posting(
         (status = 200, description = "Discarded", body = PostingView),
         (status = 400, description = "Invalid note", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or the posting's location is outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such posting", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`posting-not-dead`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn discard_posting(
@@ -844,6 +887,7 @@ async fn discard_posting(
     ApiPath(posting_id): ApiPath<i64>,
     ValidJson(body): ValidJson<NoteBody>,
 ) -> Result<ApiJson<PostingView>> {
+    require_posting_in_binding(&state, &auth, posting_id).await?;
     state
         .store
         .discard_posting(posting_id, auth.actor(), Some(&body.note))
@@ -851,6 +895,21 @@ async fn discard_posting(
         .map_err(|r| posting_refusal(r, posting_id))?;
     metrics::counter!("erp_dead_letters_resolved_total", "action" => "discard").increment(1);
     Ok(ApiJson(one_posting(&state, posting_id).await?))
+}
+
+/// 403 when a bound caller may not act on the posting's location (404 when
+/// there is no such posting). A posting's location never changes, so the
+/// check holds for the action that follows.
+async fn require_posting_in_binding(
+    state: &AppState,
+    principal: &Principal,
+    posting_id: i64,
+) -> Result<()> {
+    if principal.locations.is_some() {
+        let posting = one_posting(state, posting_id).await?;
+        principal.require_location(&posting.location_id)?;
+    }
+    Ok(())
 }
 
 async fn one_posting(state: &AppState, posting_id: i64) -> Result<PostingView> {
@@ -870,17 +929,21 @@ async fn one_posting(state: &AppState, posting_id: i64) -> Result<PostingView> {
 /// Runs a reconciliation now (every location of the registry against the
 /// ERP) and answers what it found. Small differences are corrected at
 /// once; those above `[reconciliation] review_above` wait for review.
+///
+/// Location binding: a run covers every location (and corrects small
+/// differences at once), so a token bound to locations gets 403.
 #[utoipa::path(post, path = "/v1/ops/reconciliation/runs", tag = "operations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The run and its exceptions", body = ReconciliationReport),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn run_reconciliation(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
     correlation: Correlation,
 ) -> Result<ApiJson<ReconciliationReport>> {
+    require_unbound(&auth, "a reconciliation run")?;
     let report = state
         .reconciler()
         .run(
@@ -900,16 +963,21 @@ pub struct RunList {
 }
 
 /// The latest reconciliation runs.
+///
+/// Location binding: runs are counted over every location (and a failed
+/// run's error names the location it stopped at), so a token bound to
+/// locations gets 403; it reads its locations' exceptions instead.
 #[utoipa::path(get, path = "/v1/ops/reconciliation/runs", tag = "operations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Runs", body = RunList),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn list_reconciliation_runs(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
 ) -> Result<ApiJson<RunList>> {
+    require_unbound(&auth, "the list of reconciliation runs")?;
     Ok(ApiJson(RunList {
         runs: state.store.reconciliation_runs(50).await?,
     }))
@@ -931,6 +999,9 @@ pub struct ExceptionList {
 }
 
 /// Reconciliation exceptions; `status=open` is the review queue.
+///
+/// Location binding: a bound token sees only its locations' exceptions
+/// (the filter is applied before the limit).
 #[utoipa::path(get, path = "/v1/ops/reconciliation/exceptions", tag = "operations",
     params(ExceptionQuery),
     security(("bearer" = [])),
@@ -938,10 +1009,10 @@ pub struct ExceptionList {
         (status = 200, description = "Exceptions", body = ExceptionList),
         (status = 400, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope ops:read missing, or a token bound to no location", body = ProblemBody, content_type = "application/problem+json")))]
 async fn list_exceptions(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
     ApiQuery(query): ApiQuery<ExceptionQuery>,
 ) -> Result<ApiJson<ExceptionList>> {
     if let Some(status) = &query.status
@@ -951,12 +1022,32 @@ async fn list_exceptions(
         v.error("status", "must be one of open, corrected, rejected");
         v.finish()?;
     }
+    let locations = binding(&auth)?;
     Ok(ApiJson(ExceptionList {
         exceptions: state
             .store
-            .reconciliation_exceptions(query.status.as_deref(), 1000)
+            .reconciliation_exceptions(query.status.as_deref(), locations.as_deref(), 1000)
             .await?,
     }))
+}
+
+/// 403 when a bound caller may not act on the exception's location (404
+/// when there is no such exception). An exception's location never
+/// changes, so the check holds for the settlement that follows.
+async fn require_exception_in_binding(
+    state: &AppState,
+    principal: &Principal,
+    exception_id: i64,
+) -> Result<()> {
+    if principal.locations.is_some() {
+        let exception = state
+            .store
+            .reconciliation_exception(exception_id)
+            .await?
+            .ok_or_else(|| Problem::not_found(format!("no exception {exception_id}")))?;
+        principal.require_location(&exception.location_id)?;
+    }
+    Ok(())
 }
 
 fn exception_refusal(refusal: ExceptionRefusal, exception_id: i64) -> Problem {
@@ -975,13 +1066,16 @@ fn exception_refusal(refusal: ExceptionRefusal, exception_id: i64) -> Problem {
 
 /// Approves an open exception: an `adjustment` is journalled that brings
 /// the platform to the ERP's figure (not posted again: the ERP holds it).
+///
+/// Location binding: an exception at a location outside a bound token's
+/// binding answers 403 and stays open.
 #[utoipa::path(post, path = "/v1/ops/reconciliation/exceptions/{exception_id}/approve", tag = "operations",
     params(("exception_id" = i64, Path, description = "Exception id")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Corrected", body = ReconciliationException),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or the exception's location is outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such exception", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`exception-not-open` or `adjustment-not-applied`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn approve_exception(
@@ -990,6 +1084,7 @@ async fn approve_exception(
     correlation: Correlation,
     ApiPath(exception_id): ApiPath<i64>,
 ) -> Result<ApiJson<ReconciliationException>> {
+    require_exception_in_binding(&state, &auth, exception_id).await?;
     let exception = state
         .store
         .settle_exception(
@@ -1004,6 +1099,9 @@ async fn approve_exception(
 }
 
 /// Rejects an open exception with a note (nothing changes on the platform).
+///
+/// Location binding: an exception at a location outside a bound token's
+/// binding answers 403 and stays open.
 #[utoipa::path(post, path = "/v1/ops/reconciliation/exceptions/{exception_id}/reject", tag = "operations",
     params(("exception_id" = i64, Path, description = "Exception id")),
     request_body = NoteBody,
@@ -1012,7 +1110,7 @@ async fn approve_exception(
         (status = 200, description = "Rejected", body = ReconciliationException),
         (status = 400, description = "Invalid note", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or the exception's location is outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such exception", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`exception-not-open`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn reject_exception(
@@ -1022,6 +1120,7 @@ async fn reject_exception(
     ApiPath(exception_id): ApiPath<i64>,
     ValidJson(body): ValidJson<NoteBody>,
 ) -> Result<ApiJson<ReconciliationException>> {
+    require_exception_in_binding(&state, &auth, exception_id).await?;
     let exception = state
         .store
         .settle_exception(
@@ -1036,18 +1135,22 @@ async fn reject_exception(
 }
 
 /// Pulls master data from the ERP now (products with cost, warehouses).
+///
+/// Location binding: master data is shared by every location, so a token
+/// bound to locations gets 403.
 #[utoipa::path(post, path = "/v1/ops/erp/master-sync", tag = "operations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "What the pull did", body = MasterSyncReport),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 502, description = "The ERP did not answer", body = ProblemBody, content_type = "application/problem+json")))]
 async fn master_sync(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
     correlation: Correlation,
 ) -> Result<ApiJson<MasterSyncReport>> {
+    require_unbound(&auth, "a master-data pull")?;
     let ctx = ChangeContext {
         actor: auth.actor().to_owned(),
         request_id: correlation.request_id.clone(),
@@ -1068,6 +1171,9 @@ async fn master_sync(
 
 /// Checks the database and asks system-api for its own report, so one call
 /// shows the request id and trace crossing the layers.
+///
+/// Location binding: nothing here is per location; bound tokens get the
+/// same report.
 #[utoipa::path(get, path = "/v1/ops/dependencies", tag = "operations",
     security(("bearer" = [])),
     responses(

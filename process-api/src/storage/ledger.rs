@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{BeginWrite, Db, Store, micros_to_rfc3339};
+use super::{BeginWrite, Db, Store, in_list, micros_to_rfc3339};
 use crate::inventory::event::{EVENT_ID_CONFLICT, Event, EventInput, EventType};
 use crate::inventory::position::{CountMark, PositionFigures, PositionState, resolve_safety_stock};
 use crate::inventory::rebuild::{JournalFact, Key, Rebuilder};
@@ -1938,21 +1938,30 @@ impl Store {
         })
     }
 
-    /// A page of parked events, oldest first.
+    /// A page of parked events in event id order, only those at
+    /// `locations` (a token's binding; `None`: every location).
     pub async fn parked(
         &self,
         after: Option<&str>,
         limit: u32,
+        locations: Option<&[String]>,
     ) -> Result<Vec<ParkedEvent>, sqlx::Error> {
         crate::on_reader!(self.db(), |pool| {
-            let rows = sqlx::query(
+            let mut next = 3;
+            let only_at =
+                locations.map_or_else(String::new, |l| in_list("location_id", l.len(), &mut next));
+            // Only fixed column names and placeholders are spliced in.
+            let sql = format!(
                 "SELECT event_id, reason, parked_at, payload FROM parked_events \
-                 WHERE event_id > $1 ORDER BY event_id LIMIT $2",
-            )
-            .bind(after.unwrap_or(""))
-            .bind(i64::from(limit))
-            .fetch_all(pool)
-            .await?;
+                 WHERE event_id > $1{only_at} ORDER BY event_id LIMIT $2"
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(after.unwrap_or(""))
+                .bind(i64::from(limit));
+            for location in locations.into_iter().flatten() {
+                query = query.bind(location.as_str());
+            }
+            let rows = query.fetch_all(pool).await?;
             rows.iter()
                 .map(|row| {
                     use sqlx::Row;
@@ -1974,6 +1983,24 @@ impl Store {
             sqlx::query_scalar("SELECT COUNT(*) FROM parked_events")
                 .fetch_one(pool)
                 .await
+        })
+    }
+
+    /// How many events are parked at `locations` (see [`Store::parked`]).
+    pub async fn parked_count_at(&self, locations: Option<&[String]>) -> Result<i64, sqlx::Error> {
+        let Some(locations) = locations else {
+            return self.parked_count().await;
+        };
+        crate::on_reader!(self.db(), |pool| {
+            let mut next = 1;
+            let only_at = in_list("location_id", locations.len(), &mut next);
+            // Only fixed column names and placeholders are spliced in.
+            let sql = format!("SELECT COUNT(*) FROM parked_events WHERE 1 = 1{only_at}");
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql));
+            for location in locations {
+                query = query.bind(location.as_str());
+            }
+            query.fetch_one(pool).await
         })
     }
 

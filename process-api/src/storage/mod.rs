@@ -489,3 +489,16 @@ pub fn micros_to_rfc3339(micros: i64) -> String {
         })
         .unwrap_or_default()
 }
+
+/// ` AND {column} IN ($n, …)` with `count` placeholders numbered from
+/// `*next` (advanced past them); an empty list matches nothing. For a
+/// token's location binding, which is short; the values are bound by the
+/// caller in the same order.
+pub(crate) fn in_list(column: &str, count: usize, next: &mut usize) -> String {
+    if count == 0 {
+        return " AND 1 = 0".to_owned();
+    }
+    let placeholders: Vec<String> = (*next..*next + count).map(|n| format!("${n}")).collect();
+    *next += count;
+    format!(" AND {column} IN ({})", placeholders.join(", "))
+}

@@ -24,7 +24,7 @@ use serde::Serialize;
 use sqlx::Row as _;
 use utoipa::ToSchema;
 
-use super::{Store, micros_to_rfc3339};
+use super::{Store, in_list, micros_to_rfc3339};
 use crate::on_reader;
 
 /// A claimed posting with the journal entry's details.
@@ -207,6 +207,8 @@ pub struct PostingFilter {
     pub location_id: Option<String>,
     /// Only this sku.
     pub sku: Option<String>,
+    /// Only these locations (a token's binding); `None`: every location.
+    pub locations: Option<Vec<String>>,
     /// Postings after this id.
     pub after: i64,
     /// Page size.
@@ -674,12 +676,17 @@ impl Store {
                     next += 1;
                 }
             }
+            let bound = filter.locations.as_deref();
+            if let Some(locations) = bound {
+                sql.push_str(&in_list("p.location_id", locations.len(), &mut next));
+            }
             sql.push_str(&format!(" ORDER BY p.posting_id LIMIT ${next}"));
             // Only fixed column names and placeholders are spliced in.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.clone())).bind(filter.after);
             for value in [&filter.status, &filter.location_id, &filter.sku]
                 .into_iter()
                 .flatten()
+                .chain(bound.into_iter().flatten())
             {
                 query = query.bind(value.as_str());
             }

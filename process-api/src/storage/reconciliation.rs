@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ledger::{EventStatus, IngestContext, postgres_ledger, sqlite_ledger};
-use super::{Store, micros_to_rfc3339};
+use super::{Store, in_list, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
 use crate::on_reader;
 
@@ -326,23 +326,48 @@ impl Store {
         })
     }
 
-    /// Exceptions, newest first, optionally of one status.
+    /// Exceptions, newest first, optionally of one status and only at
+    /// `locations` (a token's binding; `None`: every location).
     pub async fn reconciliation_exceptions(
         &self,
         status: Option<&str>,
+        locations: Option<&[String]>,
         limit: i64,
     ) -> Result<Vec<ReconciliationException>, sqlx::Error> {
         on_reader!(self.db(), |pool| {
+            let mut next = 3;
+            let only_at =
+                locations.map_or_else(String::new, |l| in_list("location_id", l.len(), &mut next));
+            // Only fixed column names and placeholders are spliced in.
             let sql = format!(
                 "SELECT {EXCEPTION_COLUMNS} FROM reconciliation_exceptions \
-                 WHERE ($1 IS NULL OR status = $1) ORDER BY exception_id DESC LIMIT $2"
+                 WHERE ($1 IS NULL OR status = $1){only_at} ORDER BY exception_id DESC LIMIT $2"
             );
-            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(status)
-                .bind(limit)
-                .fetch_all(pool)
-                .await?;
+                .bind(limit);
+            for location in locations.into_iter().flatten() {
+                query = query.bind(location.as_str());
+            }
+            let rows = query.fetch_all(pool).await?;
             rows.iter().map(exception_from_row).collect()
+        })
+    }
+
+    /// One exception.
+    pub async fn reconciliation_exception(
+        &self,
+        exception_id: i64,
+    ) -> Result<Option<ReconciliationException>, sqlx::Error> {
+        on_reader!(self.db(), |pool| {
+            let sql = format!(
+                "SELECT {EXCEPTION_COLUMNS} FROM reconciliation_exceptions WHERE exception_id = $1"
+            );
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(exception_id)
+                .fetch_optional(pool)
+                .await?;
+            row.as_ref().map(exception_from_row).transpose()
         })
     }
 

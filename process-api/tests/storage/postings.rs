@@ -352,3 +352,123 @@ async fn replicas_never_hold_one_key_at_once() {
         }
     }
 }
+
+#[tokio::test]
+async fn postings_exceptions_and_parked_events_filter_by_location_before_the_limit() {
+    use process_api::inventory::event::EventInput;
+    use process_api::storage::ledger::EventStatus;
+    use process_api::storage::reconciliation::Mismatch;
+
+    for t in backends::all().await {
+        let store = &t.store;
+        seed(store, &["A", "B", "C"], &["X"], 0).await;
+        // B's postings come first, so a filter applied after the limit
+        // would leave A's first page empty.
+        receive(store, "b1", "B", "X", 1).await;
+        receive(store, "b2", "B", "X", 2).await;
+        receive(store, "a1", "A", "X", 3).await;
+        receive(store, "c1", "C", "X", 4).await;
+        receive(store, "a2", "A", "X", 5).await;
+        let bound = Some(vec!["A".to_owned(), "C".to_owned()]);
+        let mut seen = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store
+                .list_postings(&PostingFilter {
+                    locations: bound.clone(),
+                    after,
+                    limit: 2,
+                    ..PostingFilter::default()
+                })
+                .await
+                .expect("list");
+            seen.extend(page.iter().map(|p| (p.location_id.clone(), p.quantity)));
+            match page.last() {
+                Some(last) if page.len() == 2 => after = last.posting_id,
+                _ => break,
+            }
+        }
+        assert_eq!(
+            seen,
+            [("A".into(), 3), ("C".into(), 4), ("A".into(), 5)],
+            "{}",
+            t.name
+        );
+        let none = store
+            .list_postings(&PostingFilter {
+                locations: Some(Vec::new()),
+                limit: 10,
+                ..PostingFilter::default()
+            })
+            .await
+            .expect("list");
+        assert!(none.is_empty(), "{}", t.name);
+
+        let run = store
+            .start_reconciliation("on_demand", "t")
+            .await
+            .expect("run");
+        for location in ["B", "A"] {
+            store
+                .record_mismatch(
+                    run,
+                    &Mismatch {
+                        location_id: location.into(),
+                        sku: "X".into(),
+                        platform_on_hand: 1,
+                        erp_quantity: 9,
+                        unit_cost: None,
+                        currency: None,
+                    },
+                )
+                .await
+                .expect("mismatch");
+        }
+        let only_a = ["A".to_owned()];
+        let exceptions = store
+            .reconciliation_exceptions(Some("open"), Some(&only_a), 1)
+            .await
+            .expect("exceptions");
+        assert_eq!(exceptions.len(), 1, "{}", t.name);
+        assert_eq!(exceptions[0].location_id, "A", "{}", t.name);
+        let all = store
+            .reconciliation_exceptions(None, None, 10)
+            .await
+            .expect("exceptions");
+        assert_eq!(all.len(), 2, "{}", t.name);
+
+        // An unknown product parks events at B then A.
+        let parked = |id: &str, location: &str| EventInput {
+            event_id: id.into(),
+            r#type: "receipt".into(),
+            location_id: location.into(),
+            sku: "UNKNOWN".into(),
+            quantity: 1,
+            occurred_at: "2026-11-20T08:00:00Z".into(),
+            source: "test".into(),
+            reference: None,
+            reason: None,
+            counterparty_location_id: None,
+            disposition: None,
+        };
+        let (results, _) = store
+            .ingest(
+                &[parked("p1", "B"), parked("p2", "A")],
+                &crate::reservations::ctx(),
+            )
+            .await
+            .expect("ingest");
+        assert!(
+            results.iter().all(|r| r.status == EventStatus::Parked),
+            "{results:?}"
+        );
+        let page = store.parked(None, 1, Some(&only_a)).await.expect("parked");
+        assert_eq!(page.len(), 1, "{}", t.name);
+        assert_eq!(page[0].event_id, "p2", "{}", t.name);
+        assert_eq!(
+            store.parked_count_at(Some(&only_a)).await.expect("count"),
+            1
+        );
+        assert_eq!(store.parked_count_at(None).await.expect("count"), 2);
+    }
+}

@@ -9,6 +9,7 @@ use retail_shared::auth::{Authorized, scope};
 use retail_shared::erp::{
     ErpBalances, ErpMaster, MAX_POSTINGS_PER_CALL, PostingBatch, PostingResults,
 };
+use retail_shared::ops::require_unbound;
 use retail_shared::problem::{ApiJson, ApiQuery, ProblemBody, ValidJson};
 use retail_shared::validate::{Validate, Validator};
 use serde::{Deserialize, Serialize};
@@ -213,17 +214,21 @@ fn sandbox(state: &AppState) -> Result<&SandboxErp> {
 }
 
 /// The sandbox's injected faults.
+///
+/// Location binding: the faults apply to every location, so a token bound
+/// to locations gets 403.
 #[utoipa::path(get, path = "/v1/erp/sandbox/faults", tag = "erp",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Faults", body = Faults),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`not-sandbox`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn get_faults(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
 ) -> Result<ApiJson<Faults>> {
+    require_unbound(&auth, "the sandbox's faults")?;
     Ok(ApiJson(sandbox(&state)?.faults()))
 }
 
@@ -248,6 +253,9 @@ impl Validate for Faults {
 /// Sets the sandbox's faults (all at once): `down`, `latency_ms`,
 /// `fail_percent` (transient failures per posting), `reject_skus`
 /// (permanent refusals).
+///
+/// Location binding: the faults apply to every location, so a token bound
+/// to locations gets 403.
 #[utoipa::path(put, path = "/v1/erp/sandbox/faults", tag = "erp",
     request_body = Faults,
     security(("bearer" = [])),
@@ -255,13 +263,14 @@ impl Validate for Faults {
         (status = 200, description = "Faults in force", body = Faults),
         (status = 400, description = "Invalid faults", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`not-sandbox`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn put_faults(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
     ValidJson(faults): ValidJson<Faults>,
 ) -> Result<ApiJson<Faults>> {
+    require_unbound(&auth, "the sandbox's faults")?;
     let sandbox = sandbox(&state)?;
     tracing::warn!(?faults, "sandbox ERP faults set");
     sandbox.set_faults(faults);
@@ -300,6 +309,9 @@ impl Validate for CheckedMaster<'_> {
 
 /// Replaces the sandbox's master data (what `GET /v1/erp/master` hands
 /// to process-api's master data pull).
+///
+/// Location binding: master data is shared by every location, so a token
+/// bound to locations gets 403.
 #[utoipa::path(put, path = "/v1/erp/sandbox/master", tag = "erp",
     request_body = ErpMaster,
     security(("bearer" = [])),
@@ -307,13 +319,14 @@ impl Validate for CheckedMaster<'_> {
         (status = 200, description = "Master data in force", body = ErpMaster),
         (status = 400, description = "Invalid master data", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`not-sandbox`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn put_master(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
     ApiJson(master): ApiJson<ErpMaster>,
 ) -> Result<ApiJson<ErpMaster>> {
+    require_unbound(&auth, "the sandbox's master data")?;
     let mut v = Validator::default();
     CheckedMaster(&master).validate(&mut v);
     v.finish()?;
@@ -358,6 +371,9 @@ pub struct StockAfter {
 
 /// Changes the sandbox's stock directly, as a manual ERP entry would: the
 /// discrepancy reconciliation is there to find.
+///
+/// Location binding: a correction at a location outside a bound token's
+/// binding answers 403.
 #[utoipa::path(post, path = "/v1/erp/sandbox/stock-corrections", tag = "erp",
     request_body = StockCorrection,
     security(("bearer" = [])),
@@ -365,13 +381,14 @@ pub struct StockAfter {
         (status = 200, description = "The ERP's quantity now", body = StockAfter),
         (status = 400, description = "Invalid correction", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:write missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:write missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`not-sandbox`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn post_stock_correction(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsWrite>,
+    auth: Authorized<scope::OpsWrite>,
     ValidJson(correction): ValidJson<StockCorrection>,
 ) -> Result<ApiJson<StockAfter>> {
+    auth.require_location(&correction.location_id)?;
     let quantity = sandbox(&state)?
         .correct_stock(
             &correction.location_id,
@@ -409,6 +426,11 @@ pub struct RecordPage {
 
 /// What the sandbox received, in arrival order (to check order per key
 /// and that nothing arrived twice).
+///
+/// Location binding: a bound token reads one location of its binding at a
+/// time: `location_id` outside the binding answers 403, and leaving it out
+/// is allowed only when the token is bound to exactly one location (which
+/// is then used); otherwise 403.
 #[utoipa::path(get, path = "/v1/erp/sandbox/records", tag = "erp",
     params(RecordQuery),
     security(("bearer" = [])),
@@ -416,11 +438,11 @@ pub struct RecordPage {
         (status = 200, description = "Records", body = RecordPage),
         (status = 400, description = "Bad query", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope ops:read missing", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Scope ops:read missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
         (status = 409, description = "`not-sandbox`", body = ProblemBody, content_type = "application/problem+json")))]
 async fn get_records(
     State(state): State<AppState>,
-    _auth: Authorized<scope::OpsRead>,
+    auth: Authorized<scope::OpsRead>,
     ApiQuery(query): ApiQuery<RecordQuery>,
 ) -> Result<ApiJson<RecordPage>> {
     let limit = query.limit.unwrap_or(1000);
@@ -428,9 +450,20 @@ async fn get_records(
     v.range("limit", limit, 1, 10_000);
     v.range("after", query.after.unwrap_or(0), 0, i64::MAX);
     v.finish()?;
+    let requested: Vec<String> = query.location_id.into_iter().collect();
+    let location_id = match auth.narrow_locations(requested)?.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        _ => {
+            return Err(Problem::forbidden(
+                "a token bound to several locations must name one `location_id`",
+            )
+            .into());
+        }
+    };
     let records = sandbox(&state)?
         .records(
-            query.location_id.as_deref(),
+            location_id.as_deref(),
             query.sku.as_deref(),
             query.after.unwrap_or(0),
             limit,

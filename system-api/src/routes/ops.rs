@@ -18,6 +18,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Checks the adapter storage and the ERP backend (the checks behind
 /// `/readyz`, here with their failures' text). The request id and trace
 /// id reported are the ones this layer received from the layer above.
+///
+/// Location binding: nothing here is per location; bound tokens get the
+/// same answer.
 #[utoipa::path(get, path = "/v1/ops/dependencies", tag = "operations",
     security(("bearer" = [])),
     responses(
