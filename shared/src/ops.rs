@@ -373,14 +373,19 @@ impl utoipa::Modify for SecurityAddon {
 /// description so clients read them in the contract.
 pub const GOVERNANCE_NOTES: &str = "\
 **Authentication**: `Authorization: Bearer <JWT>` for this service's audience \
-(HS256; `exp`, `iss`, `aud`, `sub` required; 5 s leeway). 401 with \
-`WWW-Authenticate` when missing or invalid, 403 when a scope is missing or a \
-location is outside the token's `locations` claim.\n\n\
-**Throttling**: GCRA per client and route class (`read`: GET; `write`: other \
-methods). Responses carry `RateLimit-Policy` and `RateLimit`; a denied request \
+(HS256, or RS256/ES256 from the configured identity provider's key set; `exp`, \
+`iss`, `aud` (a string, or an array holding this audience), `sub` required; \
+5 s leeway). Service tokens between layers are EdDSA, signed by the calling \
+layer's own key and accepted only from the layers allowed to call this one; \
+only they may act `on_behalf_of` someone. 401 with `WWW-Authenticate` when \
+missing or invalid, 403 when a scope is missing or a location is outside the \
+token's `locations` claim.\n\n\
+**Throttling**: requests without a recently verified token are limited per \
+peer address before verification (429); then GCRA per client and route class \
+(`read`: GET; `write`: other methods). Responses carry `RateLimit-Policy` and `RateLimit`; a denied request \
 gets 429 with `Retry-After`.\n\n\
-**Idempotency**: state-changing POSTs honour `Idempotency-Key` (1-255 visible \
-ASCII characters), scoped per client and kept 24 hours by default \
+**Idempotency**: effectful POSTs honour `Idempotency-Key` (1-255 visible \
+ASCII characters; bulk reads ignore it), scoped per client and kept 24 hours by default \
 (`[idempotency] retention_hours`): the same key and request replay the stored \
 response (`Idempotent-Replayed: true`); the same key with a different request \
 gets 422; the same key while the first request runs gets 409. 5xx answers are \
