@@ -84,6 +84,37 @@ const SELECT: &str = "SELECT fingerprint, lease_until, expires_at, response_stat
 const SELECT_LOCKED: &str = "SELECT fingerprint, lease_until, expires_at, response_status, \
      response_content_type, response_body FROM idempotency_keys WHERE key = $1 FOR UPDATE";
 
+/// Claims `claim` inside an open PostgreSQL transaction: the effect's own,
+/// so the key, the work and (with [`complete_in_postgres`]) the answer
+/// commit together or not at all.
+pub(crate) async fn claim_in_postgres(
+    tx: &mut Transaction<'_, sqlx::Postgres>,
+    claim: &Claim,
+) -> Result<Begin, sqlx::Error> {
+    let open = tx;
+    let (key, fingerprint, clock) = (&claim.key, &claim.fingerprint, claim.clock);
+    Ok(claim!(open, key, fingerprint, clock, SELECT_LOCKED))
+}
+
+/// Stores a claimed key's answer inside the same open transaction.
+pub(crate) async fn complete_in_postgres(
+    tx: &mut Transaction<'_, sqlx::Postgres>,
+    key: &str,
+    response: &StoredResponse,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET response_status = $2, \
+         response_content_type = $3, response_body = $4 WHERE key = $1",
+    )
+    .bind(key)
+    .bind(i64::from(response.status))
+    .bind(response.content_type.as_deref())
+    .bind(response.body.as_slice())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// A claim waiting in SQLite's batch.
 #[derive(Clone)]
 pub(crate) struct Claim {
@@ -240,14 +271,11 @@ impl IdempotencyStore for Store {
         Ok(())
     }
 
-    /// On SQLite `POST /v1/reservations` claims its key, reserves and
-    /// stores its answer in one transaction (see
+    /// `POST /v1/reservations` claims its key, reserves and stores its
+    /// answer in one transaction, on both backends (see
     /// [`Store::reserve_keyed`](crate::storage::Store::reserve_keyed)).
     fn inline_paths(&self) -> &'static [&'static str] {
-        match self.db() {
-            super::Db::Sqlite { .. } => &["/v1/reservations"],
-            super::Db::Postgres(_) => &[],
-        }
+        &["/v1/reservations"]
     }
 
     async fn abandon(&self, key: &str) -> anyhow::Result<()> {

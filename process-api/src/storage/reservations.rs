@@ -922,18 +922,16 @@ impl Store {
     }
 
     /// [`Store::reserve`] with the request's `Idempotency-Key` (`claim`,
-    /// with the route's answer for each outcome): on SQLite the key is
-    /// claimed, the reservation decided and the answer stored in one
+    /// with the route's answer for each outcome): on both backends the key
+    /// is claimed, the reservation decided and the answer stored in one
     /// transaction (see [`InlineClaim`]); a key that is not new decides
-    /// nothing. On PostgreSQL (whose store names no inline paths, so the
-    /// middleware keeps the key there) a claim given anyway is applied
-    /// around the reservation's own transaction, as the middleware would.
+    /// nothing.
     pub async fn reserve_keyed(
         &self,
         request: &NewReservation,
         claim: Option<(&InlineClaim, Render)>,
     ) -> Result<Keyed, sqlx::Error> {
-        use retail_shared::idempotency::IdempotencyStore as _;
+        use super::BeginWrite as _;
         let now = self.now();
         let ttl_micros = i64::try_from(request.ttl_seconds)
             .unwrap_or(i64::MAX / 1_000_000)
@@ -965,44 +963,59 @@ impl Store {
             };
             return self.batched(&RESERVATION_BATCH, pending).await;
         }
-        let store_failed = |error: anyhow::Error| sqlx::Error::Protocol(error.to_string());
-        if let Some((claim, _)) = claim {
-            let decision = self
-                .begin(&claim.key, &claim.fingerprint, claim.clock)
-                .await
-                .map_err(store_failed)?;
-            if decision != Begin::Started {
-                return Ok(Keyed::Key(decision));
-            }
-        }
-        let attempt = crate::transact!(
-            self,
-            sqlite_reservations,
-            postgres_reservations,
-            |tx, backend| {
-                backend::attempt(&mut tx, self.master_cache(), request, &row, &keys, now).await?
-            }
-        );
-        let outcome = match (attempt, claim) {
-            (Ok(outcome), _) => outcome,
-            (Err(error), Some((claim, _))) => {
-                // Nothing was kept: a retry with the key runs again.
-                if let Err(abandon) = self.abandon(&claim.key).await {
-                    tracing::warn!(error = %abandon, "could not release an idempotency key");
-                }
-                return Err(error);
-            }
-            (Err(error), None) => return Err(error),
-        };
         let Some((claim, render)) = claim else {
+            let outcome = crate::transact!(
+                self,
+                sqlite_reservations,
+                postgres_reservations,
+                |tx, backend| {
+                    backend::attempt(&mut tx, self.master_cache(), request, &row, &keys, now)
+                        .await?
+                }
+            )?;
             return Ok(Keyed::Decided(outcome, None));
         };
-        let stored = render(&outcome);
-        if let Err(error) = self.complete(&claim.key, &stored).await {
-            // The reservation stands: answer it (as the middleware does).
-            tracing::error!(%error, "could not store an idempotent response");
+        // PostgreSQL: the key is claimed (its row locked), the reservation
+        // decided and the answer stored in one transaction, as SQLite's
+        // batch does: a committed reservation always has its answer, and a
+        // failed one leaves the key free.
+        let super::Db::Postgres(pool) = self.db() else {
+            return Err(sqlx::Error::Protocol("SQLite reserves in batches".into()));
+        };
+        let claim = Claim::from(claim);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let keyed: Result<Keyed, sqlx::Error> = async {
+                let mut tx = pool.begin_write().await?;
+                let decision = super::idempotency::claim_in_postgres(&mut tx, &claim).await?;
+                if decision != Begin::Started {
+                    return Ok(Keyed::Key(decision));
+                }
+                let (outcome, _) = postgres_reservations::attempt(
+                    &mut tx,
+                    self.master_cache(),
+                    request,
+                    &row,
+                    &keys,
+                    now,
+                )
+                .await?;
+                let stored = render(&outcome);
+                super::idempotency::complete_in_postgres(&mut tx, &claim.key, &stored).await?;
+                tx.commit().await?;
+                Ok(Keyed::Decided(outcome, Some(stored)))
+            }
+            .await;
+            match keyed {
+                Err(error)
+                    if attempt < super::ledger::PG_ATTEMPTS && super::ledger::is_retryable(&error) =>
+                {
+                    tracing::debug!(attempt, "keyed reservation retried: {error}");
+                }
+                other => return other,
+            }
         }
-        Ok(Keyed::Decided(outcome, Some(stored)))
     }
 
     /// SQLite's reservation batches so far: (runs, reservations they
