@@ -543,6 +543,14 @@ pub struct WebhookSettings {
     pub lease_ms: u64,
     /// How often the worker looks for subscribers with undelivered changes.
     pub poll_interval_ms: u64,
+    /// Deliver to loopback, link-local, private and other internal
+    /// addresses too (refused by default, at registration and at connect
+    /// time).
+    pub allow_private_networks: bool,
+    /// Exceptions to that refusal, for development: host names (exact,
+    /// e.g. `localhost`) and addresses or CIDR blocks (`127.0.0.1`,
+    /// `10.1.0.0/16`, `::1`).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Reconciliation of ERP balances against platform on_hand.

@@ -324,8 +324,8 @@ async fn channels_see_changes_fast_and_resume_without_gaps() {
     crate::helpers::problem(response, 403).await;
 }
 
-/// A webhook receiver: verifies signatures, can be taken down (503) or
-/// made to fail (500).
+/// A webhook receiver: verifies both signatures of every request, can be
+/// taken down (503) or made to fail (500).
 #[derive(Default)]
 struct Receiver {
     secret: Mutex<String>,
@@ -333,11 +333,30 @@ struct Receiver {
     failing: AtomicBool,
     /// (content type, CloudEvent) in arrival order.
     events: Mutex<Vec<(String, Value)>>,
+    /// Every request, answered or refused, in arrival order.
+    seen: Mutex<Vec<Seen>>,
     refused: AtomicUsize,
     bad_signatures: AtomicUsize,
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
+/// What the receiver saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    webhook_id: String,
+    /// `webhook-signature` verified (Standard Webhooks).
+    standard: Result<(), String>,
+    /// `x-signature-256` verified (the deprecated header).
+    legacy: bool,
+    /// `Deprecation`, `Sunset`, `Link`.
+    lifecycle: [Option<String>; 3],
+}
+
+fn header<'h>(headers: &'h axum::http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The deprecated `sha256=<hex HMAC-SHA256 of the body>`.
+fn legacy_sign(secret: &str, body: &[u8]) -> String {
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("key");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
@@ -350,6 +369,44 @@ fn sign(secret: &str, body: &[u8]) -> String {
     )
 }
 
+/// Standard Webhooks verification as a receiver's library does it, written
+/// from the specification: the key is the base64 after `whsec_` (other
+/// secrets are raw keys), the header lists `v1,<base64 HMAC-SHA256 of
+/// "{id}.{timestamp}.{body}">` separated by spaces, and a timestamp more
+/// than five minutes off is a replay.
+fn verify_standard(
+    secret: &str,
+    headers: &axum::http::HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
+    let id = header(headers, "webhook-id").ok_or("no webhook-id")?;
+    let timestamp = header(headers, "webhook-timestamp").ok_or("no webhook-timestamp")?;
+    let signatures = header(headers, "webhook-signature").ok_or("no webhook-signature")?;
+    let sent: i64 = timestamp.parse().map_err(|_| "timestamp not a number")?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if (now - sent).abs() > 300 {
+        return Err(format!("timestamp {sent} too far from {now}"));
+    }
+    let key = match secret.strip_prefix("whsec_") {
+        Some(encoded) => STANDARD.decode(encoded).map_err(|e| e.to_string())?,
+        None => secret.as_bytes().to_vec(),
+    };
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).expect("key");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = STANDARD.encode(mac.finalize().into_bytes());
+    if signatures
+        .split(' ')
+        .any(|signature| signature.strip_prefix("v1,") == Some(expected.as_str()))
+    {
+        Ok(())
+    } else {
+        Err(format!("no v1 signature matches in {signatures:?}"))
+    }
+}
+
 async fn start_receiver() -> (Arc<Receiver>, String) {
     use axum::http::{HeaderMap, StatusCode};
     let receiver = Arc::new(Receiver::default());
@@ -359,6 +416,23 @@ async fn start_receiver() -> (Arc<Receiver>, String) {
         axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
             let state = state.clone();
             async move {
+                let secret = state.secret.lock().expect("lock").clone();
+                let seen = Seen {
+                    webhook_id: header(&headers, "webhook-id")
+                        .unwrap_or_default()
+                        .to_owned(),
+                    standard: verify_standard(&secret, &headers, &body),
+                    legacy: header(&headers, "x-signature-256")
+                        .is_some_and(|s| s == legacy_sign(&secret, &body)),
+                    lifecycle: ["deprecation", "sunset", "link"]
+                        .map(|name| header(&headers, name).map(str::to_owned)),
+                };
+                let signed = seen.standard.is_ok() && seen.legacy;
+                state.seen.lock().expect("lock").push(seen);
+                if !signed {
+                    state.bad_signatures.fetch_add(1, Ordering::SeqCst);
+                    return StatusCode::UNAUTHORIZED;
+                }
                 if state.down.load(Ordering::SeqCst) {
                     state.refused.fetch_add(1, Ordering::SeqCst);
                     return StatusCode::SERVICE_UNAVAILABLE;
@@ -366,15 +440,6 @@ async fn start_receiver() -> (Arc<Receiver>, String) {
                 if state.failing.load(Ordering::SeqCst) {
                     state.refused.fetch_add(1, Ordering::SeqCst);
                     return StatusCode::INTERNAL_SERVER_ERROR;
-                }
-                let secret = state.secret.lock().expect("lock").clone();
-                let signature = headers
-                    .get("x-signature-256")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
-                if signature != sign(&secret, &body) {
-                    state.bad_signatures.fetch_add(1, Ordering::SeqCst);
-                    return StatusCode::UNAUTHORIZED;
                 }
                 let content_type = headers
                     .get("content-type")
@@ -512,12 +577,7 @@ async fn webhooks_receive_every_change_once_signed_after_an_outage() {
         .await
         .expect("json");
     assert!(during["attempts"].as_i64().unwrap_or(0) > 0, "{during}");
-    assert!(
-        during["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("503")),
-        "{during}"
-    );
+    assert_eq!(during["last_error"], "answered 503", "{during}");
 
     // Back: everything arrives, once, in order.
     receiver.down.store(false, Ordering::SeqCst);
@@ -585,7 +645,7 @@ async fn webhook_dead_letters_are_kept_and_replayed() {
         .as_str()
         .expect("generated secret")
         .to_owned();
-    assert_eq!(secret.len(), 64);
+    assert!(secret.starts_with("whsec_"), "a Standard Webhooks secret");
     *receiver.secret.lock().expect("lock") = secret;
     let id = created["subscription_id"].as_i64().expect("id");
 
@@ -612,6 +672,39 @@ async fn webhook_dead_letters_are_kept_and_replayed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(letters.iter().all(|l| l["attempts"] == 3), "{letters:?}");
+    assert!(
+        letters.iter().all(|l| l["last_error"] == "answered 500"),
+        "{letters:?}"
+    );
+    // Each delivery kept its webhook-id through its retries; every
+    // attempt was signed both ways and announced the old header's end.
+    let seen = receiver.seen.lock().expect("lock").clone();
+    let ids: Vec<&str> = seen.iter().map(|s| s.webhook_id.as_str()).collect();
+    assert_eq!(ids.len(), 6, "{seen:?}");
+    assert!(
+        !ids[0].is_empty() && ids[..3].iter().all(|id| *id == ids[0]),
+        "{ids:?}"
+    );
+    assert!(ids[3..].iter().all(|id| *id == ids[3]), "{ids:?}");
+    assert_ne!(ids[0], ids[3], "two deliveries, two ids");
+    for request in &seen {
+        assert_eq!(request.standard, Ok(()), "{request:?}");
+        assert!(request.legacy, "the deprecated header is still sent");
+        let [deprecation, sunset, link] = &request.lifecycle;
+        assert!(
+            deprecation.as_deref().is_some_and(|d| d.starts_with('@')),
+            "{request:?}"
+        );
+        assert!(
+            sunset.as_deref().is_some_and(|s| s.ends_with(" GMT")),
+            "{request:?}"
+        );
+        assert!(
+            link.as_deref()
+                .is_some_and(|l| l.contains("rel=\"deprecation\"")),
+            "{request:?}"
+        );
+    }
     let health = crate::erp::sync_health(&app).await;
     assert_eq!(health["webhooks"]["dead_letters"], 2);
     assert!(
@@ -656,6 +749,10 @@ async fn webhook_dead_letters_are_kept_and_replayed() {
     assert_eq!(response.status(), 200);
     assert_eq!(receiver.events.lock().expect("lock").len(), 1);
     assert_eq!(receiver.bad_signatures.load(Ordering::SeqCst), 0);
+    // Both replays were the first delivery again, under its id.
+    let seen = receiver.seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    assert!(seen[6..].iter().all(|s| s.webhook_id == ids[0]), "{seen:?}");
     // A discard needs a note.
     let response = app
         .send_json(
@@ -710,6 +807,96 @@ async fn webhook_dead_letters_are_kept_and_replayed() {
         .await
         .expect("json");
     assert_eq!(listed["subscriptions"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn webhooks_never_reach_internal_addresses_without_the_allowance() {
+    let quick = |s: &mut retail_shared::Settings| {
+        quick_webhooks(s);
+        s.webhooks.max_attempts = 2;
+    };
+    // Registered while receivers on this machine were allowed (the tests'
+    // development allowance), by a name that resolves to loopback...
+    let app = TestApp::spawn_with(quick).await;
+    let (receiver, url) = start_receiver().await;
+    let by_name = url.replace("127.0.0.1", "localhost");
+    let created = register(&app, json!({"url": by_name})).await;
+    let id = created["subscription_id"].as_i64().expect("id");
+    // ...then the allowance is withdrawn: deliveries are refused when
+    // they connect.
+    let app = app
+        .restart_with(|s| {
+            quick(s);
+            s.webhooks.allowed_hosts.clear();
+        })
+        .await;
+    ingest(&app, vec![receipt("internal-1", "S001", "SKU-000001", 1)]).await;
+
+    let ops = app.token(Layer::Process, "ops:read");
+    let path = format!("/v1/ops/webhooks/{id}/dead-letters");
+    let started = Instant::now();
+    let letters = loop {
+        let body: Value = app
+            .get(Layer::Process, &path, Some(&ops))
+            .await
+            .json()
+            .await
+            .expect("json");
+        let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
+        if !letters.is_empty() {
+            break letters;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "dead letters: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(letters[0]["attempts"], 2, "{letters:?}");
+    assert_eq!(letters[0]["last_error"], "refused address", "{letters:?}");
+    let subscription: Value = app
+        .get(
+            Layer::Process,
+            &format!("/v1/ops/webhooks/{id}"),
+            Some(&ops),
+        )
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(
+        subscription["last_error"], "refused address",
+        "{subscription}"
+    );
+    assert!(
+        receiver.seen.lock().expect("lock").is_empty(),
+        "nothing reached the receiver"
+    );
+
+    // Registration refuses internal targets, credentials in the URL and
+    // other schemes, pointing at the url.
+    let write = app.token(Layer::Process, "ops:write");
+    for bad in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://10.0.0.1/",
+        "http://[::ffff:192.168.0.1]/hook",
+        "http://100.64.0.1/hook",
+        by_name.as_str(),
+        "https://user:password@example.com/hook",
+        "file:///etc/passwd",
+    ] {
+        let response = app
+            .send_json(
+                Method::POST,
+                Layer::Process,
+                "/v1/ops/webhooks",
+                &write,
+                &json!({ "url": bad }).to_string(),
+            )
+            .await;
+        let problem = crate::helpers::problem(response, 422).await;
+        assert_eq!(problem["errors"][0]["pointer"], "/url", "{bad}: {problem}");
+    }
 }
 
 async fn channel_availability(app: &TestApp, token: &str, sku: &str) -> (String, Value) {

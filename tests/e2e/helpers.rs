@@ -52,6 +52,10 @@ pub fn test_settings(dir: &std::path::Path) -> Settings {
     // the read model is eventually consistent (within milliseconds), so
     // only the tests about it turn it on.
     settings.experience.read_model = false;
+    // Webhook receivers of the tests listen on this machine: the
+    // development allowance for it (deliveries to loopback are refused
+    // by default).
+    settings.webhooks.allowed_hosts = vec!["127.0.0.1".into(), "localhost".into()];
     settings
 }
 
@@ -81,6 +85,25 @@ impl TestApp {
         Self {
             platform,
             http: reqwest::Client::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the platform and starts it again on the same databases and
+    /// keys, from fresh test settings with `adjust` applied.
+    pub async fn restart_with(self, adjust: impl FnOnce(&mut Settings)) -> Self {
+        let Self {
+            platform,
+            http,
+            _dir: dir,
+        } = self;
+        platform.stop().await.expect("platform stops");
+        let mut settings = test_settings(dir.path());
+        adjust(&mut settings);
+        let platform = Platform::start(settings).await.expect("platform restarts");
+        Self {
+            platform,
+            http,
             _dir: dir,
         }
     }

@@ -264,7 +264,9 @@ async fn stream_changes(
 pub struct WebhookInput {
     /// `http://` or `https://` URL the changes are POSTed to.
     pub url: String,
-    /// The HMAC-SHA256 key (16 to 256 characters); generated when absent.
+    /// The signing secret, 16 to 256 characters: `whsec_` and the base64
+    /// of a 24 to 64 byte key (Standard Webhooks), or any other text used
+    /// as the key's raw bytes. Generated (`whsec_`) when absent.
     pub secret: Option<String>,
     /// Only changes of these skus (1 to 100).
     pub skus: Option<Vec<String>>,
@@ -282,13 +284,21 @@ impl Validate for WebhookInput {
     fn validate(&self, v: &mut Validator) {
         v.text("url", &self.url, 2000);
         match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-            _ => v.error("url", "must be an absolute http:// or https:// URL"),
+            Ok(url) if !matches!(url.scheme(), "http" | "https") || url.host().is_none() => {
+                v.error("url", "must be an absolute http:// or https:// URL");
+            }
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => {
+                v.error("url", "must not carry credentials");
+            }
+            Ok(_) => {}
+            Err(_) => v.error("url", "must be an absolute http:// or https:// URL"),
         }
-        if let Some(secret) = &self.secret
-            && !(16..=256).contains(&secret.len())
-        {
-            v.error("secret", "must be 16 to 256 characters");
+        if let Some(secret) = &self.secret {
+            if !(16..=256).contains(&secret.len()) {
+                v.error("secret", "must be 16 to 256 characters");
+            } else if let Some(problem) = crate::webhooks::signing::secret_problem(secret) {
+                v.error("secret", problem);
+            }
         }
         for (field, values) in [("skus", &self.skus), ("location_ids", &self.location_ids)] {
             if let Some(values) = values {
@@ -304,7 +314,10 @@ impl Validate for WebhookInput {
 }
 
 /// Registers a webhook subscriber of the change feed. The answer carries
-/// the signing `secret`, shown this once.
+/// the signing `secret`, shown this once. A URL whose host is, or resolves
+/// only to, a loopback, link-local, private or other non-public address
+/// is refused (422) unless the configuration allows it; deliveries check
+/// every address again when they connect.
 ///
 /// Location binding: webhook subscribers are partner-wide (a subscriber's
 /// filter may name any location), so a token bound to locations gets 403.
@@ -314,7 +327,7 @@ impl Validate for WebhookInput {
     responses(
         (status = 201, description = "Registered", body = Subscription),
         (status = 400, description = "Malformed JSON", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid registration, or an unknown field", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid registration (a refused address included), or an unknown field", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
         (status = 403, description = "Scope ops:write missing, or a token bound to locations", body = ProblemBody, content_type = "application/problem+json")))]
 async fn create_webhook(
@@ -323,6 +336,19 @@ async fn create_webhook(
     ValidJson(input): ValidJson<WebhookInput>,
 ) -> Result<(StatusCode, ApiJson<Subscription>)> {
     retail_shared::ops::require_unbound(&auth, "webhook administration")?;
+    // The URL parsed in validation.
+    if let Ok(url) = reqwest::Url::parse(&input.url)
+        && let Err(refusal) = state
+            .webhooks
+            .sender()
+            .policy()
+            .check_registration(&url)
+            .await
+    {
+        let mut v = Validator::default();
+        v.error("url", refusal.to_string());
+        v.finish()?;
+    }
     let start_after = match input.start_after {
         Some(seq) => seq,
         None => state.store.feed_head().await?,
@@ -527,29 +553,31 @@ async fn replay_dead_letter(
     let subscription = found(&state, id).await?;
     let dead_letter = dead_letter(&state, id, letter).await?;
     let webhook_id = format!("{id}-{}-{}", dead_letter.first_seq, dead_letter.last_seq);
-    crate::webhooks::send(
-        state.webhooks.client(),
-        &subscription.url,
-        &subscription.secret_value,
-        &webhook_id,
-        dead_letter.body.clone(),
-        &dead_letter.content_type,
-    )
-    .await
-    .map_err(|error| {
-        let detail = match error {
-            crate::webhooks::SendError::Gone => "the subscriber answered 410 Gone".to_owned(),
-            crate::webhooks::SendError::Failed(detail) => detail,
-        };
-        Problem::new(
-            StatusCode::BAD_GATEWAY,
-            "webhook-delivery-failed",
-            "Webhook delivery failed",
+    state
+        .webhooks
+        .sender()
+        .send(
+            &subscription.url,
+            &subscription.secret_value,
+            &webhook_id,
+            dead_letter.body.clone(),
+            &dead_letter.content_type,
         )
-        .with_detail(format!(
-            "dead letter {letter} was not acknowledged: {detail}; it stays"
-        ))
-    })?;
+        .await
+        .map_err(|error| {
+            let detail = match error {
+                crate::webhooks::SendError::Gone => "the subscriber answered 410 Gone".to_owned(),
+                crate::webhooks::SendError::Failed(failure) => failure.to_string(),
+            };
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "webhook-delivery-failed",
+                "Webhook delivery failed",
+            )
+            .with_detail(format!(
+                "dead letter {letter} was not acknowledged: {detail}; it stays"
+            ))
+        })?;
     state.store.remove_dead_letter(id, letter).await?;
     metrics::counter!("webhook_dead_letters_resolved_total", "action" => "replay").increment(1);
     Ok(ApiJson(DeadLetterAction {
