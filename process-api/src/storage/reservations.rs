@@ -1009,7 +1009,8 @@ impl Store {
             .await;
             match keyed {
                 Err(error)
-                    if attempt < super::ledger::PG_ATTEMPTS && super::ledger::is_retryable(&error) =>
+                    if attempt < super::ledger::PG_ATTEMPTS
+                        && super::ledger::is_retryable(&error) =>
                 {
                     tracing::debug!(attempt, "keyed reservation retried: {error}");
                 }

@@ -683,3 +683,55 @@ async fn a_batch_tells_unknown_places_from_empty_positions() {
         assert_eq!(figures(&store, "ONE", "S1").await, (3, 2, 1), "{name}");
     }
 }
+
+/// PostgreSQL: the key's answer is stored in the reservation's own
+/// transaction, so failing to store it undoes the reservation (nothing
+/// held, the key free) instead of leaving a reservation whose key stays in
+/// flight and, after the lease, lets a retry reserve a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_reservation_and_its_keyed_answer_commit_together() {
+    use sqlx::Connection as _;
+    let Some(base) = backends::postgres_url() else {
+        return;
+    };
+    let url = backends::fresh_postgres_url(&base).await;
+    let store = Store::connect(&url, 4).await.expect("store");
+    seed(&store, &["S1"], &["K"], 0).await;
+    receive(&store, "k1", "S1", "K", 10).await;
+    let mut admin = sqlx::PgConnection::connect(&url).await.expect("connect");
+    for statement in [
+        "CREATE FUNCTION refuse_answer() RETURNS trigger AS $$ BEGIN \
+         IF NEW.response_status IS NOT NULL THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+         RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_answer BEFORE UPDATE ON idempotency_keys \
+         FOR EACH ROW EXECUTE FUNCTION refuse_answer()",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut admin)
+            .await
+            .expect("trigger");
+    }
+    let one = request("shopper", &[("K", "S1", 2)], 600);
+    let failed = store
+        .reserve_keyed(&one, Some((&claim("shopper|k-9", "fp-9"), render)))
+        .await;
+    assert!(failed.is_err(), "storing the answer failed: {failed:?}");
+    assert_eq!(
+        figures(&store, "K", "S1").await,
+        (10, 0, 10),
+        "nothing held"
+    );
+    sqlx::query("DROP TRIGGER refuse_answer ON idempotency_keys")
+        .execute(&mut admin)
+        .await
+        .expect("drop");
+    // The retry (at once: the key was never left in flight) reserves once.
+    let Keyed::Decided(Ok(_), Some(_)) = store
+        .reserve_keyed(&one, Some((&claim("shopper|k-9", "fp-9"), render)))
+        .await
+        .expect("retry")
+    else {
+        panic!("the retry decides");
+    };
+    assert_eq!(figures(&store, "K", "S1").await, (10, 2, 8));
+}
