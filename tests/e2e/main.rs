@@ -16,6 +16,7 @@ mod pos_batch;
 mod poslog;
 mod promising;
 mod reservations;
+mod stream_limits;
 mod tls;
 mod tokens;
 mod tryton;
