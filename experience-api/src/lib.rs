@@ -64,6 +64,9 @@ pub struct Shared {
     pub relay: Arc<relay::Relay>,
     /// `[feed] keep_alive_seconds` of SSE streams.
     pub feed_keep_alive_seconds: u64,
+    /// What bounds each channel stream (token lifetime, per-client cap,
+    /// resume depth).
+    pub streams: Arc<retail_shared::streams::StreamLimits>,
     /// The availability read model (see [`read_model`]).
     pub model: Arc<read_model::ReadModel>,
     /// Answer from the model only while it is this fresh (`None`: never).
@@ -255,6 +258,7 @@ impl Application {
                 reservations: settings.reservations.clone(),
                 relay,
                 feed_keep_alive_seconds: settings.feed.keep_alive_seconds,
+                streams: retail_shared::streams::StreamLimits::new(&settings),
                 model,
                 model_max_staleness: settings.experience.read_model.then(|| {
                     std::time::Duration::from_millis(

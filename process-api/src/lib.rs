@@ -86,6 +86,9 @@ pub struct Shared {
     pub feed: Arc<feed::FeedHub>,
     /// `[feed] keep_alive_seconds` of SSE streams.
     pub feed_keep_alive_seconds: u64,
+    /// What bounds each change stream (token lifetime, per-client cap,
+    /// resume depth).
+    pub streams: Arc<retail_shared::streams::StreamLimits>,
     /// Webhook delivery (its HTTP client serves dead-letter replays).
     pub webhooks: webhooks::Deliverer,
     /// The sync-health report, computed at most once a second however
@@ -284,6 +287,7 @@ impl Application {
             stale_after_seconds: settings.process.stale_after_seconds,
             feed: feed_hub.clone(),
             feed_keep_alive_seconds: settings.feed.keep_alive_seconds,
+            streams: retail_shared::streams::StreamLimits::new(&settings),
             webhooks: webhooks::Deliverer::new(
                 store.clone(),
                 feed_hub.clone(),

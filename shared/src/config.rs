@@ -522,6 +522,13 @@ pub struct FeedSettings {
     pub relay_buffer: usize,
     /// experience-api: SSE keep-alive comment interval.
     pub keep_alive_seconds: u64,
+    /// Event streams one client (`sub`) may hold open at once on one
+    /// replica of a layer; 0: no cap. Service callers are not counted.
+    pub max_streams_per_client: usize,
+    /// The most changes behind the head a stream resuming with
+    /// `Last-Event-ID` is sent; an older resume point starts with
+    /// `event: reset` at that depth instead.
+    pub max_resume_depth: u64,
 }
 
 /// Webhook delivery (process-api).

@@ -13,6 +13,8 @@
 //! - [`client`]: the typed base client used between layers.
 //! - [`ops`]: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`, `/docs`.
 //! - [`server`]: binding, serving and graceful shutdown.
+//! - [`streams`]: the limits of served event streams (token lifetime,
+//!   per-client cap, resume depth).
 //! - [`telemetry`]: JSON logs and the Prometheus recorder.
 //! - [`metric_catalog`]: every metric's name and help text.
 //! - [`model`]: the canonical inventory model shared by all layers.
@@ -37,6 +39,7 @@ pub mod redis_link;
 pub mod server;
 pub mod service_keys;
 pub mod sse;
+pub mod streams;
 pub mod telemetry;
 pub mod tls;
 pub mod validate;

@@ -17,6 +17,7 @@ mod pos_batch;
 mod poslog;
 mod promising;
 mod reservations;
+mod stream_limits;
 mod tls;
 mod tokens;
 mod tryton;

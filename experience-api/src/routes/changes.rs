@@ -84,7 +84,8 @@ struct Follower {
     /// Every change up to here was sent or filtered out.
     scanned: i64,
     queue: VecDeque<AvailabilityChange>,
-    reset: Option<i64>,
+    /// `(tail, resume_after)` of a `reset` event to send first.
+    reset: Option<(i64, i64)>,
 }
 
 impl Follower {
@@ -116,7 +117,7 @@ impl Follower {
             )
             .await?;
         if self.scanned < page.tail - 1 {
-            self.reset = Some(page.tail);
+            self.reset = Some((page.tail, page.tail - 1));
             self.scanned = page.tail - 1;
             return Ok(true);
         }
@@ -138,10 +139,10 @@ impl Follower {
 fn follow(follower: Follower) -> impl Stream<Item = std::result::Result<Event, Infallible>> {
     futures::stream::unfold(follower, |mut f| async move {
         loop {
-            if let Some(tail) = f.reset.take() {
-                let event = Event::default()
-                    .event("reset")
-                    .data(format!("{{\"tail\":{tail}}}"));
+            if let Some((tail, resume_after)) = f.reset.take() {
+                let event = Event::default().event("reset").data(format!(
+                    "{{\"tail\":{tail},\"resume_after\":{resume_after}}}"
+                ));
                 return Some((Ok(event), f));
             }
             if let Some(change) = f.queue.pop_front() {
@@ -172,10 +173,18 @@ fn follow(follower: Follower) -> impl Stream<Item = std::result::Result<Event, I
 /// `sku` and `location_id`. Reconnect with `Last-Event-ID` (browsers'
 /// `EventSource` does it by itself) to receive everything after it once,
 /// in order; without it the stream starts with the next change. If the
-/// resume point is older than the platform keeps (a day by default), the
-/// first event is `event: reset`: re-read availability, then go on. A
+/// resume point is older than the platform keeps (a day by default), more
+/// than `[feed] max_resume_depth` changes behind the newest, or newer than
+/// any change (another environment's id), the first event is
+/// `event: reset` (`{"tail": oldest change kept, "resume_after": N}`):
+/// re-read availability, then go on with the changes after N. A
+/// `Last-Event-ID` that is not a non-negative integer is refused (400). A
 /// comment every `[feed] keep_alive_seconds` keeps proxies from closing
 /// the connection.
+///
+/// The stream ends when the token expires (or the service shuts down):
+/// reconnect with a fresh token and `Last-Event-ID`. A client holds at
+/// most `[feed] max_streams_per_client` streams open on one replica.
 ///
 /// A sku literally named `changes` is read with the batch query
 /// (`POST /v1/availability/query`), since this path takes the name.
@@ -184,11 +193,12 @@ fn follow(follower: Follower) -> impl Stream<Item = std::result::Result<Event, I
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this change id")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "An endless event stream", body = AvailabilityChange, content_type = "text/event-stream"),
+        (status = 200, description = "An event stream, until the token expires", body = AvailabilityChange, content_type = "text/event-stream"),
         (status = 400, description = "Malformed query or Last-Event-ID", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope availability:read missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope availability:read missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "`too-many-streams`: the client holds its most streams here (see `Retry-After`)", body = ProblemBody, content_type = "application/problem+json")))]
 async fn availability_changes(
     State(state): State<AppState>,
     auth: Authorized<scope::AvailabilityRead>,
@@ -206,25 +216,40 @@ async fn availability_changes(
     );
     v.range("after", query.after.unwrap_or(0), 0, i64::MAX);
     v.finish()?;
+    let admission = state.streams.admit(&auth, &headers)?;
     let resume = retail_shared::sse::last_event_id(&headers)?.or(query.after);
     let locations = auth.principal.narrow_locations(locations)?;
+    let ctx = CallContext {
+        principal: Some(&auth.principal),
+        correlation: &correlation,
+    };
+    let mut reset = None;
     let scanned = match resume {
-        Some(seq) => seq,
+        // Within reach of the relay's head: served from its buffer or
+        // process-api's pages (which still catch a pruned point).
+        Some(seq)
+            if state.relay.following()
+                && !state.streams.resume_point(seq, state.relay.head(), 0).reset =>
+        {
+            seq
+        }
+        // Too deep, or past what the relay has seen: process-api's head
+        // and tail decide (the relay may only lag behind).
+        Some(seq) => {
+            let page = state.process.changes(i64::MAX - 1, &[], &[], ctx).await?;
+            let point = state.streams.resume_point(seq, page.head, page.tail);
+            if point.reset {
+                reset = Some((page.tail, point.after));
+            }
+            point.after
+        }
         // New changes only: from the relay's head, or process-api's while
         // the relay has not started following.
         None if state.relay.following() => state.relay.head(),
         None => {
             state
                 .process
-                .changes(
-                    i64::MAX - 1,
-                    &[],
-                    &[],
-                    CallContext {
-                        principal: Some(&auth.principal),
-                        correlation: &correlation,
-                    },
-                )
+                .changes(i64::MAX - 1, &[], &[], ctx)
                 .await?
                 .head
         }
@@ -240,12 +265,9 @@ async fn availability_changes(
         locations,
         scanned,
         queue: VecDeque::new(),
-        reset: None,
+        reset,
     };
     metrics::counter!("availability_streams_opened_total").increment(1);
-    let stream = futures::StreamExt::take_until(
-        follow(follower),
-        retail_shared::server::Draining::of(draining),
-    );
+    let stream = admission.bound(follow(follower), draining);
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(keep_alive)))
 }

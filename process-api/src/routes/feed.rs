@@ -201,23 +201,30 @@ fn change_stream(reader: Reader) -> impl Stream<Item = std::result::Result<Event
 /// Availability changes as Server-Sent Events: `event: change`, `id:` the
 /// seq, `data:` the change as JSON. Resumes after `Last-Event-ID` (or
 /// `?after=`) with nothing missed; without either, starts at the current
-/// head (only new changes). When the resume point was pruned (or is past
-/// the head: another feed's id), the first event is `event: reset`
+/// head (only new changes). A `Last-Event-ID` that is not a non-negative
+/// integer is refused (400). When the resume point was pruned, lies more
+/// than `[feed] max_resume_depth` changes behind the head, or is past the
+/// head (another feed's id), the first event is `event: reset`
 /// (`{"tail": oldest seq kept, "resume_after": N}`) and the stream goes on
 /// after N: read positions afresh. About twice
 /// a second an `event: head` (`{"head": N}`) says every change up to N
 /// (within the filters) has been sent: a consumer that has it is current
 /// as of that moment. Comments keep the connection alive.
+///
+/// The stream ends when the token expires (or the service shuts down):
+/// reconnect with a fresh token and `Last-Event-ID`. A client holds at
+/// most `[feed] max_streams_per_client` streams open on one replica.
 #[utoipa::path(get, path = "/v1/inventory/changes/stream", tag = "inventory",
     params(ChangeQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this seq")),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "An endless event stream", body = Change, content_type = "text/event-stream"),
+        (status = 200, description = "An event stream, until the token expires", body = Change, content_type = "text/event-stream"),
         (status = 400, description = "Malformed query or Last-Event-ID", body = ProblemBody, content_type = "application/problem+json"),
         (status = 422, description = "Bad filter", body = ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 403, description = "Scope inventory:read missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json")))]
+        (status = 403, description = "Scope inventory:read missing, or a location outside the token's binding", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "`too-many-streams`: the client holds its most streams here (see `Retry-After`)", body = ProblemBody, content_type = "application/problem+json")))]
 async fn stream_changes(
     State(state): State<AppState>,
     auth: Authorized<scope::InventoryRead>,
@@ -225,6 +232,7 @@ async fn stream_changes(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<ChangeQuery>,
 ) -> Result<Sse<impl Stream<Item = std::result::Result<Event, Infallible>>>> {
+    let admission = state.streams.admit(&auth, &headers)?;
     let start = match (retail_shared::sse::last_event_id(&headers)?, query.after) {
         (Some(id), _) | (None, Some(id)) => id,
         (None, None) => state.store.feed_head().await?,
@@ -233,12 +241,12 @@ async fn stream_changes(
     filter.limit = STREAM_READ;
     let tail = state.store.feed_tail().await?;
     let head = state.store.feed_head().await?;
-    // Pruned past the resume point, or a point this feed never reached
-    // (another environment's id, a restored database): start over.
-    let reset = (filter.after < tail - 1 || filter.after > head).then(|| {
-        filter.after = if filter.after > head { head } else { tail - 1 };
-        (tail, filter.after)
-    });
+    // Pruned past the resume point, too deep behind the head to page
+    // through, or a point this feed never reached (another environment's
+    // id, a restored database): start over.
+    let point = state.streams.resume_point(filter.after, head, tail);
+    filter.after = point.after;
+    let reset = point.reset.then_some((tail, point.after));
     let reader = Reader {
         store: state.store.clone(),
         heads: state.feed.subscribe(),
@@ -248,10 +256,7 @@ async fn stream_changes(
         heartbeat: None,
         last_heartbeat: std::time::Instant::now(),
     };
-    let stream = futures::StreamExt::take_until(
-        change_stream(reader),
-        retail_shared::server::Draining::of(draining),
-    );
+    let stream = admission.bound(change_stream(reader), draining);
     metrics::counter!("feed_streams_opened_total").increment(1);
     Ok(Sse::new(stream).keep_alive(
         KeepAlive::new().interval(Duration::from_secs(state.feed_keep_alive_seconds.max(1))),
