@@ -84,6 +84,10 @@ const SELECT: &str = "SELECT fingerprint, lease_until, expires_at, response_stat
 const SELECT_LOCKED: &str = "SELECT fingerprint, lease_until, expires_at, response_status, \
      response_content_type, response_body FROM idempotency_keys WHERE key = $1 FOR UPDATE";
 
+/// Stores a claimed key's answer.
+const COMPLETE: &str = "UPDATE idempotency_keys SET response_status = $2, \
+     response_content_type = $3, response_body = $4 WHERE key = $1";
+
 /// Claims `claim` inside an open PostgreSQL transaction: the effect's own,
 /// so the key, the work and (with [`complete_in_postgres`]) the answer
 /// commit together or not at all.
@@ -102,16 +106,13 @@ pub(crate) async fn complete_in_postgres(
     key: &str,
     response: &StoredResponse,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE idempotency_keys SET response_status = $2, \
-         response_content_type = $3, response_body = $4 WHERE key = $1",
-    )
-    .bind(key)
-    .bind(i64::from(response.status))
-    .bind(response.content_type.as_deref())
-    .bind(response.body.as_slice())
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(COMPLETE)
+        .bind(key)
+        .bind(i64::from(response.status))
+        .bind(response.content_type.as_deref())
+        .bind(response.body.as_slice())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -256,16 +257,13 @@ impl IdempotencyStore for Store {
                     .await?;
             }
             super::Db::Postgres(pool) => {
-                sqlx::query(
-                    "UPDATE idempotency_keys SET response_status = $2, \
-                     response_content_type = $3, response_body = $4 WHERE key = $1",
-                )
-                .bind(key)
-                .bind(i64::from(response.status))
-                .bind(response.content_type.as_deref())
-                .bind(response.body.as_slice())
-                .execute(pool)
-                .await?;
+                sqlx::query(COMPLETE)
+                    .bind(key)
+                    .bind(i64::from(response.status))
+                    .bind(response.content_type.as_deref())
+                    .bind(response.body.as_slice())
+                    .execute(pool)
+                    .await?;
             }
         }
         Ok(())
