@@ -56,7 +56,34 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "rate_limited_total",
         Kind::Counter,
-        "Requests refused with 429, by route class.",
+        "Requests refused with 429, by route class (unauthenticated: the \
+         per-address budget before verification).",
+    ),
+    (
+        "audit_unauthenticated_total",
+        Kind::Counter,
+        "State-changing requests without a valid token: counted, not audited, by service.",
+    ),
+    (
+        "idempotency_completions_failed_total",
+        Kind::Counter,
+        "Answers of keyed requests that could not be stored after every retry, by service.",
+    ),
+    (
+        "ledger_event_id_conflicts_total",
+        Kind::Counter,
+        "Events rejected because their event_id is taken by an event that means \
+         something else (event-id-conflict).",
+    ),
+    (
+        "sse_streams_expired_total",
+        Kind::Counter,
+        "Event streams closed because the caller's token expired.",
+    ),
+    (
+        "sse_streams_refused_total",
+        Kind::Counter,
+        "Event streams refused with 429: the client already held its cap of streams.",
     ),
     (
         "audit_dropped_total",
