@@ -3,57 +3,14 @@
 
 use process_api::inventory::event::EventInput;
 use process_api::storage::Store;
-use process_api::storage::ledger::{EventResult, EventStatus, IngestContext};
-use process_api::storage::master::ChangeContext;
-use retail_shared::model::{LocationInput, LocationType, ProductInput};
-use rust_decimal::Decimal;
+use process_api::storage::ledger::{EventResult, EventStatus};
 
 use crate::backends;
+use crate::reservations::{ctx, seed as seed_master};
 
-fn ctx() -> IngestContext {
-    IngestContext {
-        actor: "tester".into(),
-        request_id: "r".into(),
-        trace_id: "t".into(),
-        span_id: None,
-    }
-}
-
+/// Stores S001 and S002 and the sku SKU-1, no safety stock.
 async fn seed(store: &Store) {
-    let change = ChangeContext {
-        actor: "tester".into(),
-        request_id: "r".into(),
-    };
-    let locations: Vec<LocationInput> = ["S001", "S002"]
-        .into_iter()
-        .map(|id| LocationInput {
-            location_id: id.into(),
-            name: id.into(),
-            r#type: LocationType::Store,
-            latitude: None,
-            longitude: None,
-            capabilities: vec![],
-            safety_stock_default: 0,
-        })
-        .collect();
-    store
-        .upsert_locations(&locations, &change)
-        .await
-        .expect("locations");
-    store
-        .upsert_products(
-            &[ProductInput {
-                sku: "SKU-1".into(),
-                name: "One".into(),
-                unit_cost: Decimal::new(500, 2),
-                currency: "EUR".into(),
-                gtin: None,
-                safety_stock: Some(0),
-            }],
-            &change,
-        )
-        .await
-        .expect("products");
+    seed_master(store, &["S001", "S002"], &["SKU-1"], 0).await;
 }
 
 fn sale(id: &str, location: &str, sku: &str, quantity: i64, at: &str) -> EventInput {
