@@ -497,10 +497,12 @@ impl Store {
             return Ok(());
         }
         let now = self.now();
-        crate::transact!(self, sqlite_postings, postgres_postings, |tx, backend| {
+        let settled = crate::transact!(self, sqlite_postings, postgres_postings, |tx, backend| {
             backend::settle(&mut tx, settlements, policy, now).await?;
             ((), true)
-        })
+        });
+        self.forget_closed_counts();
+        settled
     }
 
     /// Puts a dead posting back in the queue (attempts reset); it goes out
@@ -533,12 +535,23 @@ impl Store {
         note: Option<&str>,
     ) -> Result<Result<(), PostingActionRefusal>, sqlx::Error> {
         let now = self.now();
-        crate::transact!(self, sqlite_postings, postgres_postings, |tx, backend| {
+        let resolved = crate::transact!(self, sqlite_postings, postgres_postings, |tx, backend| {
             let outcome =
                 backend::set_dead_status(&mut tx, posting_id, replay, actor, note, now).await?;
             let commit = outcome.is_ok();
             (outcome, commit)
-        })
+        });
+        self.forget_closed_counts();
+        resolved
+    }
+
+    /// Drops the reused count of delivered and discarded postings, so what
+    /// this replica just closed shows in the next [`Store::posting_counts`].
+    pub(crate) fn forget_closed_counts(&self) {
+        *self
+            .closed_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// Outbox counts by status and the oldest undelivered posting's age.
@@ -549,7 +562,8 @@ impl Store {
     /// index, at a cost that follows the backlog, not the table. Delivered
     /// and discarded rows are counted afresh when that is cheap (under
     /// 50 ms); otherwise the last count is reused for 200 times as long as
-    /// it took (a one-second count is redone every 200 s at most).
+    /// it took (a one-second count is redone every 200 s at most), until
+    /// this replica itself settles or resolves a posting.
     pub async fn posting_counts(&self) -> Result<PostingCounts, sqlx::Error> {
         let now = self.now();
         let mut counts = on_reader!(self.db(), |pool| {

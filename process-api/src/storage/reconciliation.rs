@@ -385,7 +385,7 @@ impl Store {
         let select = format!(
             "SELECT {EXCEPTION_COLUMNS} FROM reconciliation_exceptions WHERE exception_id = $1"
         );
-        crate::transact!(self, sqlite_ledger, postgres_ledger, |tx, backend| {
+        let settled = crate::transact!(self, sqlite_ledger, postgres_ledger, |tx, backend| {
             let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
                 .bind(exception_id)
                 .fetch_optional(&mut *tx)
@@ -473,7 +473,10 @@ impl Store {
                     }
                 }
             }
-        })
+        });
+        // An approval may have marked a posting delivered.
+        self.forget_closed_counts();
+        settled
     }
 
     /// Open exceptions (ops summary).
