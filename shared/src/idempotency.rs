@@ -103,11 +103,26 @@ pub trait IdempotencyStore: Send + Sync + std::fmt::Debug {
     /// Releases a claimed key without a response (the request failed).
     async fn abandon(&self, key: &str) -> anyhow::Result<()>;
     /// POST paths whose route claims the key, does its work and stores
-    /// the answer in one transaction of this store (see [`InlineClaim`]).
+    /// the answer in one transaction of this store (see [`InlineClaim`]);
+    /// a `*` segment stands for any one segment (`/v1/transfers/*/ship`).
     /// None by default. Such a route must change nothing before it takes
     /// the claim: until then the key protects nothing.
     fn inline_paths(&self) -> &'static [&'static str] {
         &[]
+    }
+}
+
+/// Whether `path` matches `pattern` (see [`IdempotencyStore::inline_paths`]).
+pub fn path_matches(pattern: &str, path: &str) -> bool {
+    let mut wanted = pattern.split('/');
+    let mut given = path.split('/');
+    loop {
+        match (wanted.next(), given.next()) {
+            (None, None) => return true,
+            (Some("*"), Some(segment)) if !segment.is_empty() => {}
+            (Some(w), Some(g)) if w == g => {}
+            _ => return false,
+        }
     }
 }
 
@@ -431,8 +446,13 @@ pub async fn idempotency(
         lease_until: now + config.lease_micros,
         expires_at: now + config.retention_micros,
     };
-    if config.store.inline_paths().contains(&parts.uri.path()) {
-        let path = parts.uri.path().to_owned();
+    let path = parts.uri.path();
+    if config
+        .store
+        .inline_paths()
+        .iter()
+        .any(|pattern| path_matches(pattern, path))
+    {
         let claim = InlineClaim::new(scoped.clone(), fingerprint.clone(), clock);
         let taken = claim.taken.clone();
         let mut request = Request::from_parts(parts, Body::from(bytes));
@@ -441,15 +461,9 @@ pub async fn idempotency(
         if taken.load(Ordering::Acquire) {
             return response;
         }
-        // The route answered on its own checks, before its store: nothing
-        // changed, so the key applies now as it would have before. A
-        // success here means a route broke its side of the contract.
-        if response.status().is_success() {
-            tracing::error!(
-                path = %path,
-                "a route on an inline Idempotency-Key path answered success without taking its claim"
-            );
-        }
+        // The route answered without its store (its own checks, or a
+        // request that changes nothing): the key applies now as it would
+        // have before.
         return match begin(&config, &scoped, &fingerprint, clock).await {
             Err(response) => response,
             Ok(()) => settle(&config, &scoped, response).await,

@@ -233,3 +233,19 @@ async fn the_memory_store_keeps_a_bounded_number_of_keys_per_client() {
     assert!(guard.1.values().all(|client| client.entries.len() <= 2));
     assert_eq!(client_of(&key("c1", "a|b")), "svc|c1|c1");
 }
+
+#[test]
+fn inline_path_patterns_match_one_segment_per_star() {
+    assert!(path_matches("/v1/transfers", "/v1/transfers"));
+    assert!(path_matches(
+        "/v1/transfers/*/ship",
+        "/v1/transfers/t-1/ship"
+    ));
+    assert!(!path_matches("/v1/transfers/*/ship", "/v1/transfers//ship"));
+    assert!(!path_matches(
+        "/v1/transfers/*/ship",
+        "/v1/transfers/a/b/ship"
+    ));
+    assert!(!path_matches("/v1/transfers/*", "/v1/transfers"));
+    assert!(!path_matches("/v1/transfers", "/v1/transfers/"));
+}

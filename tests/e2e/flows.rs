@@ -334,3 +334,68 @@ async fn a_return_applies_each_disposition_once() {
     )
     .await;
 }
+
+/// Transfer requests and steps claim their `Idempotency-Key` in their own
+/// transaction: even with no in-flight lease at all (a key left in flight
+/// is anyone's at once), concurrent retries of one keyed request make one
+/// transfer and one shipment, and every retry is answered with the first
+/// answer, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_transfer_requests_and_steps_change_once_without_a_lease() {
+    let app = TestApp::spawn_with(|settings| settings.idempotency.lease_seconds = 0).await;
+    receive(&app, "stock-1", "S001", SKU, 20).await;
+    let clerk = app.token(Layer::Process, "transfers:write inventory:read");
+    let send = |path: String, key: &'static str, body: String| {
+        app.http
+            .post(app.url(Layer::Process, &path))
+            .bearer_auth(&clerk)
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body)
+            .send()
+    };
+    let request = json!({ "source_location_id": "S001", "destination_location_id": "S002",
+                          "lines": [{ "sku": SKU, "quantity": 3 }] })
+    .to_string();
+    let answers = futures::future::join_all(
+        (0..8).map(|_| send("/v1/transfers".into(), "move-1", request.clone())),
+    )
+    .await;
+    let mut bodies = std::collections::BTreeSet::new();
+    for answer in answers {
+        let answer = answer.expect("sent");
+        // Never in flight: a key is only ever seen with its answer.
+        assert_eq!(answer.status(), 201);
+        bodies.insert(answer.bytes().await.expect("body"));
+    }
+    assert_eq!(bodies.len(), 1, "one transfer, one answer");
+    let first = bodies.into_iter().next().expect("answer");
+    let again = send("/v1/transfers".into(), "move-1", request.clone())
+        .await
+        .expect("sent");
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .expect("replayed"),
+        "true"
+    );
+    assert_eq!(again.bytes().await.expect("body"), first);
+    let created: Value = serde_json::from_slice(&first).expect("json");
+    let id = created["transfer_id"].as_str().expect("id").to_owned();
+
+    let ship = format!("/v1/transfers/{id}/ship");
+    let shipped =
+        futures::future::join_all((0..8).map(|_| send(ship.clone(), "ship-1", String::new())))
+            .await;
+    for answer in shipped {
+        assert_eq!(answer.expect("sent").status(), 200);
+    }
+    assert_eq!(figures(&app, SKU, "S001").await, (17, 0, 0), "shipped once");
+    assert_eq!(figures(&app, SKU, "S002").await.2, 3);
+    assert_eq!(
+        journal_ids(&app, SKU, "S001").await.len(),
+        2,
+        "receipt and one transfer_out"
+    );
+}

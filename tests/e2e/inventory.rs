@@ -423,3 +423,46 @@ async fn the_journal_pages_and_rebuild_equals_live() {
     assert_eq!(report["mismatches"], 0, "{report}");
     assert_eq!(report["events"], 25);
 }
+
+/// `POST /v1/inventory/events` claims its `Idempotency-Key` in the
+/// transaction that journals the batch: with no in-flight lease at all,
+/// concurrent sends of one keyed batch all get the first answer (every
+/// event `applied`, not `duplicate`), byte for byte, and the stock counts
+/// once. Without the claim in the transaction, the sends after the first
+/// would run again and answer `duplicate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_event_batches_are_answered_once_without_a_lease() {
+    let app = TestApp::spawn_with(|settings| settings.idempotency.lease_seconds = 0).await;
+    let token = app.token(Layer::Process, "inventory:write inventory:read");
+    let batch = json!({ "events": [
+        event("k-1", "receipt", "S001", "SKU-000001", 5, "2026-11-20T08:00:00Z"),
+        event("k-2", "receipt", "S001", "SKU-000001", 2, "2026-11-20T08:00:01Z"),
+    ]})
+    .to_string();
+    let before = position(&app, &token, "SKU-000001", "S001").await["on_hand"]
+        .as_i64()
+        .unwrap_or(0);
+    let sends = futures::future::join_all((0..8).map(|_| {
+        app.http
+            .post(app.url(Layer::Process, "/v1/inventory/events"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .header("idempotency-key", "till-7-0042")
+            .body(batch.clone())
+            .send()
+    }))
+    .await;
+    let mut bodies = std::collections::BTreeSet::new();
+    for sent in sends {
+        let answer = sent.expect("sent");
+        assert_eq!(answer.status(), 200);
+        bodies.insert(answer.bytes().await.expect("body"));
+    }
+    assert_eq!(bodies.len(), 1, "one answer for every send");
+    let answer: Value = serde_json::from_slice(bodies.first().expect("answer")).expect("json");
+    assert_eq!(answer["summary"]["applied"], 2, "{answer}");
+    let after = position(&app, &token, "SKU-000001", "S001").await["on_hand"]
+        .as_i64()
+        .unwrap_or(0);
+    assert_eq!(after - before, 7, "counted once");
+}

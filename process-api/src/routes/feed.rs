@@ -5,11 +5,14 @@ use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use retail_shared::auth::{Authorized, Principal, scope};
+use retail_shared::idempotency::InlineClaim;
 use retail_shared::problem::{ApiJson, ApiPath, ApiQuery, Problem, ProblemBody, ValidJson};
 use retail_shared::validate::{Validate, Validator};
 use serde::{Deserialize, Serialize};
@@ -20,6 +23,7 @@ use utoipa_axum::routes;
 use super::ops::NoteBody;
 use crate::AppState;
 use crate::error::Result;
+use crate::routes::keyed;
 use crate::storage::Store;
 use crate::storage::feed::{Change, FeedFilter};
 use crate::storage::webhooks::{DeadLetter, NewSubscription, Subscription};
@@ -338,8 +342,9 @@ impl Validate for WebhookInput {
 async fn create_webhook(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
+    claim: Option<Extension<InlineClaim>>,
     ValidJson(input): ValidJson<WebhookInput>,
-) -> Result<(StatusCode, ApiJson<Subscription>)> {
+) -> Result<Response> {
     retail_shared::ops::require_unbound(&auth, "webhook administration")?;
     // The URL parsed in validation.
     if let Ok(url) = reqwest::Url::parse(&input.url)
@@ -358,24 +363,32 @@ async fn create_webhook(
         Some(seq) => seq,
         None => state.store.feed_head().await?,
     };
-    let subscription = state
+    let new = NewSubscription {
+        url: input.url,
+        secret: input.secret.unwrap_or_else(crate::webhooks::new_secret),
+        skus: input.skus,
+        location_ids: input.location_ids,
+        max_batch: input.max_batch.unwrap_or(1),
+        start_after,
+        actor: auth.actor().to_owned(),
+    };
+    let render = |made: &Subscription| {
+        keyed::json::<_, Infallible>(StatusCode::CREATED, &Ok(made), |never| match *never {})
+    };
+    let claim = keyed::claim(claim.as_ref(), &render);
+    let written = state
         .store
-        .create_subscription(&NewSubscription {
-            url: input.url,
-            secret: input.secret.unwrap_or_else(crate::webhooks::new_secret),
-            skus: input.skus,
-            location_ids: input.location_ids,
-            max_batch: input.max_batch.unwrap_or(1),
-            start_after,
-            actor: auth.actor().to_owned(),
-        })
+        .create_subscription_keyed(&new, claim.as_ref())
         .await?;
-    tracing::info!(
-        subscription = subscription.subscription_id,
-        url = %subscription.url,
-        "webhook subscriber registered"
-    );
-    Ok((StatusCode::CREATED, ApiJson(subscription)))
+    let (made, response) = keyed::respond(written, &render);
+    if let Some(subscription) = made {
+        tracing::info!(
+            subscription = subscription.subscription_id,
+            url = %subscription.url,
+            "webhook subscriber registered"
+        );
+    }
+    Ok(response)
 }
 
 /// Webhook subscribers.
@@ -476,13 +489,20 @@ async fn delete_webhook(
 async fn resume_webhook(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(id): ApiPath<i64>,
-) -> Result<ApiJson<Subscription>> {
+) -> Result<Response> {
     retail_shared::ops::require_unbound(&auth, "webhook administration")?;
-    if !state.store.resume_subscription(id).await? {
-        return Err(Problem::not_found(format!("no webhook subscription {id}")).into());
-    }
-    Ok(ApiJson(found(&state, id).await?))
+    let render = |resumed: &Option<Subscription>| {
+        let missing = || Problem::not_found(format!("no webhook subscription {id}"));
+        keyed::json(StatusCode::OK, &resumed.as_ref().ok_or(()), |()| missing())
+    };
+    let claim = keyed::claim(claim.as_ref(), &render);
+    let written = state
+        .store
+        .resume_subscription_keyed(id, claim.as_ref())
+        .await?;
+    Ok(keyed::respond(written, &render).1)
 }
 
 /// A subscriber's dead letters.
@@ -610,13 +630,31 @@ async fn replay_dead_letter(
 async fn discard_dead_letter(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath((id, letter)): ApiPath<(i64, i64)>,
     ValidJson(body): ValidJson<NoteBody>,
-) -> Result<ApiJson<DeadLetterAction>> {
+) -> Result<Response> {
     retail_shared::ops::require_unbound(&auth, "webhook administration")?;
-    let dead_letter = dead_letter(&state, id, letter).await?;
-    if !state.store.remove_dead_letter(id, letter).await? {
-        return Err(Problem::not_found(format!("no dead letter {letter}")).into());
+    let render = |removed: &Option<DeadLetter>| {
+        let action = removed.as_ref().map(|dead_letter| DeadLetterAction {
+            status: "discarded".into(),
+            dead_letter: dead_letter.clone(),
+        });
+        let missing = || {
+            Problem::not_found(format!(
+                "no dead letter {letter} of webhook subscription {id}"
+            ))
+        };
+        keyed::json(StatusCode::OK, &action.ok_or(()), |()| missing())
+    };
+    let claim = keyed::claim(claim.as_ref(), &render);
+    let written = state
+        .store
+        .remove_dead_letter_keyed(id, letter, claim.as_ref())
+        .await?;
+    let (removed, response) = keyed::respond(written, &render);
+    if !matches!(removed, Some(Some(_))) {
+        return Ok(response);
     }
     tracing::info!(
         subscription = id,
@@ -626,8 +664,5 @@ async fn discard_dead_letter(
         "webhook dead letter discarded"
     );
     metrics::counter!("webhook_dead_letters_resolved_total", "action" => "discard").increment(1);
-    Ok(ApiJson(DeadLetterAction {
-        status: "discarded".into(),
-        dead_letter,
-    }))
+    Ok(response)
 }

@@ -2,12 +2,16 @@
 //! returns. Both turn into ordinary ledger events (journalled, applied to
 //! positions, queued for the ERP and the change feed).
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::correlation::Correlation;
+use retail_shared::idempotency::InlineClaim;
 use retail_shared::problem::{ApiJson, ApiPath, FieldError, Problem, ProblemBody, ValidJson};
 use retail_shared::validate::{MAX_ID_LEN, Validate, Validator};
 use serde::{Deserialize, Serialize};
@@ -18,9 +22,12 @@ use utoipa_axum::routes;
 use crate::AppState;
 use crate::error::Result;
 use crate::inventory::event::EventInput;
+use crate::routes::keyed;
+use crate::storage::idempotency::Keyed;
+use crate::storage::ingest_keys::IngestRender;
 use crate::storage::ledger::{EventResult, EventStatus, IngestContext};
 use crate::storage::micros_to_rfc3339;
-use crate::storage::transfers::{NewTransfer, Transfer, TransferRefusal};
+use crate::storage::transfers::{Action, NewTransfer, Transfer, TransferOutcome, TransferRefusal};
 
 /// Most lines of a transfer or a return.
 pub const MAX_FLOW_LINES: usize = 100;
@@ -121,21 +128,19 @@ impl Validate for ReceiveRequest {
     }
 }
 
-fn refusal(refusal: TransferRefusal, transfer_id: &str) -> crate::error::Error {
+/// The problem answering a refused transfer request or step.
+fn refusal(refusal: &TransferRefusal, transfer_id: &str) -> Problem {
     match refusal {
-        TransferRefusal::NotFound => {
-            Problem::not_found(format!("no transfer `{transfer_id}`")).into()
-        }
+        TransferRefusal::NotFound => Problem::not_found(format!("no transfer `{transfer_id}`")),
         TransferRefusal::Unknown(unknown) => Problem::validation(
             unknown
-                .into_iter()
+                .iter()
                 .map(|(pointer, value)| FieldError {
-                    pointer,
+                    pointer: pointer.clone(),
                     detail: format!("unknown `{value}`"),
                 })
                 .collect(),
-        )
-        .into(),
+        ),
         TransferRefusal::WrongStatus(status) => Problem::conflict(
             "transfer-wrong-status",
             format!(
@@ -143,21 +148,18 @@ fn refusal(refusal: TransferRefusal, transfer_id: &str) -> crate::error::Error {
                 status.as_str()
             ),
         )
-        .with_extension("status", status.as_str())
-        .into(),
+        .with_extension("status", status.as_str()),
         TransferRefusal::SelfApproval => {
-            Problem::forbidden("the requester of a transfer cannot approve it").into()
+            Problem::forbidden("the requester of a transfer cannot approve it")
         }
         TransferRefusal::NotOnTransfer(sku) => Problem::validation(vec![FieldError {
             pointer: "/lines".into(),
             detail: format!("sku `{sku}` is not on this transfer"),
-        }])
-        .into(),
+        }]),
         TransferRefusal::EventNotApplied(reason) => Problem::conflict(
             "event-not-applied",
             format!("a transfer event could not be journalled ({reason}); nothing changed"),
-        )
-        .into(),
+        ),
     }
 }
 
@@ -221,8 +223,9 @@ async fn request_transfer(
     State(state): State<AppState>,
     auth: Authorized<scope::TransfersWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ValidJson(request): ValidJson<TransferRequest>,
-) -> Result<impl IntoResponse> {
+) -> Result<Response> {
     auth.require_location(&request.source_location_id)?;
     let new = NewTransfer {
         source_location_id: request.source_location_id,
@@ -235,18 +238,52 @@ async fn request_transfer(
         reference: request.reference,
         auto_approve_below: state.transfers.auto_approve_below,
     };
-    let transfer = state
+    let render =
+        |outcome: &TransferOutcome| keyed::json(StatusCode::CREATED, outcome, |r| refusal(r, ""));
+    let claim = keyed::claim(claim.as_ref(), &render);
+    let written = state
         .store
-        .request_transfer(&new, &context(&auth, &correlation))
-        .await?
-        .map_err(|r| refusal(r, ""))?;
-    metrics::counter!("transfers_total", "step" => "requested").increment(1);
-    let location = format!("/v1/transfers/{}", transfer.transfer_id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        ApiJson(transfer),
-    ))
+        .request_transfer_keyed(&new, &context(&auth, &correlation), claim.as_ref())
+        .await?;
+    let (outcome, mut response) = keyed::respond(written, &render);
+    if let Some(Ok(transfer)) = outcome {
+        metrics::counter!("transfers_total", "step" => "requested").increment(1);
+        if let Ok(location) =
+            HeaderValue::from_str(&format!("/v1/transfers/{}", transfer.transfer_id))
+        {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+    }
+    Ok(response)
+}
+
+/// A step of a transfer, its key claimed with it, counted in
+/// `transfers_total` under `step` when it ran.
+async fn step(
+    state: &AppState,
+    transfer_id: &str,
+    action: Action,
+    ctx: &IngestContext,
+    claim: Option<&Extension<InlineClaim>>,
+    counted: &'static str,
+) -> Result<Response> {
+    let render = |outcome: &TransferOutcome| {
+        keyed::json(StatusCode::OK, outcome, |r| refusal(r, transfer_id))
+    };
+    let claim = keyed::claim(claim, &render);
+    let written = state
+        .store
+        .transfer_step(transfer_id, action, ctx, claim.as_ref())
+        .await?;
+    let (outcome, response) = keyed::respond(written, &render);
+    if let Some(Ok(transfer)) = outcome {
+        metrics::counter!("transfers_total", "step" => counted).increment(1);
+        if counted == "received" && !transfer.exceptions.is_empty() {
+            metrics::counter!("transfer_exceptions_total")
+                .increment(transfer.exceptions.len() as u64);
+        }
+    }
+    Ok(response)
 }
 
 /// A transfer with its lines, steps (who, when) and receipt exceptions.
@@ -283,16 +320,20 @@ async fn approve_transfer(
     State(state): State<AppState>,
     auth: Authorized<scope::TransfersApprove>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(transfer_id): ApiPath<String>,
-) -> Result<ApiJson<Transfer>> {
+) -> Result<Response> {
     bound(&state, &auth, &transfer_id, End::Either).await?;
-    let transfer = state
-        .store
-        .approve_transfer(&transfer_id, &context(&auth, &correlation))
-        .await?
-        .map_err(|r| refusal(r, &transfer_id))?;
-    metrics::counter!("transfers_total", "step" => "approved").increment(1);
-    Ok(ApiJson(transfer))
+    let ctx = context(&auth, &correlation);
+    step(
+        &state,
+        &transfer_id,
+        Action::Approve,
+        &ctx,
+        claim.as_ref(),
+        "approved",
+    )
+    .await
 }
 
 /// Ships an approved transfer: per line a `transfer_out` at the source
@@ -311,16 +352,20 @@ async fn ship_transfer(
     State(state): State<AppState>,
     auth: Authorized<scope::TransfersWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(transfer_id): ApiPath<String>,
-) -> Result<ApiJson<Transfer>> {
+) -> Result<Response> {
     bound(&state, &auth, &transfer_id, End::Source).await?;
-    let transfer = state
-        .store
-        .ship_transfer(&transfer_id, &context(&auth, &correlation))
-        .await?
-        .map_err(|r| refusal(r, &transfer_id))?;
-    metrics::counter!("transfers_total", "step" => "shipped").increment(1);
-    Ok(ApiJson(transfer))
+    let ctx = context(&auth, &correlation);
+    step(
+        &state,
+        &transfer_id,
+        Action::Ship,
+        &ctx,
+        claim.as_ref(),
+        "shipped",
+    )
+    .await
 }
 
 /// Receives a shipped transfer at the destination with the units counted
@@ -344,9 +389,10 @@ async fn receive_transfer(
     State(state): State<AppState>,
     auth: Authorized<scope::TransfersWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(transfer_id): ApiPath<String>,
     body: Bytes,
-) -> Result<ApiJson<Transfer>> {
+) -> Result<Response> {
     let counted = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -360,16 +406,17 @@ async fn receive_transfer(
         })
     };
     bound(&state, &auth, &transfer_id, End::Destination).await?;
-    let transfer = state
-        .store
-        .receive_transfer(&transfer_id, counted, &context(&auth, &correlation))
-        .await?
-        .map_err(|r| refusal(r, &transfer_id))?;
-    metrics::counter!("transfers_total", "step" => "received").increment(1);
-    if !transfer.exceptions.is_empty() {
-        metrics::counter!("transfer_exceptions_total").increment(transfer.exceptions.len() as u64);
-    }
-    Ok(ApiJson(transfer))
+    let ctx = context(&auth, &correlation);
+    let action = Action::Receive(counted);
+    step(
+        &state,
+        &transfer_id,
+        action,
+        &ctx,
+        claim.as_ref(),
+        "received",
+    )
+    .await
 }
 
 /// Cancels a transfer that has not shipped. The caller must be bound to
@@ -387,16 +434,20 @@ async fn cancel_transfer(
     State(state): State<AppState>,
     auth: Authorized<scope::TransfersWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(transfer_id): ApiPath<String>,
-) -> Result<ApiJson<Transfer>> {
+) -> Result<Response> {
     bound(&state, &auth, &transfer_id, End::Source).await?;
-    let transfer = state
-        .store
-        .cancel_transfer(&transfer_id, &context(&auth, &correlation))
-        .await?
-        .map_err(|r| refusal(r, &transfer_id))?;
-    metrics::counter!("transfers_total", "step" => "cancelled").increment(1);
-    Ok(ApiJson(transfer))
+    let ctx = context(&auth, &correlation);
+    step(
+        &state,
+        &transfer_id,
+        Action::Cancel,
+        &ctx,
+        claim.as_ref(),
+        "cancelled",
+    )
+    .await
 }
 
 /// What happens to a returned unit.
@@ -510,8 +561,9 @@ async fn post_return(
     State(state): State<AppState>,
     auth: Authorized<scope::ReturnsWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ValidJson(request): ValidJson<ReturnRequest>,
-) -> Result<ApiJson<ReturnResponse>> {
+) -> Result<Response> {
     auth.require_location(&request.location_id)?;
     let occurred_at = request
         .occurred_at
@@ -581,16 +633,38 @@ async fn post_return(
             .into());
         }
     }
-    let (results, _) = state
-        .store
-        .ingest(&events, &context(&auth, &correlation))
-        .await?;
-    let duplicate = results.iter().all(|r| r.status == EventStatus::Duplicate);
-    metrics::counter!("returns_total", "result" => if duplicate { "duplicate" } else { "accepted" })
+    let return_id = request.return_id;
+    let render: IngestRender = {
+        let return_id = return_id.clone();
+        Arc::new(move |results: &[EventResult]| {
+            let answer = return_response(&return_id, results);
+            keyed::json::<_, Problem>(StatusCode::OK, &Ok(answer), Clone::clone)
+        })
+    };
+    let key = claim
+        .as_ref()
+        .map(|Extension(claim)| (claim, render.clone()));
+    let ctx = context(&auth, &correlation);
+    let ((results, _), stored) = match state.store.ingest_keyed(&events, &ctx, key).await? {
+        Keyed::Decided(done, stored) => (done, stored),
+        Keyed::Key(decision) => return Ok(keyed::key_answer(decision)),
+    };
+    let answer = return_response(&return_id, &results);
+    metrics::counter!("returns_total", "result" => if answer.status == "duplicate" { "duplicate" } else { "accepted" })
         .increment(1);
-    Ok(ApiJson(ReturnResponse {
-        return_id: request.return_id,
+    Ok(match stored {
+        Some(stored) => keyed::kept(stored),
+        None => render(&results).into_response(),
+    })
+}
+
+/// The answer to a return's results: `duplicate` when every event was seen
+/// before.
+fn return_response(return_id: &str, results: &[EventResult]) -> ReturnResponse {
+    let duplicate = results.iter().all(|r| r.status == EventStatus::Duplicate);
+    ReturnResponse {
+        return_id: return_id.to_owned(),
         status: if duplicate { "duplicate" } else { "accepted" }.into(),
-        results,
-    }))
+        results: results.to_vec(),
+    }
 }

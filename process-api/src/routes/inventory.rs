@@ -1,9 +1,15 @@
 //! The inventory ledger over HTTP: event ingest, positions, journal,
 //! safety stock, parked events and rebuild.
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::correlation::Correlation;
+use retail_shared::idempotency::InlineClaim;
 use retail_shared::problem::{ApiJson, ApiQuery, FieldError, Problem, ProblemBody, ValidJson};
 use retail_shared::validate::{Validate, Validator};
 use serde::{Deserialize, Serialize};
@@ -15,6 +21,9 @@ use super::PageQuery;
 use crate::AppState;
 use crate::error::Result;
 use crate::inventory::event::{EventBatch, MAX_EVENTS_PER_REQUEST, parse_time};
+use crate::routes::keyed;
+use crate::storage::idempotency::Keyed;
+use crate::storage::ingest_keys::IngestRender;
 use crate::storage::ledger::{
     EventResult, EventStatus, IngestContext, JournalEntry, JournalQuery, ParkedEvent,
     PositionRecord, RebuildReport,
@@ -91,8 +100,9 @@ async fn post_events(
     State(state): State<AppState>,
     auth: Authorized<scope::InventoryWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ValidJson(batch): ValidJson<EventBatch>,
-) -> Result<ApiJson<IngestResponse>> {
+) -> Result<Response> {
     for event in &batch.events {
         auth.require_location(&event.location_id)?;
         if let Some(other) = &event.counterparty_location_id {
@@ -100,35 +110,30 @@ async fn post_events(
         }
     }
     let ctx = ingest_context(&auth, &correlation);
-    let (results, _) = state.store.ingest(&batch.events, &ctx).await?;
-    let mut summary = IngestSummary::default();
+    let render: IngestRender = Arc::new(|results: &[EventResult]| {
+        keyed::json::<_, Problem>(StatusCode::OK, &Ok(ingest_response(results)), Clone::clone)
+    });
+    let key = claim
+        .as_ref()
+        .map(|Extension(claim)| (claim, render.clone()));
+    let ((results, summary), stored) =
+        match state.store.ingest_keyed(&batch.events, &ctx, key).await? {
+            Keyed::Decided(done, stored) => (done, stored),
+            Keyed::Key(decision) => return Ok(keyed::key_answer(decision)),
+        };
     // Counted per (type, source, result) first: one metric update per
     // distinct label set, not per event.
     let mut counts: std::collections::HashMap<(&'static str, &'static str, &'static str), u64> =
         std::collections::HashMap::new();
     for (result, input) in results.iter().zip(&batch.events) {
-        let status = match result.status {
-            EventStatus::Applied => {
-                summary.applied += 1;
-                "applied"
-            }
-            EventStatus::Duplicate => {
-                summary.duplicate += 1;
-                "duplicate"
-            }
-            EventStatus::Parked => {
-                summary.parked += 1;
-                "parked"
-            }
-            EventStatus::Rejected => {
-                summary.rejected += 1;
-                "rejected"
-            }
-        };
         let kind = crate::inventory::event::EventType::parse(&input.r#type)
             .map_or("invalid", |t| t.as_str());
         *counts
-            .entry((kind, source_label(&input.source), status))
+            .entry((
+                kind,
+                source_label(&input.source),
+                status_label(result.status),
+            ))
             .or_default() += 1;
     }
     for ((kind, source, status), n) in counts {
@@ -141,7 +146,37 @@ async fn post_events(
         .increment(n);
     }
     state.feed.record_ingest(summary.applied as u64);
-    Ok(ApiJson(IngestResponse { results, summary }))
+    Ok(match stored {
+        Some(stored) => keyed::kept(stored),
+        None => render(&results).into_response(),
+    })
+}
+
+/// The `result` label of `inventory_events_total`.
+fn status_label(status: EventStatus) -> &'static str {
+    match status {
+        EventStatus::Applied => "applied",
+        EventStatus::Duplicate => "duplicate",
+        EventStatus::Parked => "parked",
+        EventStatus::Rejected => "rejected",
+    }
+}
+
+/// The answer to an ingest request's results.
+fn ingest_response(results: &[EventResult]) -> IngestResponse {
+    let mut summary = IngestSummary::default();
+    for result in results {
+        match result.status {
+            EventStatus::Applied => summary.applied += 1,
+            EventStatus::Duplicate => summary.duplicate += 1,
+            EventStatus::Parked => summary.parked += 1,
+            EventStatus::Rejected => summary.rejected += 1,
+        }
+    }
+    IngestResponse {
+        results: results.to_vec(),
+        summary,
+    }
 }
 
 /// The `source` label of the ingest metrics: the platform's own sources

@@ -3,6 +3,7 @@
 pub mod feed;
 pub mod flows;
 pub mod inventory;
+pub mod keyed;
 pub mod master;
 pub mod ops;
 pub mod promise;

@@ -8,11 +8,15 @@
 //! location answer 403 to bound tokens. Each route's documentation says
 //! which.
 
+use axum::Extension;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
 use retail_shared::Problem;
 use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::client::CallContext;
 use retail_shared::correlation::Correlation;
+use retail_shared::idempotency::InlineClaim;
 use retail_shared::ops::{DependencyReport, require_unbound};
 use retail_shared::problem::{ApiJson, ApiPath, ApiQuery, ProblemBody, ValidJson};
 use retail_shared::validate::{Validate, Validator};
@@ -26,12 +30,15 @@ use crate::erp::ErpLinkView;
 use crate::erp::master_sync::MasterSyncReport;
 use crate::erp::reconcile::ReconciliationReport;
 use crate::error::Result;
+use crate::routes::keyed;
 use crate::storage::ledger::IngestContext;
 use crate::storage::master::ChangeContext;
 use crate::storage::micros_to_rfc3339;
-use crate::storage::postings::{PostingActionRefusal, PostingFilter, PostingView};
+use crate::storage::postings::{
+    PostingActionOutcome, PostingActionRefusal, PostingFilter, PostingView,
+};
 use crate::storage::reconciliation::{
-    ExceptionRefusal, ReconciliationException, ReconciliationRun,
+    ExceptionOutcome, ExceptionRefusal, ReconciliationException, ReconciliationRun,
 };
 use crate::{AppState, SERVICE};
 
@@ -824,7 +831,7 @@ impl Validate for NoteBody {
     }
 }
 
-fn posting_refusal(refusal: PostingActionRefusal, posting_id: i64) -> Problem {
+fn posting_refusal(refusal: &PostingActionRefusal, posting_id: i64) -> Problem {
     match refusal {
         PostingActionRefusal::NotFound => Problem::not_found(format!("no posting {posting_id}")),
         PostingActionRefusal::NotDead(status) => Problem::conflict(
@@ -853,16 +860,37 @@ fn posting_refusal(refusal: PostingActionRefusal, posting_id: i64) -> Problem {
 async fn replay_posting(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(posting_id): ApiPath<i64>,
-) -> Result<ApiJson<PostingView>> {
+) -> Result<Response> {
     require_posting_in_binding(&state, &auth, posting_id).await?;
-    state
+    resolve_dead(&state, &auth, posting_id, true, None, claim.as_ref()).await
+}
+
+/// Replays or discards a dead posting, its key claimed with the change,
+/// counted in `erp_dead_letters_resolved_total`.
+async fn resolve_dead(
+    state: &AppState,
+    auth: &Principal,
+    posting_id: i64,
+    replay: bool,
+    note: Option<&str>,
+    claim: Option<&Extension<InlineClaim>>,
+) -> Result<Response> {
+    let render = |outcome: &PostingActionOutcome| {
+        keyed::json(StatusCode::OK, outcome, |r| posting_refusal(r, posting_id))
+    };
+    let claim = keyed::claim(claim, &render);
+    let written = state
         .store
-        .replay_posting(posting_id, auth.actor(), None)
-        .await?
-        .map_err(|r| posting_refusal(r, posting_id))?;
-    metrics::counter!("erp_dead_letters_resolved_total", "action" => "replay").increment(1);
-    Ok(ApiJson(one_posting(&state, posting_id).await?))
+        .resolve_dead(posting_id, replay, auth.actor(), note, claim.as_ref())
+        .await?;
+    let (outcome, response) = keyed::respond(written, &render);
+    if let Some(Ok(_)) = outcome {
+        let action = if replay { "replay" } else { "discard" };
+        metrics::counter!("erp_dead_letters_resolved_total", "action" => action).increment(1);
+    }
+    Ok(response)
 }
 
 /// Gives up on a dead posting: the ERP never gets it (the next
@@ -884,17 +912,13 @@ async fn replay_posting(
 async fn discard_posting(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(posting_id): ApiPath<i64>,
     ValidJson(body): ValidJson<NoteBody>,
-) -> Result<ApiJson<PostingView>> {
+) -> Result<Response> {
     require_posting_in_binding(&state, &auth, posting_id).await?;
-    state
-        .store
-        .discard_posting(posting_id, auth.actor(), Some(&body.note))
-        .await?
-        .map_err(|r| posting_refusal(r, posting_id))?;
-    metrics::counter!("erp_dead_letters_resolved_total", "action" => "discard").increment(1);
-    Ok(ApiJson(one_posting(&state, posting_id).await?))
+    let note = Some(body.note.as_str());
+    resolve_dead(&state, &auth, posting_id, false, note, claim.as_ref()).await
 }
 
 /// 403 when a bound caller may not act on the posting's location (404 when
@@ -1050,7 +1074,7 @@ async fn require_exception_in_binding(
     Ok(())
 }
 
-fn exception_refusal(refusal: ExceptionRefusal, exception_id: i64) -> Problem {
+fn exception_refusal(refusal: &ExceptionRefusal, exception_id: i64) -> Problem {
     match refusal {
         ExceptionRefusal::NotFound => Problem::not_found(format!("no exception {exception_id}")),
         ExceptionRefusal::NotOpen(status) => Problem::conflict(
@@ -1082,20 +1106,34 @@ async fn approve_exception(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(exception_id): ApiPath<i64>,
-) -> Result<ApiJson<ReconciliationException>> {
+) -> Result<Response> {
     require_exception_in_binding(&state, &auth, exception_id).await?;
-    let exception = state
+    let ctx = ingest_context(&auth, &correlation);
+    settle_exception(&state, exception_id, true, &ctx, None, claim.as_ref()).await
+}
+
+/// Approves or rejects an exception, its key claimed with the change.
+async fn settle_exception(
+    state: &AppState,
+    exception_id: i64,
+    approve: bool,
+    ctx: &IngestContext,
+    note: Option<&str>,
+    claim: Option<&Extension<InlineClaim>>,
+) -> Result<Response> {
+    let render = |outcome: &ExceptionOutcome| {
+        keyed::json(StatusCode::OK, outcome, |r| {
+            exception_refusal(r, exception_id)
+        })
+    };
+    let claim = keyed::claim(claim, &render);
+    let written = state
         .store
-        .settle_exception(
-            exception_id,
-            true,
-            &ingest_context(&auth, &correlation),
-            None,
-        )
-        .await?
-        .map_err(|r| exception_refusal(r, exception_id))?;
-    Ok(ApiJson(exception))
+        .settle_exception_keyed(exception_id, approve, ctx, note, claim.as_ref())
+        .await?;
+    Ok(keyed::respond(written, &render).1)
 }
 
 /// Rejects an open exception with a note (nothing changes on the platform).
@@ -1117,21 +1155,14 @@ async fn reject_exception(
     State(state): State<AppState>,
     auth: Authorized<scope::OpsWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(exception_id): ApiPath<i64>,
     ValidJson(body): ValidJson<NoteBody>,
-) -> Result<ApiJson<ReconciliationException>> {
+) -> Result<Response> {
     require_exception_in_binding(&state, &auth, exception_id).await?;
-    let exception = state
-        .store
-        .settle_exception(
-            exception_id,
-            false,
-            &ingest_context(&auth, &correlation),
-            Some(&body.note),
-        )
-        .await?
-        .map_err(|r| exception_refusal(r, exception_id))?;
-    Ok(ApiJson(exception))
+    let ctx = ingest_context(&auth, &correlation);
+    let note = Some(body.note.as_str());
+    settle_exception(&state, exception_id, false, &ctx, note, claim.as_ref()).await
 }
 
 /// Pulls master data from the ERP now (products with cost, warehouses).

@@ -5,19 +5,30 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
+use axum::Extension;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use retail_shared::auth::{Authorized, scope};
 use retail_shared::correlation::Correlation;
+use retail_shared::idempotency::{self, InlineClaim, StoredResponse};
 use retail_shared::model::ReservationRequest;
 use retail_shared::problem::{ApiJson, FieldError, Problem, ProblemBody};
-use retail_shared::promise::{Node, PromiseRequest, PromiseResponse, distance_km, rank};
+use retail_shared::promise::{
+    Node, PromiseOption, PromiseRequest, PromiseResponse, distance_km, rank,
+};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::AppState;
 use crate::error::Result;
+use crate::routes::keyed;
 use crate::routes::reservations::insufficient_stock;
-use crate::storage::reservations::{NewReservation, ReservationLine, ReserveRefusal};
+use crate::storage::reservations::{
+    Keyed, NewReservation, Outcome, Render, Reservation, ReservationLine, ReserveRefusal,
+};
+use crate::{AppState, SERVICE};
 
 /// Default number of options.
 const DEFAULT_OPTIONS: usize = 5;
@@ -51,8 +62,9 @@ async fn promise(
     State(state): State<AppState>,
     auth: Authorized<scope::InventoryRead>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiJson(request): ApiJson<PromiseRequest>,
-) -> Result<ApiJson<PromiseResponse>> {
+) -> Result<Response> {
     request.check(&state.reservations)?;
     if request.reserve {
         auth.require_scope("reservations:write")?;
@@ -113,10 +125,12 @@ async fn promise(
     );
     metrics::counter!("promises_total", "method" => format!("{:?}", request.method), "served" => if options.is_empty() { "no" } else { "yes" }).increment(1);
     if !request.reserve {
+        // Nothing changes: the claim is left to the middleware.
         return Ok(ApiJson(PromiseResponse {
             options,
             reservation: None,
-        }));
+        })
+        .into_response());
     }
     // Reserve the best option that still fits (stock may have moved since
     // the read): each attempt is all-or-nothing.
@@ -151,25 +165,71 @@ async fn promise(
             max_active_per_client: state.reservations.max_active_per_client,
             request_id: correlation.request_id.clone(),
         };
-        match state.store.reserve(&new).await? {
+        // The key is claimed with the reservation that answers the
+        // promise; an option that no longer fits leaves it free for the
+        // next.
+        let promised = options.clone();
+        let answer: Render = Arc::new(move |outcome: &Outcome| match outcome {
+            Ok(reservation) => Some(promise_answer(&promised, reservation)),
+            Err(ReserveRefusal::TooManyActive(cap)) => {
+                let problem = active_limit(*cap);
+                Some(keyed::json::<(), _>(
+                    problem.status(),
+                    &Err(problem),
+                    Clone::clone,
+                ))
+            }
+            Err(ReserveRefusal::InsufficientStock(_) | ReserveRefusal::Unknown(_)) => None,
+        });
+        let key = claim.as_ref().map(|Extension(c)| (c.take(), answer));
+        let (outcome, stored) = match state.store.reserve_keyed(&new, key).await? {
+            Keyed::Decided(outcome, stored) => (outcome, stored),
+            Keyed::Key(decision) => {
+                return Ok(idempotency::answer(SERVICE, decision).unwrap_or_else(|| {
+                    tracing::error!("a new key came back undecided");
+                    Problem::internal().into_response()
+                }));
+            }
+        };
+        if stored.is_some() {
+            // Counted as the middleware counts a key's first use.
+            let _ = idempotency::answer(SERVICE, idempotency::Begin::Started);
+        }
+        match outcome {
             Ok(reservation) => {
                 metrics::counter!("reservations_total", "result" => "reserved").increment(1);
-                return Ok(ApiJson(PromiseResponse {
-                    options: options.clone(),
-                    reservation: Some(reservation),
-                }));
+                return Ok(stored
+                    .unwrap_or_else(|| promise_answer(&options, &reservation))
+                    .into_response());
             }
             Err(ReserveRefusal::InsufficientStock(short)) => last_short = short,
             Err(ReserveRefusal::TooManyActive(cap)) => {
-                return Err(Problem::conflict(
-                    "active-reservation-limit",
-                    format!("this client already holds {cap} active reservations"),
-                )
-                .into());
+                return Ok(match stored {
+                    Some(stored) => stored.into_response(),
+                    None => active_limit(cap).into_response(),
+                });
             }
             Err(ReserveRefusal::Unknown(_)) => {}
         }
     }
     metrics::counter!("reservations_total", "result" => "insufficient_stock").increment(1);
     Err(insufficient_stock(&last_short).into())
+}
+
+/// The answer to a promise whose reservation was made, as sent and as kept
+/// with its `Idempotency-Key`.
+fn promise_answer(options: &[PromiseOption], reservation: &Reservation) -> StoredResponse {
+    let response = PromiseResponse {
+        options: options.to_vec(),
+        reservation: Some(reservation.clone()),
+    };
+    keyed::json::<_, Problem>(StatusCode::OK, &Ok(response), Clone::clone)
+}
+
+/// The client holds as many active reservations as it may.
+fn active_limit(cap: i64) -> Problem {
+    Problem::conflict(
+        "active-reservation-limit",
+        format!("this client already holds {cap} active reservations"),
+    )
 }

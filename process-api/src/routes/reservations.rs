@@ -15,10 +15,11 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::error::Result;
+use crate::routes::keyed;
 use crate::storage::ledger::IngestContext;
 use crate::storage::reservations::{
-    CloseRefusal, Keyed, NewReservation, Outcome, Render, Reservation, ReservationStatus,
-    ReserveRefusal,
+    CloseOutcome, CloseRefusal, Keyed, NewReservation, Outcome, Render, Reservation,
+    ReservationStatus, ReserveRefusal,
 };
 use crate::{AppState, SERVICE};
 
@@ -138,9 +139,10 @@ async fn create_reservation(
     };
     // The key (on the paths the store claims inline): claimed, decided and
     // answered in one transaction.
+    let answer: Render = std::sync::Arc::new(|outcome: &Outcome| Some(render(outcome)));
     let claim = claim
         .as_ref()
-        .map(|Extension(claim)| (claim.take(), render as Render));
+        .map(|Extension(claim)| (claim.take(), answer));
     let (outcome, stored) = match state.store.reserve_keyed(&new, claim).await? {
         Keyed::Decided(outcome, stored) => (outcome, stored),
         Keyed::Key(decision) => {
@@ -256,12 +258,13 @@ async fn get_reservation(
 async fn release_reservation(
     State(state): State<AppState>,
     auth: Authorized<scope::ReservationsWrite>,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(reservation_id): ApiPath<String>,
-) -> Result<ApiJson<Reservation>> {
+) -> Result<Response> {
     check_id(&reservation_id)?;
     owned(&state, &auth, &reservation_id).await?;
-    let outcome = state.store.release(&reservation_id, auth.actor()).await?;
-    closed(outcome, &reservation_id, "released")
+    let target = ReservationStatus::Released;
+    close(&state, &auth, &reservation_id, target, None, claim.as_ref()).await
 }
 
 /// Fulfils an active reservation before it expires: reserved and on_hand
@@ -281,8 +284,9 @@ async fn fulfill_reservation(
     State(state): State<AppState>,
     auth: Authorized<scope::ReservationsWrite>,
     correlation: Correlation,
+    claim: Option<Extension<InlineClaim>>,
     ApiPath(reservation_id): ApiPath<String>,
-) -> Result<ApiJson<Reservation>> {
+) -> Result<Response> {
     check_id(&reservation_id)?;
     owned(&state, &auth, &reservation_id).await?;
     let ctx = IngestContext {
@@ -291,37 +295,68 @@ async fn fulfill_reservation(
         trace_id: correlation.trace_id.clone(),
         span_id: Some(correlation.span_id.clone()),
     };
-    let outcome = state
-        .store
-        .fulfill(&reservation_id, auth.actor(), &ctx)
-        .await?;
-    closed(outcome, &reservation_id, "fulfilled")
+    let target = ReservationStatus::Fulfilled;
+    close(
+        &state,
+        &auth,
+        &reservation_id,
+        target,
+        Some(&ctx),
+        claim.as_ref(),
+    )
+    .await
 }
 
-fn closed(
-    outcome: std::result::Result<Reservation, CloseRefusal>,
+/// Releases or fulfils a reservation, its key claimed with the change,
+/// counted in `reservation_closures_total`.
+async fn close(
+    state: &AppState,
+    auth: &Principal,
     reservation_id: &str,
-    action: &'static str,
-) -> Result<ApiJson<Reservation>> {
-    let result = match &outcome {
-        Ok(_) => action,
-        Err(CloseRefusal::NotFound) => "not_found",
-        Err(CloseRefusal::NotActive(_)) => "not_active",
-        Err(CloseRefusal::SaleNotApplied(_)) => "sale_not_applied",
+    target: ReservationStatus,
+    ctx: Option<&IngestContext>,
+    claim: Option<&Extension<InlineClaim>>,
+) -> Result<Response> {
+    let render = |outcome: &CloseOutcome| {
+        keyed::json(StatusCode::OK, outcome, |r| {
+            close_refused(r, reservation_id)
+        })
     };
-    metrics::counter!("reservation_closures_total", "action" => action, "result" => result)
-        .increment(1);
-    match outcome {
-        Ok(reservation) => Ok(ApiJson(reservation)),
-        Err(CloseRefusal::NotFound) => Err(not_found(reservation_id).into()),
-        Err(CloseRefusal::NotActive(status)) => Err(not_active(status).into()),
-        Err(CloseRefusal::SaleNotApplied(reason)) => {
-            tracing::error!(%reservation_id, %reason, "fulfilment sale not applied");
-            Err(Problem::conflict(
-                "sale-not-applied",
-                format!("the fulfilment sale could not be journalled ({reason}); nothing changed"),
-            )
-            .into())
-        }
+    let claim = keyed::claim(claim, &render);
+    let written = state
+        .store
+        .end_reservation(reservation_id, auth.actor(), target, ctx, claim.as_ref())
+        .await?;
+    let (outcome, response) = keyed::respond(written, &render);
+    if let Some(outcome) = outcome {
+        let action = if target == ReservationStatus::Fulfilled {
+            "fulfilled"
+        } else {
+            "released"
+        };
+        let result = match &outcome {
+            Ok(_) => action,
+            Err(CloseRefusal::NotFound) => "not_found",
+            Err(CloseRefusal::NotActive(_)) => "not_active",
+            Err(CloseRefusal::SaleNotApplied(reason)) => {
+                tracing::error!(%reservation_id, %reason, "fulfilment sale not applied");
+                "sale_not_applied"
+            }
+        };
+        metrics::counter!("reservation_closures_total", "action" => action, "result" => result)
+            .increment(1);
+    }
+    Ok(response)
+}
+
+/// The problem answering a refused release or fulfilment.
+fn close_refused(refusal: &CloseRefusal, reservation_id: &str) -> Problem {
+    match refusal {
+        CloseRefusal::NotFound => not_found(reservation_id),
+        CloseRefusal::NotActive(status) => not_active(*status),
+        CloseRefusal::SaleNotApplied(reason) => Problem::conflict(
+            "sale-not-applied",
+            format!("the fulfilment sale could not be journalled ({reason}); nothing changed"),
+        ),
     }
 }

@@ -6,6 +6,7 @@ use retail_shared::idempotency::{
     Begin, Clock, IdempotencyStore, InlineClaim, StoredResponse, decide,
 };
 use std::collections::HashSet;
+use std::future::Future;
 
 use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
 
@@ -116,6 +117,140 @@ pub(crate) async fn complete_in_postgres(
     Ok(())
 }
 
+/// Claiming a key and storing its answer inside an open write transaction
+/// of either backend: the transaction of the effect the key guards.
+pub(crate) trait KeyTx: Send {
+    /// Claims `claim` ([`Begin::Started`] when the effect is to run).
+    fn claim_key(
+        &mut self,
+        claim: &Claim,
+    ) -> impl Future<Output = Result<Begin, sqlx::Error>> + Send;
+    /// Stores the answer of a key claimed in this transaction.
+    fn complete_key(
+        &mut self,
+        key: &str,
+        response: &StoredResponse,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}
+
+impl KeyTx for Transaction<'static, Sqlite> {
+    async fn claim_key(&mut self, claim: &Claim) -> Result<Begin, sqlx::Error> {
+        let open = self;
+        let (key, fingerprint, clock) = (&claim.key, &claim.fingerprint, claim.clock);
+        Ok(claim!(open, key, fingerprint, clock, SELECT))
+    }
+
+    async fn complete_key(
+        &mut self,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(COMPLETE)
+            .bind(key)
+            .bind(i64::from(response.status))
+            .bind(response.content_type.as_deref())
+            .bind(response.body.as_slice())
+            .execute(&mut **self)
+            .await?;
+        Ok(())
+    }
+}
+
+impl KeyTx for Transaction<'static, sqlx::Postgres> {
+    async fn claim_key(&mut self, claim: &Claim) -> Result<Begin, sqlx::Error> {
+        claim_in_postgres(self, claim).await
+    }
+
+    async fn complete_key(
+        &mut self,
+        key: &str,
+        response: &StoredResponse,
+    ) -> Result<(), sqlx::Error> {
+        complete_in_postgres(self, key, response).await
+    }
+}
+
+/// An `Idempotency-Key` to claim in the transaction of the effect it
+/// guards, with the route's answer to the effect's outcome: the claim, the
+/// effect and the answer commit together or not at all (see
+/// [`keyed_transact!`](crate::keyed_transact)).
+pub struct KeyedWrite<'a, T> {
+    pub(crate) claim: Claim,
+    pub(crate) render: &'a (dyn Fn(&T) -> StoredResponse + Send + Sync),
+}
+
+impl<'a, T> KeyedWrite<'a, T> {
+    /// The claim the middleware left to the route, marked as the route's
+    /// (see [`InlineClaim::take`]), answered with `render`.
+    pub fn new(
+        claim: &InlineClaim,
+        render: &'a (dyn Fn(&T) -> StoredResponse + Send + Sync),
+    ) -> Self {
+        Self {
+            claim: Claim::from(claim.take()),
+            render,
+        }
+    }
+}
+
+/// What a write guarded by an `Idempotency-Key` comes to.
+#[derive(Debug)]
+pub enum Keyed<T> {
+    /// The key was new (or there was none): the effect ran, and when it
+    /// committed under a key, its stored answer is here.
+    Decided(T, Option<StoredResponse>),
+    /// The key was not new (a replay, a key reused for another request or
+    /// still in flight): nothing ran.
+    Key(Begin),
+}
+
+impl<T> Keyed<T> {
+    /// The outcome of a write made without a key (which always decides).
+    pub fn unkeyed(self) -> Result<T, sqlx::Error> {
+        match self {
+            Self::Decided(value, _) => Ok(value),
+            Self::Key(_) => Err(sqlx::Error::Protocol(
+                "a write without a key came back undecided".into(),
+            )),
+        }
+    }
+}
+
+/// [`transact!`](crate::transact) with an optional [`KeyedWrite`]: the key
+/// is claimed first in the transaction; a key that is not new ends it
+/// with [`Keyed::Key`] and nothing done; otherwise `$body` runs and, when
+/// it commits, its value's answer is stored with it. A body that does not
+/// commit leaves the key unclaimed (its answer changed nothing, and the
+/// middleware keeps it as any other).
+#[macro_export]
+macro_rules! keyed_transact {
+    ($store:expr, $keyed:expr, $sqlite:ident, $postgres:ident, |$tx:ident, $backend:ident| $body:expr) => {{
+        use $crate::storage::idempotency::{KeyTx as _, Keyed};
+        let keyed: Option<&$crate::storage::idempotency::KeyedWrite<'_, _>> = $keyed;
+        $crate::transact!($store, $sqlite, $postgres, |$tx, $backend| {
+            let decision = match keyed {
+                Some(k) => Some($tx.claim_key(&k.claim).await?),
+                None => None,
+            };
+            match decision {
+                Some(decision) if decision != retail_shared::idempotency::Begin::Started => {
+                    (Keyed::Key(decision), false)
+                }
+                _ => {
+                    let (value, commit) = $body;
+                    let mut stored = None;
+                    if commit && let Some(k) = keyed {
+                        let answer = (k.render)(&value);
+                        $tx.complete_key(&k.claim.key, &answer).await?;
+                        stored = Some(answer);
+                    }
+                    (Keyed::Decided(value, stored), commit)
+                }
+            }
+        })
+    }};
+}
+
 /// A claim waiting in SQLite's batch.
 #[derive(Clone)]
 pub(crate) struct Claim {
@@ -156,7 +291,7 @@ static COMPLETIONS: BatchKind<(String, StoredResponse), ()> = BatchKind {
 /// One insert claims every key that is new; the others (a retry, a replay,
 /// a key used twice in the batch) are decided one by one as before. A key
 /// twice in the batch: the first claims it, the second finds it in flight.
-async fn claim_batch(
+pub(crate) async fn claim_batch(
     tx: &mut Transaction<'static, Sqlite>,
     claims: Vec<Claim>,
 ) -> Result<Vec<Begin>, sqlx::Error> {
@@ -269,11 +404,11 @@ impl IdempotencyStore for Store {
         Ok(())
     }
 
-    /// `POST /v1/reservations` claims its key, reserves and stores its
+    /// The routes that claim their key, make their change and store their
     /// answer in one transaction, on both backends (see
-    /// [`Store::reserve_keyed`](crate::storage::Store::reserve_keyed)).
+    /// [`crate::routes::keyed`]).
     fn inline_paths(&self) -> &'static [&'static str] {
-        &["/v1/reservations"]
+        crate::routes::keyed::INLINE_PATHS
     }
 
     async fn abandon(&self, key: &str) -> anyhow::Result<()> {

@@ -21,6 +21,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use retail_shared::idempotency::{Begin, InlineClaim};
+
+use super::idempotency::{Keyed, claim_in_postgres, complete_in_postgres};
+use super::ingest_keys::{self, IngestKey, IngestRender, KeyAnswer};
 use super::{BeginWrite, Db, Store, in_list, micros_to_rfc3339};
 use crate::inventory::event::{EVENT_ID_CONFLICT, Event, EventInput, EventType};
 use crate::inventory::position::{CountMark, PositionFigures, PositionState, resolve_safety_stock};
@@ -246,7 +250,7 @@ pub(crate) struct GroupCommit {
     batches: std::sync::atomic::AtomicU64,
 }
 
-type JobAnswer = Result<(Vec<Option<EventResult>>, BatchSummary), sqlx::Error>;
+type JobAnswer = Result<(Vec<Option<EventResult>>, BatchSummary, Option<KeyAnswer>), sqlx::Error>;
 
 /// One request's batch waiting for the writer.
 #[derive(Debug)]
@@ -255,6 +259,19 @@ struct Job {
     results: Vec<Option<EventResult>>,
     now: i64,
     reply: tokio::sync::oneshot::Sender<JobAnswer>,
+    /// Its `Idempotency-Key`, claimed and answered in the transaction.
+    key: Option<IngestKey>,
+}
+
+/// One job's place in a [`Group`].
+#[derive(Debug)]
+struct Part {
+    /// Its first result.
+    offset: usize,
+    results: usize,
+    candidates: usize,
+    reply: tokio::sync::oneshot::Sender<JobAnswer>,
+    key: Option<IngestKey>,
 }
 
 impl GroupCommit {
@@ -302,8 +319,7 @@ struct Group {
     candidates: Vec<Candidate>,
     results: Vec<Option<EventResult>>,
     now: i64,
-    /// Per job: (first result, results, candidates, reply).
-    parts: Vec<(usize, usize, usize, tokio::sync::oneshot::Sender<JobAnswer>)>,
+    parts: Vec<Part>,
 }
 
 impl Group {
@@ -316,9 +332,13 @@ impl Group {
         };
         for job in jobs {
             let offset = group.results.len();
-            group
-                .parts
-                .push((offset, job.results.len(), job.candidates.len(), job.reply));
+            group.parts.push(Part {
+                offset,
+                results: job.results.len(),
+                candidates: job.candidates.len(),
+                reply: job.reply,
+                key: job.key,
+            });
             group.results.extend(job.results);
             group
                 .candidates
@@ -342,28 +362,31 @@ impl Group {
         let mut results = self.results.into_iter();
         self.parts
             .into_iter()
-            .map(|(offset, result_count, candidate_count, reply)| Job {
+            .map(|part| Job {
                 candidates: candidates
                     .by_ref()
-                    .take(candidate_count)
+                    .take(part.candidates)
                     .map(|mut candidate| {
-                        candidate.index -= offset;
+                        candidate.index -= part.offset;
                         candidate
                     })
                     .collect(),
-                results: results.by_ref().take(result_count).collect(),
+                results: results.by_ref().take(part.results).collect(),
                 now: self.now,
-                reply,
+                reply: part.reply,
+                key: part.key,
             })
             .collect()
     }
 
-    /// Sends each job its results and its own counts.
-    fn answer(self) {
+    /// Sends each job its results, its own counts and what became of its
+    /// key (`keys`, per job).
+    fn answer(self, keys: Vec<Option<KeyAnswer>>) {
         let mut candidates = self.candidates.into_iter();
         let mut results = self.results.into_iter();
-        for (offset, result_count, candidate_count, reply) in self.parts {
-            let mine: Vec<Option<EventResult>> = results.by_ref().take(result_count).collect();
+        for (part, key) in self.parts.into_iter().zip(keys) {
+            let (offset, reply) = (part.offset, part.reply);
+            let mine: Vec<Option<EventResult>> = results.by_ref().take(part.results).collect();
             let mut summary = BatchSummary::default();
             for result in mine.iter().flatten() {
                 match result.status {
@@ -375,7 +398,7 @@ impl Group {
             }
             let positions: HashSet<(String, String)> = candidates
                 .by_ref()
-                .take(candidate_count)
+                .take(part.candidates)
                 .filter(|candidate| {
                     matches!(
                         mine.get(candidate.index - offset),
@@ -395,18 +418,18 @@ impl Group {
                 })
                 .collect();
             summary.positions = positions.len();
-            let _ = reply.send(Ok((mine, summary)));
+            let _ = reply.send(Ok((mine, summary, key)));
         }
     }
 
     fn fail(self, error: sqlx::Error) {
         let message = error.to_string();
         let mut error = Some(error);
-        for (_, _, _, reply) in self.parts {
+        for part in self.parts {
             let error = error
                 .take()
                 .unwrap_or_else(|| sqlx::Error::Protocol(message.clone()));
-            let _ = reply.send(Err(error));
+            let _ = part.reply.send(Err(error));
         }
     }
 }
@@ -416,27 +439,76 @@ impl Group {
 /// (the change feed's numbering, see `group`) ride at its end: under a
 /// stream of ingest they would otherwise each take the writer for a
 /// transaction and a WAL sync of their own.
+///
+/// The batches' `Idempotency-Key`s are claimed first in the same
+/// transaction (see `ingest_keys`); a batch whose key is not new journals
+/// nothing, and each claimed key gets its batch's answer before the
+/// commit. Returns what became of each batch's key.
 async fn apply_in_transaction(
     store: &Store,
     writer: &sqlx::SqlitePool,
     group: &mut Group,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<Option<KeyAnswer>>, sqlx::Error> {
     let mut tx = writer.begin_write().await?;
-    sqlite_ledger::apply(
-        &mut tx,
-        store.master_cache(),
-        &group.candidates,
-        &mut group.results,
-        group.now,
-    )
-    .await?;
+    let keys: Vec<Option<&IngestKey>> = group.parts.iter().map(|p| p.key.as_ref()).collect();
+    let refused = ingest_keys::claim_group(&mut tx, &keys).await?;
+    if refused.iter().all(Option::is_none) {
+        let candidates = &group.candidates;
+        sqlite_ledger::apply(
+            &mut tx,
+            store.master_cache(),
+            candidates,
+            &mut group.results,
+            group.now,
+        )
+        .await?;
+    } else {
+        // Rare (a retry answered from its key): the other batches' events
+        // only.
+        let skipped: Vec<std::ops::Range<usize>> = group
+            .parts
+            .iter()
+            .zip(&refused)
+            .filter(|(_, refused)| refused.is_some())
+            .map(|(part, _)| part.offset..part.offset + part.results)
+            .collect();
+        let runnable: Vec<Candidate> = group
+            .candidates
+            .iter()
+            .filter(|c| !skipped.iter().any(|range| range.contains(&c.index)))
+            .cloned()
+            .collect();
+        sqlite_ledger::apply(
+            &mut tx,
+            store.master_cache(),
+            &runnable,
+            &mut group.results,
+            group.now,
+        )
+        .await?;
+    }
+    let mut answers = Vec::with_capacity(group.parts.len());
+    let mut kept = Vec::new();
+    for (part, refused) in group.parts.iter().zip(refused) {
+        answers.push(match (&part.key, refused) {
+            (_, Some(decision)) => Some(KeyAnswer::Key(decision)),
+            (None, None) => None,
+            (Some(key), None) => {
+                let results = &group.results[part.offset..part.offset + part.results];
+                let answer = key.answer(results);
+                kept.push((key.claim.key.clone(), answer.clone()));
+                Some(KeyAnswer::Kept(answer))
+            }
+        });
+    }
+    ingest_keys::complete_group(&mut tx, kept).await?;
     let (riders, ran) = store.ride_last(&mut tx).await;
     let committed = match ran {
         Ok(()) => tx.commit().await,
         Err(error) => Err(error),
     };
     riders.settle(committed.as_ref().map(|_| ()));
-    committed
+    committed.map(|()| answers)
 }
 
 /// Whether `candidate`'s result has `status`.
@@ -515,13 +587,18 @@ fn conflict(event_id: String, taken_by: &str) -> EventResult {
 
 /// One result per input, in order (an input left without one was not
 /// processed, which `apply` never does).
-fn finish_results(results: Vec<Option<EventResult>>, inputs: &[EventInput]) -> Vec<EventResult> {
+/// The results of a request's events (`event_ids`, in order): an event
+/// never reached reads rejected.
+pub(crate) fn finish_results<'a>(
+    results: Vec<Option<EventResult>>,
+    event_ids: impl Iterator<Item = &'a str>,
+) -> Vec<EventResult> {
     results
         .into_iter()
-        .zip(inputs)
-        .map(|(result, input)| {
+        .zip(event_ids)
+        .map(|(result, event_id)| {
             result.unwrap_or_else(|| EventResult {
-                event_id: input.event_id.clone(),
+                event_id: event_id.to_owned(),
                 status: EventStatus::Rejected,
                 reason: Some("not processed".into()),
             })
@@ -1215,7 +1292,7 @@ macro_rules! ledger_backend {
                 let mut results = vec![None; inputs.len()];
                 let candidates = prepare(inputs, ctx, now, &mut results);
                 apply(tx, cache, &candidates, &mut results, now).await?;
-                Ok(finish_results(results, inputs))
+                Ok(finish_results(results, inputs.iter().map(|i| i.event_id.as_str())))
             }
 
             /// Takes up to `limit` parked events whose master data now
@@ -1535,10 +1612,26 @@ impl Store {
         inputs: &[EventInput],
         ctx: &IngestContext,
     ) -> Result<(Vec<EventResult>, BatchSummary), sqlx::Error> {
+        self.ingest_keyed(inputs, ctx, None).await?.unkeyed()
+    }
+
+    /// [`Store::ingest`] with the request's `Idempotency-Key` claimed and
+    /// answered in the transaction that journals its events (see
+    /// `ingest_keys`); a key that is not new journals nothing.
+    pub async fn ingest_keyed(
+        &self,
+        inputs: &[EventInput],
+        ctx: &IngestContext,
+        key: Option<(&InlineClaim, IngestRender)>,
+    ) -> Result<Keyed<(Vec<EventResult>, BatchSummary)>, sqlx::Error> {
         let now = self.now();
         let mut results: Vec<Option<EventResult>> = vec![None; inputs.len()];
         let candidates = prepare(inputs, ctx, now, &mut results);
-        let summary = match self.db() {
+        let key = key.map(|(claim, render)| {
+            let ids = inputs.iter().map(|i| i.event_id.clone()).collect();
+            IngestKey::new(claim, render, ids)
+        });
+        let (summary, kept) = match self.db() {
             Db::Sqlite { .. } => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
                 self.group.push(Job {
@@ -1546,6 +1639,7 @@ impl Store {
                     results,
                     now,
                     reply,
+                    key,
                 });
                 // The commit runs in its own task: a caller that goes away
                 // never cancels a transaction other callers' batches ride in.
@@ -1557,9 +1651,9 @@ impl Store {
                     Some(committer) => drop(committer.spawn(commit)),
                     None => drop(tokio::spawn(commit)),
                 }
-                let (done, summary) = answer.await.map_err(|_| sqlx::Error::PoolClosed)??;
+                let (done, summary, kept) = answer.await.map_err(|_| sqlx::Error::PoolClosed)??;
                 results = done;
-                summary
+                (summary, kept)
             }
             Db::Postgres(pool) => {
                 let mut attempt = 0;
@@ -1568,6 +1662,15 @@ impl Store {
                     let mut scratch = results.clone();
                     let outcome = async {
                         let mut tx = pool.begin_write().await?;
+                        if let Some(key) = &key {
+                            let decision = claim_in_postgres(&mut tx, &key.claim).await?;
+                            if decision != Begin::Started {
+                                return Ok((
+                                    BatchSummary::default(),
+                                    Some(KeyAnswer::Key(decision)),
+                                ));
+                            }
+                        }
                         let summary = postgres_ledger::apply(
                             &mut tx,
                             self.master_cache(),
@@ -1576,14 +1679,20 @@ impl Store {
                             now,
                         )
                         .await?;
+                        let mut kept = None;
+                        if let Some(key) = &key {
+                            let answer = key.answer(&scratch);
+                            complete_in_postgres(&mut tx, &key.claim.key, &answer).await?;
+                            kept = Some(KeyAnswer::Kept(answer));
+                        }
                         tx.commit().await?;
-                        Ok::<_, sqlx::Error>(summary)
+                        Ok::<_, sqlx::Error>((summary, kept))
                     }
                     .await;
                     match outcome {
-                        Ok(summary) => {
+                        Ok(done) => {
                             results = scratch;
-                            break summary;
+                            break done;
                         }
                         Err(error) if attempt < PG_ATTEMPTS && is_retryable(&error) => {
                             tracing::debug!(attempt, "ingest transaction retried: {error}");
@@ -1593,7 +1702,13 @@ impl Store {
                 }
             }
         };
-        Ok((finish_results(results, inputs), summary))
+        let stored = match kept {
+            Some(KeyAnswer::Key(decision)) => return Ok(Keyed::Key(decision)),
+            Some(KeyAnswer::Kept(answer)) => Some(answer),
+            None => None,
+        };
+        let results = finish_results(results, inputs.iter().map(|i| i.event_id.as_str()));
+        Ok(Keyed::Decided((results, summary), stored))
     }
 
     /// SQLite group commit so far: (transactions, request batches they
@@ -1626,11 +1741,11 @@ impl Store {
             let mut group = Group::join(jobs);
             let outcome = apply_in_transaction(self, writer, &mut group).await;
             match outcome {
-                Ok(()) => {
+                Ok(keys) => {
                     use std::sync::atomic::Ordering::Relaxed;
                     self.group.transactions.fetch_add(1, Relaxed);
                     self.group.batches.fetch_add(batch_count, Relaxed);
-                    group.answer();
+                    group.answer(keys);
                 }
                 // One batch's failure must not fail the batches that rode
                 // along: each is tried again in a transaction of its own.
@@ -1639,7 +1754,7 @@ impl Store {
                     for job in group.split() {
                         let mut single = Group::join(vec![job]);
                         match apply_in_transaction(self, writer, &mut single).await {
-                            Ok(()) => single.answer(),
+                            Ok(keys) => single.answer(keys),
                             Err(error) => single.fail(error),
                         }
                     }

@@ -18,6 +18,7 @@ pub mod cache;
 pub mod feed;
 mod group;
 pub mod idempotency;
+pub mod ingest_keys;
 pub mod ledger;
 pub mod maintenance;
 pub mod master;
@@ -99,6 +100,7 @@ macro_rules! transact {
                 match $store.db() {
                     $crate::storage::Db::Sqlite { writer, .. } => {
                         let mut $tx = writer.begin_write().await?;
+                        #[allow(unused_imports, reason = "a body may not need its backend")]
                         use $sqlite as $backend;
                         let (value, commit) = $body;
                         if commit {
@@ -108,6 +110,7 @@ macro_rules! transact {
                     }
                     $crate::storage::Db::Postgres(pool) => {
                         let mut $tx = pool.begin_write().await?;
+                        #[allow(unused_imports, reason = "a body may not need its backend")]
                         use $postgres as $backend;
                         let (value, commit) = $body;
                         if commit {

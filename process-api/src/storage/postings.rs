@@ -24,6 +24,7 @@ use serde::Serialize;
 use sqlx::Row as _;
 use utoipa::ToSchema;
 
+use super::idempotency::{Keyed, KeyedWrite};
 use super::{Store, in_list, micros_to_rfc3339};
 use crate::on_reader;
 
@@ -215,6 +216,9 @@ pub struct PostingFilter {
     pub limit: i64,
 }
 
+/// What an operator action on a dead posting comes to: the posting after.
+pub type PostingActionOutcome = Result<PostingView, PostingActionRefusal>;
+
 /// Why an operator action on a posting was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PostingActionRefusal {
@@ -276,6 +280,49 @@ const CLAIMED_DETAILS: &str = "SELECT p.posting_id, p.event_id, p.attempts, j.ty
 const VIEW_COLUMNS: &str = "p.posting_id, p.event_id, j.type, p.location_id, p.sku, \
      j.on_hand_change, p.status, p.attempts, p.last_error, p.created_at, p.next_attempt_at, \
      p.posted_at, p.erp_ref, p.resolved_by, p.note";
+
+/// The query of [`PostingView`]s, to which a `WHERE` is added.
+fn view_select() -> String {
+    format!(
+        "SELECT {VIEW_COLUMNS}, CASE WHEN p.status = 'dead' THEN \
+         (SELECT COUNT(*) FROM outbox_postings w WHERE w.location_id = p.location_id \
+          AND w.sku = p.sku AND w.posting_id > p.posting_id \
+          AND w.status IN ('pending', 'in_flight', 'dead')) END \
+         FROM outbox_postings p JOIN journal j ON j.event_id = p.event_id"
+    )
+}
+
+/// A row of [`view_select`] on either backend.
+fn posting_view_from_row<R: sqlx::Row>(row: &R) -> Result<PostingView, sqlx::Error>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let status: String = row.try_get(6)?;
+    let next_attempt_at: i64 = row.try_get(10)?;
+    let pending = status == "pending" || status == "in_flight";
+    Ok(PostingView {
+        posting_id: row.try_get(0)?,
+        event_id: row.try_get(1)?,
+        kind: row.try_get(2)?,
+        location_id: row.try_get(3)?,
+        sku: row.try_get(4)?,
+        quantity: row.try_get(5)?,
+        status,
+        attempts: row.try_get(7)?,
+        last_error: row.try_get(8)?,
+        created_at: micros_to_rfc3339(row.try_get::<Option<i64>, _>(9)?.unwrap_or(next_attempt_at)),
+        next_attempt_at: pending.then(|| micros_to_rfc3339(next_attempt_at)),
+        posted_at: row.try_get::<Option<i64>, _>(11)?.map(micros_to_rfc3339),
+        erp_ref: row.try_get(12)?,
+        resolved_by: row.try_get(13)?,
+        note: row.try_get(14)?,
+        waiting_behind: row.try_get(15)?,
+    })
+}
 
 macro_rules! postings_backend {
     ($module:ident, $db:ty, $serialise_claims:literal) => {
@@ -512,8 +559,10 @@ impl Store {
         posting_id: i64,
         actor: &str,
         note: Option<&str>,
-    ) -> Result<Result<(), PostingActionRefusal>, sqlx::Error> {
-        self.resolve_dead(posting_id, true, actor, note).await
+    ) -> Result<PostingActionOutcome, sqlx::Error> {
+        self.resolve_dead(posting_id, true, actor, note, None)
+            .await?
+            .unkeyed()
     }
 
     /// Gives up on a dead posting for good: the ERP never gets it (the
@@ -523,24 +572,45 @@ impl Store {
         posting_id: i64,
         actor: &str,
         note: Option<&str>,
-    ) -> Result<Result<(), PostingActionRefusal>, sqlx::Error> {
-        self.resolve_dead(posting_id, false, actor, note).await
+    ) -> Result<PostingActionOutcome, sqlx::Error> {
+        self.resolve_dead(posting_id, false, actor, note, None)
+            .await?
+            .unkeyed()
     }
 
-    async fn resolve_dead(
+    /// Replays (`replay`) or discards a dead posting, with its
+    /// `Idempotency-Key` claimed and answered in the same transaction; the
+    /// answer is the posting as it stands after.
+    pub async fn resolve_dead(
         &self,
         posting_id: i64,
         replay: bool,
         actor: &str,
         note: Option<&str>,
-    ) -> Result<Result<(), PostingActionRefusal>, sqlx::Error> {
+        keyed: Option<&KeyedWrite<'_, PostingActionOutcome>>,
+    ) -> Result<Keyed<PostingActionOutcome>, sqlx::Error> {
         let now = self.now();
-        let resolved = crate::transact!(self, sqlite_postings, postgres_postings, |tx, backend| {
-            let outcome =
-                backend::set_dead_status(&mut tx, posting_id, replay, actor, note, now).await?;
-            let commit = outcome.is_ok();
-            (outcome, commit)
-        });
+        let select = format!("{} WHERE p.posting_id = $1", view_select());
+        let resolved = crate::keyed_transact!(
+            self,
+            keyed,
+            sqlite_postings,
+            postgres_postings,
+            |tx, backend| {
+                match backend::set_dead_status(&mut tx, posting_id, replay, actor, note, now)
+                    .await?
+                {
+                    Err(refusal) => (Err(refusal), false),
+                    Ok(()) => {
+                        let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                            .bind(posting_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                        (Ok(posting_view_from_row(&row)?), true)
+                    }
+                }
+            }
+        );
         self.forget_closed_counts();
         resolved
     }
@@ -671,14 +741,7 @@ impl Store {
         filter: &PostingFilter,
     ) -> Result<Vec<PostingView>, sqlx::Error> {
         on_reader!(self.db(), |pool| {
-            let mut sql = format!(
-                "SELECT {VIEW_COLUMNS}, CASE WHEN p.status = 'dead' THEN \
-                 (SELECT COUNT(*) FROM outbox_postings w WHERE w.location_id = p.location_id \
-                  AND w.sku = p.sku AND w.posting_id > p.posting_id \
-                  AND w.status IN ('pending', 'in_flight', 'dead')) END \
-                 FROM outbox_postings p JOIN journal j ON j.event_id = p.event_id \
-                 WHERE p.posting_id > $1"
-            );
+            let mut sql = format!("{} WHERE p.posting_id > $1", view_select());
             let mut next = 2;
             for (column, value) in [
                 ("p.status", &filter.status),
@@ -705,33 +768,7 @@ impl Store {
                 query = query.bind(value.as_str());
             }
             let rows = query.bind(filter.limit).fetch_all(pool).await?;
-            rows.iter()
-                .map(|row| {
-                    let status: String = row.try_get(6)?;
-                    let next_attempt_at: i64 = row.try_get(10)?;
-                    let pending = status == "pending" || status == "in_flight";
-                    Ok(PostingView {
-                        posting_id: row.try_get(0)?,
-                        event_id: row.try_get(1)?,
-                        kind: row.try_get(2)?,
-                        location_id: row.try_get(3)?,
-                        sku: row.try_get(4)?,
-                        quantity: row.try_get(5)?,
-                        status,
-                        attempts: row.try_get(7)?,
-                        last_error: row.try_get(8)?,
-                        created_at: micros_to_rfc3339(
-                            row.try_get::<Option<i64>, _>(9)?.unwrap_or(next_attempt_at),
-                        ),
-                        next_attempt_at: pending.then(|| micros_to_rfc3339(next_attempt_at)),
-                        posted_at: row.try_get::<Option<i64>, _>(11)?.map(micros_to_rfc3339),
-                        erp_ref: row.try_get(12)?,
-                        resolved_by: row.try_get(13)?,
-                        note: row.try_get(14)?,
-                        waiting_behind: row.try_get(15)?,
-                    })
-                })
-                .collect()
+            rows.iter().map(posting_view_from_row).collect()
         })
     }
 

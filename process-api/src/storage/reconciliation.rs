@@ -13,6 +13,7 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::idempotency::{Keyed, KeyedWrite};
 use super::ledger::{EventStatus, IngestContext, postgres_ledger, sqlite_ledger};
 use super::{Store, in_list, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
@@ -104,6 +105,9 @@ pub struct Mismatch {
     /// Currency.
     pub currency: Option<String>,
 }
+
+/// What settling an exception comes to.
+pub type ExceptionOutcome = Result<ReconciliationException, ExceptionRefusal>;
 
 /// Why settling an exception was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,79 +384,99 @@ impl Store {
         approve: bool,
         ctx: &IngestContext,
         note: Option<&str>,
-    ) -> Result<Result<ReconciliationException, ExceptionRefusal>, sqlx::Error> {
+    ) -> Result<ExceptionOutcome, sqlx::Error> {
+        self.settle_exception_keyed(exception_id, approve, ctx, note, None)
+            .await?
+            .unkeyed()
+    }
+
+    /// [`Store::settle_exception`] with its `Idempotency-Key` claimed and
+    /// answered in the settlement's own transaction.
+    pub async fn settle_exception_keyed(
+        &self,
+        exception_id: i64,
+        approve: bool,
+        ctx: &IngestContext,
+        note: Option<&str>,
+        keyed: Option<&KeyedWrite<'_, ExceptionOutcome>>,
+    ) -> Result<Keyed<ExceptionOutcome>, sqlx::Error> {
         let now = self.now();
         let select = format!(
             "SELECT {EXCEPTION_COLUMNS} FROM reconciliation_exceptions WHERE exception_id = $1"
         );
-        let settled = crate::transact!(self, sqlite_ledger, postgres_ledger, |tx, backend| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
-                .bind(exception_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            match row.as_ref().map(exception_from_row).transpose()? {
-                None => (Err(ExceptionRefusal::NotFound), false),
-                Some(found) if found.status != "open" => {
-                    (Err(ExceptionRefusal::NotOpen(found.status)), false)
-                }
-                Some(found) => {
-                    let mut refused = None;
-                    let mut event_id = None;
-                    if approve && found.difference != 0 {
-                        let id = format!("reconciliation:{exception_id}");
-                        let input = EventInput {
-                            event_id: id.clone(),
-                            r#type: "adjustment".into(),
-                            location_id: found.location_id.clone(),
-                            sku: found.sku.clone(),
-                            quantity: found.difference,
-                            occurred_at: micros_to_rfc3339(now),
-                            source: "reconciliation".into(),
-                            reference: Some(format!("reconciliation exception {exception_id}")),
-                            reason: Some("ERP reconciliation".into()),
-                            counterparty_location_id: None,
-                            disposition: None,
-                        };
-                        let results = backend::apply_inputs(
-                            &mut tx,
-                            self.master_cache(),
-                            std::slice::from_ref(&input),
-                            ctx,
-                            now,
-                        )
-                        .await?;
-                        match results.first() {
-                            Some(r)
-                                if matches!(
-                                    r.status,
-                                    EventStatus::Applied | EventStatus::Duplicate
-                                ) =>
-                            {
-                                // The ERP already holds this quantity.
-                                sqlx::query(
-                                    "UPDATE outbox_postings SET status = 'posted', \
+        let settled = crate::keyed_transact!(
+            self,
+            keyed,
+            sqlite_ledger,
+            postgres_ledger,
+            |tx, backend| {
+                let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                    .bind(exception_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match row.as_ref().map(exception_from_row).transpose()? {
+                    None => (Err(ExceptionRefusal::NotFound), false),
+                    Some(found) if found.status != "open" => {
+                        (Err(ExceptionRefusal::NotOpen(found.status)), false)
+                    }
+                    Some(found) => {
+                        let mut refused = None;
+                        let mut event_id = None;
+                        if approve && found.difference != 0 {
+                            let id = format!("reconciliation:{exception_id}");
+                            let input = EventInput {
+                                event_id: id.clone(),
+                                r#type: "adjustment".into(),
+                                location_id: found.location_id.clone(),
+                                sku: found.sku.clone(),
+                                quantity: found.difference,
+                                occurred_at: micros_to_rfc3339(now),
+                                source: "reconciliation".into(),
+                                reference: Some(format!("reconciliation exception {exception_id}")),
+                                reason: Some("ERP reconciliation".into()),
+                                counterparty_location_id: None,
+                                disposition: None,
+                            };
+                            let results = backend::apply_inputs(
+                                &mut tx,
+                                self.master_cache(),
+                                std::slice::from_ref(&input),
+                                ctx,
+                                now,
+                            )
+                            .await?;
+                            match results.first() {
+                                Some(r)
+                                    if matches!(
+                                        r.status,
+                                        EventStatus::Applied | EventStatus::Duplicate
+                                    ) =>
+                                {
+                                    // The ERP already holds this quantity.
+                                    sqlx::query(
+                                        "UPDATE outbox_postings SET status = 'posted', \
                                      posted_at = $1, erp_ref = 'reconciliation' \
                                      WHERE event_id = $2",
-                                )
-                                .bind(now)
-                                .bind(&id)
-                                .execute(&mut *tx)
-                                .await?;
-                                event_id = Some(id);
-                            }
-                            other => {
-                                refused = Some(
-                                    other
-                                        .and_then(|r| r.reason.clone())
-                                        .unwrap_or_else(|| "not applied".into()),
-                                );
+                                    )
+                                    .bind(now)
+                                    .bind(&id)
+                                    .execute(&mut *tx)
+                                    .await?;
+                                    event_id = Some(id);
+                                }
+                                other => {
+                                    refused = Some(
+                                        other
+                                            .and_then(|r| r.reason.clone())
+                                            .unwrap_or_else(|| "not applied".into()),
+                                    );
+                                }
                             }
                         }
-                    }
-                    if let Some(reason) = refused {
-                        (Err(ExceptionRefusal::NotApplied(reason)), false)
-                    } else {
-                        sqlx::query(
+                        if let Some(reason) = refused {
+                            (Err(ExceptionRefusal::NotApplied(reason)), false)
+                        } else {
+                            sqlx::query(
                             "UPDATE reconciliation_exceptions SET status = $1, resolved_at = $2, \
                              resolved_by = $3, note = $4, adjustment_event_id = $5 \
                              WHERE exception_id = $6",
@@ -465,15 +489,16 @@ impl Store {
                         .bind(exception_id)
                         .execute(&mut *tx)
                         .await?;
-                        let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
-                            .bind(exception_id)
-                            .fetch_one(&mut *tx)
-                            .await?;
-                        (Ok(exception_from_row(&row)?), true)
+                            let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                                .bind(exception_id)
+                                .fetch_one(&mut *tx)
+                                .await?;
+                            (Ok(exception_from_row(&row)?), true)
+                        }
                     }
                 }
             }
-        });
+        );
         // An approval may have marked a posting delivered.
         self.forget_closed_counts();
         settled

@@ -43,7 +43,7 @@ use sqlx::{Sqlite, Transaction};
 use retail_shared::idempotency::{Begin, InlineClaim, StoredResponse};
 
 use super::group::BatchKind;
-use super::idempotency::{Claim, decide_claims};
+use super::idempotency::{Claim, KeyedWrite, decide_claims};
 use super::ledger::{EventResult, EventStatus, IngestContext};
 use super::{Store, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
@@ -539,19 +539,17 @@ pub type Outcome = Result<Reservation, ReserveRefusal>;
 
 /// The route's answer to an outcome, as stored for replays of its
 /// `Idempotency-Key`.
-pub type Render = fn(&Outcome) -> StoredResponse;
+/// `None` for an outcome that is not the request's answer (the route
+/// goes on to try something else): the key is then left free, as if the
+/// attempt had never claimed it.
+pub type Render = std::sync::Arc<dyn Fn(&Outcome) -> Option<StoredResponse> + Send + Sync>;
+
+/// What releasing or fulfilling a reservation comes to.
+pub type CloseOutcome = Result<Reservation, CloseRefusal>;
 
 /// What a reservation with an `Idempotency-Key` claimed in its own
 /// transaction comes to.
-#[derive(Debug)]
-pub enum Keyed {
-    /// The key was new: the reservation was decided, and its answer stored
-    /// with it (the rendered answer, when the key was claimed here).
-    Decided(Outcome, Option<StoredResponse>),
-    /// The key was not new (a replay, a key reused for another request or
-    /// still in flight): nothing was decided.
-    Key(Begin),
-}
+pub type Keyed = super::idempotency::Keyed<Outcome>;
 
 /// Reservations on SQLite: decided and written a batch at a time.
 static RESERVATION_BATCH: BatchKind<Pending, Keyed> = BatchKind {
@@ -669,6 +667,7 @@ async fn reserve_batch(
     let mut answers = Vec::with_capacity(batch.len());
     let mut made: Vec<(&Row, &str)> = Vec::new();
     let mut completions: Vec<(String, StoredResponse)> = Vec::new();
+    let mut released: Vec<&str> = Vec::new();
     for (pending, refused_key) in batch.iter().zip(refused_keys) {
         if let Some(decision) = refused_key {
             answers.push(Keyed::Key(decision));
@@ -678,14 +677,28 @@ async fn reserve_batch(
         if outcome.is_ok() {
             made.push((&pending.row, pending.request.request_id.as_str()));
         }
-        let stored = pending.claim.as_ref().map(|(claim, render)| {
+        let stored = pending.claim.as_ref().and_then(|(claim, render)| {
             let stored = render(&outcome);
-            completions.push((claim.key.clone(), stored.clone()));
+            match &stored {
+                Some(stored) => completions.push((claim.key.clone(), stored.clone())),
+                None => released.push(claim.key.as_str()),
+            }
             stored
         });
         answers.push(Keyed::Decided(outcome, stored));
     }
     batch_writes(tx, &made, &completions).await?;
+    if !released.is_empty() {
+        // Claimed by this batch's insert (or taken over from an expired
+        // record): nobody else holds them.
+        let mut qb = QueryBuilder::<Sqlite>::new("DELETE FROM idempotency_keys WHERE key IN (");
+        let mut keys = qb.separated(", ");
+        for key in &released {
+            keys.push_bind(*key);
+        }
+        qb.push(")");
+        qb.build().execute(&mut **tx).await?;
+    }
     Ok(answers)
 }
 
@@ -1001,7 +1014,11 @@ impl Store {
                     now,
                 )
                 .await?;
-                let stored = render(&outcome);
+                let Some(stored) = render(&outcome) else {
+                    // Not the request's answer: nothing kept, the key free.
+                    tx.rollback().await?;
+                    return Ok(Keyed::Decided(outcome, None));
+                };
                 super::idempotency::complete_in_postgres(&mut tx, &claim.key, &stored).await?;
                 tx.commit().await?;
                 Ok(Keyed::Decided(outcome, Some(stored)))
@@ -1051,9 +1068,16 @@ impl Store {
         &self,
         reservation_id: &str,
         owner: &str,
-    ) -> Result<Result<Reservation, CloseRefusal>, sqlx::Error> {
-        self.end_reservation(reservation_id, owner, ReservationStatus::Released, None)
-            .await
+    ) -> Result<CloseOutcome, sqlx::Error> {
+        self.end_reservation(
+            reservation_id,
+            owner,
+            ReservationStatus::Released,
+            None,
+            None,
+        )
+        .await?
+        .unkeyed()
     }
 
     /// Fulfils an active, unexpired reservation: journals one sale per line
@@ -1064,26 +1088,33 @@ impl Store {
         reservation_id: &str,
         owner: &str,
         ctx: &IngestContext,
-    ) -> Result<Result<Reservation, CloseRefusal>, sqlx::Error> {
+    ) -> Result<CloseOutcome, sqlx::Error> {
         self.end_reservation(
             reservation_id,
             owner,
             ReservationStatus::Fulfilled,
             Some(ctx),
+            None,
         )
-        .await
+        .await?
+        .unkeyed()
     }
 
-    async fn end_reservation(
+    /// Releases (`target` released, no `ctx`) or fulfils (`target`
+    /// fulfilled, with the sales' `ctx`) a reservation of `owner`, with its
+    /// `Idempotency-Key` claimed and answered in the same transaction.
+    pub async fn end_reservation(
         &self,
         reservation_id: &str,
         owner: &str,
         target: ReservationStatus,
         ctx: Option<&IngestContext>,
-    ) -> Result<Result<Reservation, CloseRefusal>, sqlx::Error> {
+        keyed: Option<&KeyedWrite<'_, CloseOutcome>>,
+    ) -> Result<super::idempotency::Keyed<CloseOutcome>, sqlx::Error> {
         let now = self.now();
-        crate::transact!(
+        crate::keyed_transact!(
             self,
+            keyed,
             sqlite_reservations,
             postgres_reservations,
             |tx, backend| {

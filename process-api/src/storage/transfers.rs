@@ -18,6 +18,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::idempotency::{Keyed, KeyedWrite};
 use super::ledger::{EventResult, EventStatus, IngestContext};
 use super::{Store, micros_to_rfc3339};
 use crate::inventory::event::EventInput;
@@ -385,6 +386,77 @@ macro_rules! transfer_backend {
                 row.as_ref().map(Row::from_sql).transpose()
             }
 
+            /// One transfer with its steps and exceptions (as
+            /// [`Store::transfer`] reads it), inside a transaction.
+            pub(super) async fn view(
+                tx: &mut Tx<'_>,
+                transfer_id: &str,
+            ) -> Result<Option<Transfer>, sqlx::Error> {
+                let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COLUMNS} FROM transfers WHERE transfer_id = $1"
+                )))
+                .bind(transfer_id)
+                .fetch_optional(&mut **tx)
+                .await?
+                else {
+                    return Ok(None);
+                };
+                let row = Row::from_sql(&row)?;
+                let steps = sqlx::query(
+                    "SELECT step, actor, at FROM transfer_steps WHERE transfer_id = $1 ORDER BY at, \
+                     CASE step WHEN 'requested' THEN 0 WHEN 'approved' THEN 1 WHEN 'shipped' THEN 2 \
+                     ELSE 3 END",
+                )
+                .bind(transfer_id)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok(TransferStep {
+                        step: r.try_get(0)?,
+                        actor: r.try_get(1)?,
+                        at: micros_to_rfc3339(r.try_get(2)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                let exceptions = sqlx::query(
+                    "SELECT sku, shipped, received, status FROM transfer_exceptions \
+                     WHERE transfer_id = $1 ORDER BY sku",
+                )
+                .bind(transfer_id)
+                .fetch_all(&mut **tx)
+                .await?
+                .iter()
+                .map(|r| {
+                    let shipped: i64 = r.try_get(1)?;
+                    let received: i64 = r.try_get(2)?;
+                    Ok(TransferException {
+                        sku: r.try_get(0)?,
+                        shipped,
+                        received,
+                        difference: received - shipped,
+                        status: r.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                Ok(Some(Transfer {
+                    transfer_id: row.transfer_id,
+                    status: row.status,
+                    source_location_id: row.source,
+                    destination_location_id: row.destination,
+                    lines: row.lines,
+                    value_at_cost: row.value_at_cost,
+                    currency: row.currency,
+                    requested_by: row.requested_by,
+                    approved_by: row.approved_by,
+                    reference: row.reference,
+                    created_at: micros_to_rfc3339(row.created_at),
+                    updated_at: micros_to_rfc3339(row.updated_at),
+                    steps,
+                    exceptions,
+                }))
+            }
+
             pub(super) use super::super::ledger::$ledger::apply_inputs;
         }
     };
@@ -412,12 +484,19 @@ fn not_applied(results: Vec<EventResult>) -> Option<TransferRefusal> {
         })
 }
 
+/// What a transfer request or step comes to.
+pub type TransferOutcome = Result<Transfer, TransferRefusal>;
+
 /// What a step does once the transfer is loaded and locked.
 #[derive(Debug, Clone)]
-enum Action {
+pub enum Action {
+    /// Approve a requested transfer.
     Approve,
+    /// Ship an approved transfer.
     Ship,
+    /// Receive a shipped transfer, with counted quantities per sku.
     Receive(Option<Vec<(String, i64)>>),
+    /// Cancel a transfer not shipped.
     Cancel,
 }
 
@@ -428,11 +507,28 @@ impl Store {
         &self,
         request: &NewTransfer,
         ctx: &IngestContext,
-    ) -> Result<Result<Transfer, TransferRefusal>, sqlx::Error> {
+    ) -> Result<TransferOutcome, sqlx::Error> {
+        self.request_transfer_keyed(request, ctx, None)
+            .await?
+            .unkeyed()
+    }
+
+    /// [`Store::request_transfer`] with its `Idempotency-Key` claimed and
+    /// answered in the transfer's own transaction.
+    pub async fn request_transfer_keyed(
+        &self,
+        request: &NewTransfer,
+        ctx: &IngestContext,
+        keyed: Option<&KeyedWrite<'_, TransferOutcome>>,
+    ) -> Result<Keyed<TransferOutcome>, sqlx::Error> {
         let now = self.now();
         let transfer_id = uuid::Uuid::now_v7().to_string();
-        let outcome =
-            crate::transact!(self, sqlite_transfers, postgres_transfers, |tx, backend| {
+        crate::keyed_transact!(
+            self,
+            keyed,
+            sqlite_transfers,
+            postgres_transfers,
+            |tx, backend| {
                 let skus: BTreeSet<&str> = request.lines.iter().map(|(s, _)| s.as_str()).collect();
                 let costs = backend::costs(&mut tx, &skus).await?;
                 let mut unknown = Vec::new();
@@ -510,16 +606,13 @@ impl Store {
                         )
                         .await?;
                     }
-                    (Ok(()), true)
+                    let made = backend::view(&mut tx, &transfer_id)
+                        .await?
+                        .ok_or(sqlx::Error::RowNotFound)?;
+                    (Ok(made), true)
                 }
-            })?;
-        match outcome {
-            Ok(()) => Ok(Ok(self
-                .transfer(&transfer_id)
-                .await?
-                .ok_or_else(|| sqlx::Error::RowNotFound)?)),
-            Err(refusal) => Ok(Err(refusal)),
-        }
+            }
+        )
     }
 
     /// Approves a requested transfer (never by its requester).
@@ -527,8 +620,10 @@ impl Store {
         &self,
         transfer_id: &str,
         ctx: &IngestContext,
-    ) -> Result<Result<Transfer, TransferRefusal>, sqlx::Error> {
-        self.transfer_step(transfer_id, Action::Approve, ctx).await
+    ) -> Result<TransferOutcome, sqlx::Error> {
+        self.transfer_step(transfer_id, Action::Approve, ctx, None)
+            .await?
+            .unkeyed()
     }
 
     /// Ships an approved transfer: one `transfer_out` per line.
@@ -536,8 +631,10 @@ impl Store {
         &self,
         transfer_id: &str,
         ctx: &IngestContext,
-    ) -> Result<Result<Transfer, TransferRefusal>, sqlx::Error> {
-        self.transfer_step(transfer_id, Action::Ship, ctx).await
+    ) -> Result<TransferOutcome, sqlx::Error> {
+        self.transfer_step(transfer_id, Action::Ship, ctx, None)
+            .await?
+            .unkeyed()
     }
 
     /// Receives a shipped transfer with the counted quantities (default:
@@ -548,9 +645,10 @@ impl Store {
         transfer_id: &str,
         counted: Option<Vec<(String, i64)>>,
         ctx: &IngestContext,
-    ) -> Result<Result<Transfer, TransferRefusal>, sqlx::Error> {
-        self.transfer_step(transfer_id, Action::Receive(counted), ctx)
-            .await
+    ) -> Result<TransferOutcome, sqlx::Error> {
+        self.transfer_step(transfer_id, Action::Receive(counted), ctx, None)
+            .await?
+            .unkeyed()
     }
 
     /// Cancels a transfer that has not shipped.
@@ -558,19 +656,28 @@ impl Store {
         &self,
         transfer_id: &str,
         ctx: &IngestContext,
-    ) -> Result<Result<Transfer, TransferRefusal>, sqlx::Error> {
-        self.transfer_step(transfer_id, Action::Cancel, ctx).await
+    ) -> Result<TransferOutcome, sqlx::Error> {
+        self.transfer_step(transfer_id, Action::Cancel, ctx, None)
+            .await?
+            .unkeyed()
     }
 
-    async fn transfer_step(
+    /// A step of a transfer with its `Idempotency-Key` claimed and answered
+    /// in the step's own transaction.
+    pub async fn transfer_step(
         &self,
         transfer_id: &str,
         action: Action,
         ctx: &IngestContext,
-    ) -> Result<Result<Transfer, TransferRefusal>, sqlx::Error> {
+        keyed: Option<&KeyedWrite<'_, TransferOutcome>>,
+    ) -> Result<Keyed<TransferOutcome>, sqlx::Error> {
         let now = self.now();
-        let outcome =
-            crate::transact!(self, sqlite_transfers, postgres_transfers, |tx, backend| {
+        crate::keyed_transact!(
+            self,
+            keyed,
+            sqlite_transfers,
+            postgres_transfers,
+            |tx, backend| {
                 match backend::load(&mut tx, transfer_id).await? {
                     None => (Err(TransferRefusal::NotFound), false),
                     Some(mut row) => {
@@ -591,7 +698,10 @@ impl Store {
                         };
                         if row.status == target {
                             // A repeated step answers the transfer unchanged.
-                            (Ok(()), false)
+                            let unchanged = backend::view(&mut tx, transfer_id)
+                                .await?
+                                .ok_or(TransferRefusal::NotFound);
+                            (unchanged, false)
                         } else if !allowed {
                             (Err(TransferRefusal::WrongStatus(row.status)), false)
                         } else if matches!(action, Action::Approve) && row.requested_by == ctx.actor
@@ -686,89 +796,28 @@ impl Store {
                                         now,
                                     )
                                     .await?;
-                                    (Ok(()), true)
+                                    let stepped = backend::view(&mut tx, transfer_id)
+                                        .await?
+                                        .ok_or(sqlx::Error::RowNotFound)?;
+                                    (Ok(stepped), true)
                                 }
                             }
                         }
                     }
                 }
-            })?;
-        match outcome {
-            Ok(()) => Ok(self
-                .transfer(transfer_id)
-                .await?
-                .ok_or(TransferRefusal::NotFound)),
-            Err(refusal) => Ok(Err(refusal)),
-        }
+            }
+        )
     }
 
     /// One transfer with its steps and exceptions.
     pub async fn transfer(&self, transfer_id: &str) -> Result<Option<Transfer>, sqlx::Error> {
-        crate::on_reader!(self.db(), |pool| {
-            use sqlx::Row as _;
-            let Some(row) = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {COLUMNS} FROM transfers WHERE transfer_id = $1"
-            )))
-            .bind(transfer_id)
-            .fetch_optional(pool)
-            .await?
-            else {
-                return Ok(None);
-            };
-            let row = Row::from_sql(&row)?;
-            let steps = sqlx::query(
-                "SELECT step, actor, at FROM transfer_steps WHERE transfer_id = $1 ORDER BY at, \
-                 CASE step WHEN 'requested' THEN 0 WHEN 'approved' THEN 1 WHEN 'shipped' THEN 2 \
-                 ELSE 3 END",
-            )
-            .bind(transfer_id)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(TransferStep {
-                    step: r.try_get(0)?,
-                    actor: r.try_get(1)?,
-                    at: micros_to_rfc3339(r.try_get(2)?),
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            let exceptions = sqlx::query(
-                "SELECT sku, shipped, received, status FROM transfer_exceptions \
-                 WHERE transfer_id = $1 ORDER BY sku",
-            )
-            .bind(transfer_id)
-            .fetch_all(pool)
-            .await?
-            .iter()
-            .map(|r| {
-                let shipped: i64 = r.try_get(1)?;
-                let received: i64 = r.try_get(2)?;
-                Ok(TransferException {
-                    sku: r.try_get(0)?,
-                    shipped,
-                    received,
-                    difference: received - shipped,
-                    status: r.try_get(3)?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-            Ok(Some(Transfer {
-                transfer_id: row.transfer_id,
-                status: row.status,
-                source_location_id: row.source,
-                destination_location_id: row.destination,
-                lines: row.lines,
-                value_at_cost: row.value_at_cost,
-                currency: row.currency,
-                requested_by: row.requested_by,
-                approved_by: row.approved_by,
-                reference: row.reference,
-                created_at: micros_to_rfc3339(row.created_at),
-                updated_at: micros_to_rfc3339(row.updated_at),
-                steps,
-                exceptions,
-            }))
-        })
+        match self.db() {
+            super::Db::Sqlite { reader, .. } => {
+                sqlite_transfers::view(&mut reader.begin().await?, transfer_id).await
+            }
+            super::Db::Postgres(pool) => {
+                postgres_transfers::view(&mut pool.begin().await?, transfer_id).await
+            }
+        }
     }
 }

@@ -8,6 +8,8 @@
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::idempotency::{Keyed, KeyedWrite};
+use super::ledger::{postgres_ledger, sqlite_ledger};
 use super::{Store, micros_to_rfc3339};
 use crate::{on_reader, on_writer};
 
@@ -217,9 +219,29 @@ impl Store {
         &self,
         new: &NewSubscription,
     ) -> Result<Subscription, sqlx::Error> {
+        self.create_subscription_keyed(new, None).await?.unkeyed()
+    }
+
+    /// [`Store::create_subscription`] with its `Idempotency-Key` claimed
+    /// and answered in the registration's own transaction (the answer
+    /// carries the signing secret, so a replay shows it again).
+    pub async fn create_subscription_keyed(
+        &self,
+        new: &NewSubscription,
+        keyed: Option<&KeyedWrite<'_, Subscription>>,
+    ) -> Result<Keyed<Subscription>, sqlx::Error> {
         let now = self.now();
-        let id: i64 = on_writer!(self.db(), |pool| {
-            sqlx::query_scalar(
+        let select = format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions s \
+             WHERE s.subscription_id = $1"
+        );
+        crate::keyed_transact!(
+            self,
+            keyed,
+            sqlite_ledger,
+            postgres_ledger,
+            |tx, _backend| {
+                let id: i64 = sqlx::query_scalar(
                 "INSERT INTO webhook_subscriptions (url, secret, skus, location_ids, max_batch, \
                  status, cursor, next_attempt_at, created_by, created_at) \
                  VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $7) RETURNING subscription_id",
@@ -232,15 +254,17 @@ impl Store {
             .bind(new.start_after)
             .bind(now)
             .bind(new.actor.as_str())
-            .fetch_one(pool)
-            .await
-        })?;
-        let mut subscription = self
-            .subscription(id)
-            .await?
-            .ok_or(sqlx::Error::RowNotFound)?;
-        subscription.secret = Some(new.secret.clone());
-        Ok(subscription)
+            .fetch_one(&mut *tx)
+            .await?;
+                let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let mut subscription = subscription_from_row(&row)?;
+                subscription.secret = Some(new.secret.clone());
+                (subscription, true)
+            }
+        )
     }
 
     /// One subscriber.
@@ -479,20 +503,53 @@ impl Store {
         })
     }
 
-    /// Puts a paused subscriber back to work.
+    /// Puts a paused subscriber back to work; false when there is none.
     pub async fn resume_subscription(&self, subscription_id: i64) -> Result<bool, sqlx::Error> {
+        let resumed = self
+            .resume_subscription_keyed(subscription_id, None)
+            .await?;
+        Ok(resumed.unkeyed()?.is_some())
+    }
+
+    /// [`Store::resume_subscription`] answering the subscriber as it stands
+    /// after (`None`: no such subscriber), with its `Idempotency-Key`
+    /// claimed and answered in the same transaction.
+    pub async fn resume_subscription_keyed(
+        &self,
+        subscription_id: i64,
+        keyed: Option<&KeyedWrite<'_, Option<Subscription>>>,
+    ) -> Result<Keyed<Option<Subscription>>, sqlx::Error> {
         let now = self.now();
-        on_writer!(self.db(), |pool| {
-            sqlx::query(
-                "UPDATE webhook_subscriptions SET status = 'active', attempts = 0, \
+        let select = format!(
+            "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions s \
+             WHERE s.subscription_id = $1"
+        );
+        crate::keyed_transact!(
+            self,
+            keyed,
+            sqlite_ledger,
+            postgres_ledger,
+            |tx, _backend| {
+                let updated = sqlx::query(
+                    "UPDATE webhook_subscriptions SET status = 'active', attempts = 0, \
                  next_attempt_at = $1 WHERE subscription_id = $2",
-            )
-            .bind(now)
-            .bind(subscription_id)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected() == 1)
-        })
+                )
+                .bind(now)
+                .bind(subscription_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if updated == 0 {
+                    (None, false)
+                } else {
+                    let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                        .bind(subscription_id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    (Some(subscription_from_row(&row)?), true)
+                }
+            }
+        )
     }
 
     /// A subscriber's dead letters, oldest first.
@@ -535,17 +592,52 @@ impl Store {
         subscription_id: i64,
         dead_letter_id: i64,
     ) -> Result<bool, sqlx::Error> {
-        on_writer!(self.db(), |pool| {
-            sqlx::query(
-                "DELETE FROM webhook_dead_letters WHERE subscription_id = $1 \
-                 AND dead_letter_id = $2",
-            )
-            .bind(subscription_id)
-            .bind(dead_letter_id)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected() == 1)
-        })
+        let removed = self
+            .remove_dead_letter_keyed(subscription_id, dead_letter_id, None)
+            .await?;
+        Ok(removed.unkeyed()?.is_some())
+    }
+
+    /// [`Store::remove_dead_letter`] answering the letter removed (`None`:
+    /// none), with its `Idempotency-Key` claimed and answered in the same
+    /// transaction.
+    pub async fn remove_dead_letter_keyed(
+        &self,
+        subscription_id: i64,
+        dead_letter_id: i64,
+        keyed: Option<&KeyedWrite<'_, Option<DeadLetter>>>,
+    ) -> Result<Keyed<Option<DeadLetter>>, sqlx::Error> {
+        let select = format!(
+            "SELECT {DEAD_LETTER_COLUMNS} FROM webhook_dead_letters \
+             WHERE subscription_id = $1 AND dead_letter_id = $2"
+        );
+        crate::keyed_transact!(
+            self,
+            keyed,
+            sqlite_ledger,
+            postgres_ledger,
+            |tx, _backend| {
+                let row = sqlx::query(sqlx::AssertSqlSafe(select.clone()))
+                    .bind(subscription_id)
+                    .bind(dead_letter_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match row.as_ref().map(dead_letter_from_row).transpose()? {
+                    None => (None, false),
+                    Some(letter) => {
+                        sqlx::query(
+                            "DELETE FROM webhook_dead_letters WHERE subscription_id = $1 \
+                         AND dead_letter_id = $2",
+                        )
+                        .bind(subscription_id)
+                        .bind(dead_letter_id)
+                        .execute(&mut *tx)
+                        .await?;
+                        (Some(letter), true)
+                    }
+                }
+            }
+        )
     }
 
     /// Dead letters of every subscriber.

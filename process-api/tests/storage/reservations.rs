@@ -11,7 +11,7 @@ use process_api::inventory::event::EventInput;
 use process_api::storage::ledger::{EventStatus, IngestContext};
 use process_api::storage::master::ChangeContext;
 use process_api::storage::reservations::{
-    CloseRefusal, Keyed, NewReservation, Outcome, ReservationLine, ReservationStatus,
+    CloseRefusal, Keyed, NewReservation, Outcome, Render, ReservationLine, ReservationStatus,
     ReserveRefusal,
 };
 use process_api::storage::{Clock, Store, now_micros};
@@ -512,7 +512,7 @@ async fn a_burst_decided_in_batches_keeps_every_rule() {
 }
 
 /// The answer a route would give, for the keyed reservations below.
-fn render(outcome: &Outcome) -> StoredResponse {
+fn answer(outcome: &Outcome) -> StoredResponse {
     let (status, body) = match outcome {
         Ok(reservation) => (201, reservation.reservation_id.clone()),
         Err(refusal) => (409, format!("{refusal:?}")),
@@ -522,6 +522,11 @@ fn render(outcome: &Outcome) -> StoredResponse {
         content_type: Some("text/plain".into()),
         body: body.into_bytes(),
     }
+}
+
+/// The route's answer to every outcome.
+fn render() -> Render {
+    std::sync::Arc::new(|outcome: &Outcome| Some(answer(outcome)))
 }
 
 fn claim(key: &str, fingerprint: &str) -> InlineClaim {
@@ -551,7 +556,7 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
 
         let first = claim("shopper|k-1", "fp-1");
         let Keyed::Decided(Ok(made), Some(stored)) = store
-            .reserve_keyed(&one, Some((&first, render)))
+            .reserve_keyed(&one, Some((&first, render())))
             .await
             .expect("reserve")
         else {
@@ -562,7 +567,7 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
 
         // The same key and request: the stored answer, nothing reserved.
         match store
-            .reserve_keyed(&one, Some((&claim("shopper|k-1", "fp-1"), render)))
+            .reserve_keyed(&one, Some((&claim("shopper|k-1", "fp-1"), render())))
             .await
             .expect("retry")
         {
@@ -571,7 +576,7 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
         }
         // The same key for another request.
         match store
-            .reserve_keyed(&one, Some((&claim("shopper|k-1", "fp-2"), render)))
+            .reserve_keyed(&one, Some((&claim("shopper|k-1", "fp-2"), render())))
             .await
             .expect("reuse")
         {
@@ -587,7 +592,7 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
             let one = request("shopper", &[("K", "S1", 1)], 600);
             tasks.push(tokio::spawn(async move {
                 store
-                    .reserve_keyed(&one, Some((&claim("shopper|k-2", "fp-3"), render)))
+                    .reserve_keyed(&one, Some((&claim("shopper|k-2", "fp-3"), render())))
                     .await
                     .expect("concurrent")
             }));
@@ -615,7 +620,7 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
         let big = request("shopper", &[("K", "S1", 9)], 600);
         let short = claim("shopper|k-3", "fp-4");
         let Keyed::Decided(Err(ReserveRefusal::InsufficientStock(_)), Some(refused)) = store
-            .reserve_keyed(&big, Some((&short, render)))
+            .reserve_keyed(&big, Some((&short, render())))
             .await
             .expect("short")
         else {
@@ -623,7 +628,7 @@ async fn a_keyed_reservation_is_claimed_decided_and_answered_once() {
         };
         receive(store, "k2", "S1", "K", 10).await;
         match store
-            .reserve_keyed(&big, Some((&claim("shopper|k-3", "fp-4"), render)))
+            .reserve_keyed(&big, Some((&claim("shopper|k-3", "fp-4"), render())))
             .await
             .expect("retry")
         {
@@ -713,7 +718,7 @@ async fn on_postgres_a_reservation_and_its_keyed_answer_commit_together() {
     }
     let one = request("shopper", &[("K", "S1", 2)], 600);
     let failed = store
-        .reserve_keyed(&one, Some((&claim("shopper|k-9", "fp-9"), render)))
+        .reserve_keyed(&one, Some((&claim("shopper|k-9", "fp-9"), render())))
         .await;
     assert!(failed.is_err(), "storing the answer failed: {failed:?}");
     assert_eq!(
@@ -727,7 +732,7 @@ async fn on_postgres_a_reservation_and_its_keyed_answer_commit_together() {
         .expect("drop");
     // The retry (at once: the key was never left in flight) reserves once.
     let Keyed::Decided(Ok(_), Some(_)) = store
-        .reserve_keyed(&one, Some((&claim("shopper|k-9", "fp-9"), render)))
+        .reserve_keyed(&one, Some((&claim("shopper|k-9", "fp-9"), render())))
         .await
         .expect("retry")
     else {
