@@ -54,6 +54,7 @@ pub struct AuditEntry {
 
 /// Filters of `GET /v1/ops/audit`.
 #[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only this actor.

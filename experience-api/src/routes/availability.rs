@@ -56,6 +56,7 @@ impl From<SkuAvailability> for Availability {
 
 /// Query of `GET /v1/availability/{sku}`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LocationsFilter {
     /// Comma-separated location ids (at most 200), e.g. `S001,S002`.

@@ -35,6 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Filters of the change stream.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChangesQuery {
     /// Only these skus (comma-separated, at most 100).

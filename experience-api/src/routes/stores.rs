@@ -95,6 +95,7 @@ fn checked_store(store_id: &str) -> Result<()> {
 
 /// Query of `GET /v1/stores/{store_id}/positions`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
     /// Skus after this one (the previous page's `next_cursor`).
@@ -148,6 +149,7 @@ async fn store_positions(
 
 /// Query of `GET /v1/stores/{store_id}/nearby`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct NearbyParams {
     /// The sku to find.

@@ -48,6 +48,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Filters of the feed.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChangeQuery {
     /// Changes after this seq (default: 0 for pages; for streams the

@@ -202,6 +202,7 @@ fn source_label(source: &str) -> &'static str {
 
 /// Query of `GET /v1/inventory/positions`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PositionsQuery {
     /// The SKU (required).
@@ -295,6 +296,7 @@ async fn get_location_positions(
 
 /// Query of `GET /v1/inventory/journal`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct JournalParams {
     /// Only this location (required for location-bound tokens).
@@ -538,6 +540,7 @@ async fn replay_parked(
 
 /// Query of `POST /v1/ops/rebuild`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RebuildParams {
     /// `true`: replace differing positions; default: only compare.

@@ -17,6 +17,7 @@ use crate::config::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 
 /// Keyset paging parameters shared by list endpoints.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PageQuery {
     /// Return items after this id (the previous page's `next_cursor`).

@@ -732,6 +732,7 @@ async fn sync_health_stream(
 
 /// Query of `GET /v1/ops/postings`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PostingQuery {
     /// `pending`, `in_flight`, `posted`, `dead` or `discarded`.
@@ -1009,6 +1010,7 @@ async fn list_reconciliation_runs(
 
 /// Query of `GET /v1/ops/reconciliation/exceptions`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExceptionQuery {
     /// `open`, `corrected` or `rejected`.

@@ -139,6 +139,7 @@ async fn post_postings(
 
 /// Query of `GET /v1/erp/balances`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BalanceQuery {
     /// Warehouse code.
@@ -405,6 +406,7 @@ async fn post_stock_correction(
 
 /// Query of `GET /v1/erp/sandbox/records`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecordQuery {
     /// Only this warehouse.
