@@ -4,7 +4,6 @@
 //! are in [`retail_shared::promise`].
 
 use std::collections::HashMap;
-
 use std::sync::Arc;
 
 use axum::Extension;
@@ -13,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use retail_shared::auth::{Authorized, scope};
 use retail_shared::correlation::Correlation;
-use retail_shared::idempotency::{self, InlineClaim, StoredResponse};
+use retail_shared::idempotency::{InlineClaim, StoredResponse};
 use retail_shared::model::ReservationRequest;
 use retail_shared::problem::{ApiJson, FieldError, Problem, ProblemBody};
 use retail_shared::promise::{
@@ -22,13 +21,13 @@ use retail_shared::promise::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::AppState;
 use crate::error::Result;
 use crate::routes::keyed;
 use crate::routes::reservations::insufficient_stock;
 use crate::storage::reservations::{
     Keyed, NewReservation, Outcome, Render, Reservation, ReservationLine, ReserveRefusal,
 };
-use crate::{AppState, SERVICE};
 
 /// Default number of options.
 const DEFAULT_OPTIONS: usize = 5;
@@ -184,28 +183,20 @@ async fn promise(
         let key = claim.as_ref().map(|Extension(c)| (c.take(), answer));
         let (outcome, stored) = match state.store.reserve_keyed(&new, key).await? {
             Keyed::Decided(outcome, stored) => (outcome, stored),
-            Keyed::Key(decision) => {
-                return Ok(idempotency::answer(SERVICE, decision).unwrap_or_else(|| {
-                    tracing::error!("a new key came back undecided");
-                    Problem::internal().into_response()
-                }));
-            }
+            Keyed::Key(decision) => return Ok(keyed::key_answer(decision)),
         };
-        if stored.is_some() {
-            // Counted as the middleware counts a key's first use.
-            let _ = idempotency::answer(SERVICE, idempotency::Begin::Started);
-        }
         match outcome {
             Ok(reservation) => {
                 metrics::counter!("reservations_total", "result" => "reserved").increment(1);
-                return Ok(stored
-                    .unwrap_or_else(|| promise_answer(&options, &reservation))
-                    .into_response());
+                return Ok(match stored {
+                    Some(stored) => keyed::kept(stored),
+                    None => promise_answer(&options, &reservation).into_response(),
+                });
             }
             Err(ReserveRefusal::InsufficientStock(short)) => last_short = short,
             Err(ReserveRefusal::TooManyActive(cap)) => {
                 return Ok(match stored {
-                    Some(stored) => stored.into_response(),
+                    Some(stored) => keyed::kept(stored),
                     None => active_limit(cap).into_response(),
                 });
             }

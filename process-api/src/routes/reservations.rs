@@ -8,12 +8,13 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::correlation::Correlation;
-use retail_shared::idempotency::{self, InlineClaim, StoredResponse};
+use retail_shared::idempotency::{InlineClaim, StoredResponse};
 use retail_shared::model::ReservationRequest;
 use retail_shared::problem::{ApiJson, ApiPath, FieldError, PROBLEM_JSON, Problem, ProblemBody};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::AppState;
 use crate::error::Result;
 use crate::routes::keyed;
 use crate::storage::ledger::IngestContext;
@@ -21,7 +22,6 @@ use crate::storage::reservations::{
     CloseOutcome, CloseRefusal, Keyed, NewReservation, Outcome, Render, Reservation,
     ReservationStatus, ReserveRefusal,
 };
-use crate::{AppState, SERVICE};
 
 /// Routes of this area.
 pub fn router() -> OpenApiRouter<AppState> {
@@ -145,12 +145,7 @@ async fn create_reservation(
         .map(|Extension(claim)| (claim.take(), answer));
     let (outcome, stored) = match state.store.reserve_keyed(&new, claim).await? {
         Keyed::Decided(outcome, stored) => (outcome, stored),
-        Keyed::Key(decision) => {
-            return Ok(idempotency::answer(SERVICE, decision).unwrap_or_else(|| {
-                tracing::error!("a new key came back undecided");
-                Problem::internal().into_response()
-            }));
-        }
+        Keyed::Key(decision) => return Ok(keyed::key_answer(decision)),
     };
     let result = match &outcome {
         Ok(_) => "reserved",
@@ -159,15 +154,10 @@ async fn create_reservation(
         Err(ReserveRefusal::TooManyActive(_)) => "limit",
     };
     metrics::counter!("reservations_total", "result" => result).increment(1);
-    let stored = match stored {
-        Some(stored) => {
-            // Counted as the middleware counts a key's first use.
-            let _ = idempotency::answer(SERVICE, idempotency::Begin::Started);
-            stored
-        }
-        None => render(&outcome),
+    let mut response = match stored {
+        Some(stored) => keyed::kept(stored),
+        None => render(&outcome).into_response(),
     };
-    let mut response = stored.into_response();
     if let Ok(reservation) = &outcome
         && let Ok(location) =
             HeaderValue::from_str(&format!("/v1/reservations/{}", reservation.reservation_id))
