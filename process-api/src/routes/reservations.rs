@@ -10,7 +10,7 @@ use retail_shared::auth::{Authorized, Principal, scope};
 use retail_shared::correlation::Correlation;
 use retail_shared::idempotency::{InlineClaim, StoredResponse};
 use retail_shared::model::ReservationRequest;
-use retail_shared::problem::{ApiJson, ApiPath, FieldError, PROBLEM_JSON, Problem, ProblemBody};
+use retail_shared::problem::{ApiJson, ApiPath, FieldError, Problem, ProblemBody};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -171,26 +171,7 @@ async fn create_reservation(
 /// `Idempotency-Key` (a replay sends these bytes again): 201 with the
 /// reservation, or the refusal's problem.
 fn render(outcome: &Outcome) -> StoredResponse {
-    let (status, content_type, body) = match outcome {
-        Ok(reservation) => (
-            StatusCode::CREATED,
-            "application/json",
-            serde_json::to_vec(reservation),
-        ),
-        Err(refusal) => {
-            let problem = refused(refusal);
-            (
-                problem.status(),
-                PROBLEM_JSON,
-                serde_json::to_vec(&problem.body()),
-            )
-        }
-    };
-    StoredResponse {
-        status: status.as_u16(),
-        content_type: Some(content_type.to_owned()),
-        body: body.unwrap_or_default(),
-    }
+    keyed::json(StatusCode::CREATED, outcome, refused)
 }
 
 /// The problem answering a refusal.

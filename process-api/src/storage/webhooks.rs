@@ -116,6 +116,13 @@ fn list(text: Option<String>) -> Option<Vec<String>> {
     text.map(|t| t.split(',').map(str::to_owned).collect())
 }
 
+/// The query of one subscriber by id.
+fn one_subscription() -> String {
+    format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions s WHERE s.subscription_id = $1"
+    )
+}
+
 fn subscription_from_row<R: sqlx::Row>(row: &R) -> Result<Subscription, sqlx::Error>
 where
     for<'r> &'r str: sqlx::ColumnIndex<R>,
@@ -231,10 +238,7 @@ impl Store {
         keyed: Option<&KeyedWrite<'_, Subscription>>,
     ) -> Result<Keyed<Subscription>, sqlx::Error> {
         let now = self.now();
-        let select = format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions s \
-             WHERE s.subscription_id = $1"
-        );
+        let select = one_subscription();
         crate::keyed_transact!(
             self,
             keyed,
@@ -270,13 +274,10 @@ impl Store {
     /// One subscriber.
     pub async fn subscription(&self, id: i64) -> Result<Option<Subscription>, sqlx::Error> {
         on_reader!(self.db(), |pool| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions s \
-                 WHERE s.subscription_id = $1"
-            )))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+            let row = sqlx::query(sqlx::AssertSqlSafe(one_subscription()))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
             row.as_ref().map(subscription_from_row).transpose()
         })
     }
@@ -520,10 +521,7 @@ impl Store {
         keyed: Option<&KeyedWrite<'_, Option<Subscription>>>,
     ) -> Result<Keyed<Option<Subscription>>, sqlx::Error> {
         let now = self.now();
-        let select = format!(
-            "SELECT {SUBSCRIPTION_COLUMNS} FROM webhook_subscriptions s \
-             WHERE s.subscription_id = $1"
-        );
+        let select = one_subscription();
         crate::keyed_transact!(
             self,
             keyed,

@@ -10,23 +10,11 @@ use process_api::inventory::event::EventInput;
 use process_api::storage::idempotency::Keyed;
 use process_api::storage::ingest_keys::IngestRender;
 use process_api::storage::ledger::{EventResult, EventStatus};
-use retail_shared::idempotency::{Begin, Clock as IdemClock, InlineClaim, StoredResponse};
+use retail_shared::idempotency::{Begin, StoredResponse};
 
 use crate::backends;
+use crate::keyed::claim;
 use crate::reservations::{ctx, figures_full, seed};
-
-fn claim(key: &str, fingerprint: &str) -> InlineClaim {
-    let now = process_api::storage::now_micros();
-    InlineClaim::new(
-        key.into(),
-        fingerprint.into(),
-        IdemClock {
-            now,
-            lease_until: now + 60_000_000,
-            expires_at: now + 3_600_000_000,
-        },
-    )
-}
 
 /// The answer kept: each event's id and status.
 fn render() -> IngestRender {

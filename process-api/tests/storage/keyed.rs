@@ -30,7 +30,7 @@ fn claim_at(key: &str, fingerprint: &str, now: i64) -> InlineClaim {
     )
 }
 
-fn claim(key: &str, fingerprint: &str) -> InlineClaim {
+pub fn claim(key: &str, fingerprint: &str) -> InlineClaim {
     claim_at(key, fingerprint, process_api::storage::now_micros())
 }
 
